@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv with the pinned environment. Idempotent: re-runs only when the lock changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stamp=.venv/.lock-sha
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+echo "biojepac: setting up .venv (first run takes a few minutes)" >&2
+python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+.venv/bin/python -m pip install -q uv==0.9.5 2>/dev/null || .venv/bin/python -m pip install -q uv
+.venv/bin/uv pip install -q --python .venv/bin/python -r requirements.lock
+.venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e .
+echo "$want" > "$stamp"

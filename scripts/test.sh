@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up the environment and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/env.sh
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -1,0 +1,69 @@
+"""`biojepac <subcommand>`: the only entry point.
+
+Each subcommand is a frozen config dataclass (tyro turns its field docstrings into `--help`) and
+a function that takes it. Modules are imported only when their subcommand runs, so `--help` is
+fast and one broken optional dependency does not take the whole CLI down.
+
+Bad input (`InputError`) is printed as one line naming the file, column or gene at fault.
+"""
+
+import importlib
+import sys
+
+import tyro
+
+from biojepac.errors import InputError
+
+# name -> (one-line help, "module:ConfigClass", "module:function") or a nested group of the same.
+COMMANDS: dict = {
+    "demo": (
+        "Generate a synthetic screen, fit models, predict and write an evaluation report.",
+        "biojepac.demo:DemoConfig",
+        "biojepac.demo:run_demo",
+    ),
+    "data": {},
+    "train": {},
+}
+
+
+def _load(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _usage(prog: str, table: dict) -> str:
+    width = max(len(name) for name in table)
+    lines = [f"usage: {prog} <subcommand> [--help]", "", "subcommands:"]
+    for name, entry in table.items():
+        desc = "(group) " + ", ".join(entry) if isinstance(entry, dict) else entry[0]
+        lines.append(f"  {name:<{width}}  {desc}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    table, prog = COMMANDS, "biojepac"
+    while True:
+        if not args or args[0] in ("-h", "--help"):
+            print(_usage(prog, {k: v for k, v in table.items() if v}))
+            return 0 if args else 2
+        name = args.pop(0)
+        if name not in table or not table[name]:
+            print(f"{prog}: error: unknown subcommand {name!r}\n\n{_usage(prog, table)}", file=sys.stderr)
+            return 2
+        entry, prog = table[name], f"{prog} {name}"
+        if isinstance(entry, dict):
+            table = entry
+            continue
+        desc, config_ref, fn_ref = entry
+        cfg = tyro.cli(_load(config_ref), args=args, prog=prog, description=desc)
+        try:
+            _load(fn_ref)(cfg)
+        except InputError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Loading, validation, normalisation, splits, control pairing, synthetic screens and dataset recipes."""

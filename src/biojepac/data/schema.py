@@ -1,0 +1,31 @@
+"""The canonical screen: the column names and labels every other module may rely on.
+
+A screen is an AnnData whose `obs` has been mapped onto these columns by `biojepac.data.load`.
+Column names follow the Virtual Cell Challenge / cell-eval conventions so that our files can be
+scored by cell-eval unchanged.
+"""
+
+PERT_COL = "target_gene"
+"""Perturbation label per cell. Combinations are written `A+B`; controls carry `CONTROL`."""
+CONTEXT_COL = "context"
+"""Cell line or cell type. `DEFAULT_CONTEXT` when the source has none."""
+BATCH_COL = "batch"
+"""Batch / gem group. `DEFAULT_BATCH` when the source has none."""
+GUIDE_COL = "guide_id"
+"""Guide identifier, when the source has one."""
+PERT_TYPE_COL = "pert_type"
+"""Perturbation modality, one of `PERT_TYPES` (controls carry the screen's modality too)."""
+
+CONTROL = "non-targeting"
+DEFAULT_CONTEXT = "default"
+DEFAULT_BATCH = "0"
+COMBO_SEP = "+"
+PERT_TYPES = ("CRISPRi", "CRISPRa", "KO", "overexpression", "drug")
+
+UNS_KEY = "biojepac"
+"""`adata.uns[UNS_KEY]` records provenance: source file, column mapping, transforms, gene mapping."""
+
+
+def split_combo(label: str) -> list[str]:
+    """`"A+B"` -> `["A", "B"]`; a single perturbation -> `[label]`."""
+    return [part for part in label.split(COMBO_SEP) if part]

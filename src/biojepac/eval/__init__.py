@@ -1,0 +1,1 @@
+"""Metrics (VCC / cell-eval compatible, report, calibrated), scoring and reports."""

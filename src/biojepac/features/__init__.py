@@ -1,0 +1,1 @@
+"""Perturbation features: label -> vector providers."""

@@ -1,0 +1,1 @@
+"""Baselines, the BioJEPAC world model, and the STATE state-transition model."""

@@ -1,0 +1,1 @@
+"""Training loops (one per stage), checkpoints, resume and multi-device plumbing."""
