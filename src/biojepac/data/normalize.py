@@ -1,0 +1,104 @@
+"""Counts vs log1p detection, `normalize_total` + `log1p`, and highly variable genes.
+
+Every function returns a new AnnData and records what it did in `uns["biojepac"]`; the caller's
+AnnData is never modified (cell-eval normalises in place, which is how users lost track of what their
+files held).
+"""
+
+import typing
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+
+from biojepac.data import schema
+from biojepac.data.load import Expect
+from biojepac.data.values import scan_values
+from biojepac.errors import InputError
+
+
+def detect_counts(x) -> bool:
+    """True when `x` (cells x genes; dense, sparse or backed) holds raw counts, False for log1p.
+
+    The rule, the same one cell-eval's `guess_is_lognorm` applies so that our files and its scorer agree:
+    - scan every stored value (block by block; for sparse matrices only `.data`);
+    - if no value has a fractional part above `FRACTION_EPS` (1e-3), the matrix is counts
+      (an all-zero matrix therefore counts as counts);
+    - otherwise it is log1p.
+    `validate_screen` adds the sanity check cell-eval also makes: non-integer data whose max reaches
+    `MAX_LOG1P` (15, i.e. more than e^15 ~ 3.3M per cell after normalisation) is neither, and is rejected
+    unless the user overrides with `expect=`. Users override the guess with `expect="counts"|"log1p"`.
+    """
+    return scan_values(x).fraction is None
+
+
+def normalize_log1p(
+    adata: ad.AnnData,
+    target: typing.Literal["median"] | float = "median",
+    *,
+    expect: Expect = "auto",
+) -> ad.AnnData:
+    """Return a copy with X = log1p(normalize_total(counts)), raw counts kept in `layers["counts"]`.
+
+    `target="median"` scales every cell to the median total count of the cells with any counts (scanpy's
+    default), a float scales to that value (e.g. 1e4). The value used is recorded in
+    `uns["biojepac"]["transform"]`. Input that is already log1p is copied unchanged, and that is recorded.
+    """
+    kind = expect if expect != "auto" else ("counts" if detect_counts(adata.X) else "log1p")
+    out = adata.to_memory() if adata.isbacked else adata.copy()
+    prov = dict(out.uns.get(schema.UNS_KEY, {}))
+    if kind == "log1p":
+        prov["transform"] = {"input": "log1p", "applied": "none"}
+        out.uns[schema.UNS_KEY] = prov
+        return out
+
+    totals = np.asarray(out.X.sum(axis=1)).ravel()
+    if target == "median":
+        positive = totals[totals > 0]
+        if positive.size == 0:
+            raise InputError(f"{prov.get('source', 'screen')}: every cell has zero total counts; cannot normalise")
+        target_sum = float(np.median(positive))
+    else:
+        target_sum = float(target)
+        if not target_sum > 0:
+            raise InputError(f"normalize target must be > 0, got {target!r}")
+    out.layers["counts"] = out.X.copy()
+    out.X = out.X.astype(np.float32) if sp.issparse(out.X) else np.asarray(out.X, dtype=np.float32)
+    sc.pp.normalize_total(out, target_sum=target_sum)
+    sc.pp.log1p(out)
+    prov["transform"] = {
+        "input": "counts",
+        "applied": "normalize_total+log1p",
+        "target": str(target),
+        "target_sum": target_sum,
+        "counts_layer": "counts",
+    }
+    out.uns[schema.UNS_KEY] = prov
+    return out
+
+
+def select_hvg(
+    adata: ad.AnnData,
+    n_top: int,
+    flavor: typing.Literal["seurat", "cell_ranger", "seurat_v3"] = "seurat",
+) -> ad.AnnData:
+    """Return a copy restricted to the `n_top` highly variable genes (original gene order kept).
+
+    `seurat`/`cell_ranger` read log1p X; `seurat_v3` reads `layers["counts"]` (and needs scikit-misc).
+    """
+    if n_top >= adata.n_vars:
+        out = adata.to_memory() if adata.isbacked else adata.copy()
+    else:
+        work = adata.to_memory() if adata.isbacked else adata.copy()
+        layer = "counts" if flavor == "seurat_v3" else None
+        if layer is not None and layer not in work.layers:
+            raise InputError("select_hvg(flavor='seurat_v3') needs raw counts in layers['counts']")
+        hv = sc.pp.highly_variable_genes(work, n_top_genes=n_top, flavor=flavor, layer=layer, inplace=False)
+        mask = np.asarray(hv["highly_variable"], dtype=bool)
+        out = work[:, mask].copy()
+    prov = dict(out.uns.get(schema.UNS_KEY, {}))
+    prov["hvg"] = {"n_top": int(n_top), "flavor": flavor, "n_selected": int(out.n_vars)}
+    out.uns[schema.UNS_KEY] = prov
+    return out
+
