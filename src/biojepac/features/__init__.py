@@ -1,1 +1,80 @@
-"""Perturbation features: label -> vector providers."""
+"""Perturbation features: label -> vector providers (see `base.FeatureProvider` and docs/features.md).
+
+`make_provider(spec, train)` turns a short spec string into a provider, so a model or CLI flag can
+name its features in one word:
+
+| spec                    | provider                                                       |
+|-------------------------|----------------------------------------------------------------|
+| `onehot`                | one-hot over the training perturbations (no generalisation)    |
+| `go` / `go:PATH`        | GO TF-IDF + SVD from the shared TSV or a GAF 2.2 file          |
+| `expr`                  | PCA gene loadings of the training cells                        |
+| `file:PATH`             | precomputed `.pt` / `.npz` / `.parquet` / `.csv`               |
+| `esm:WEIGHTS:FASTA`     | ESM-2 (fair-esm) from local weights                            |
+| `guides:PATH`           | guide k-mer counts averaged per target gene                    |
+"""
+
+import pathlib
+
+import anndata as ad
+
+from biojepac.data.schema import PERT_COL
+from biojepac.errors import InputError
+from biojepac.features.base import FeatureProvider, GeneTable
+
+SHARED_GO_FPATH = pathlib.Path(__file__).resolve().parents[3].parent / "shared" / "data" / "human_gene_go.tsv.gz"
+"""`../shared/data/human_gene_go.tsv.gz` beside the repository (the default GO source)."""
+
+
+def _onehot(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.onehot import make_onehot_provider, make_vocabulary
+
+    if train is None:
+        raise InputError("feature spec 'onehot' needs the training data")
+    return make_onehot_provider(make_vocabulary(train.obs[PERT_COL].astype(str).unique()))
+
+
+def _go(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.go import GoConfig, make_go_provider
+
+    return make_go_provider(GoConfig(annotations_fpath=pathlib.Path(arg) if arg else SHARED_GO_FPATH))
+
+
+def _expr(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.expression import ExpressionConfig, make_expression_provider
+
+    if train is None:
+        raise InputError("feature spec 'expr' needs the training data")
+    return make_expression_provider(train, ExpressionConfig(dim=int(arg) if arg else 32))
+
+
+def _file(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.files import load_embedding_file
+
+    return load_embedding_file(pathlib.Path(arg))
+
+
+def _esm(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.esm import EsmConfig, make_esm_provider
+
+    weights, _, fasta = arg.partition(":")
+    return make_esm_provider(EsmConfig(weights_fpath=pathlib.Path(weights), fasta_fpath=pathlib.Path(fasta)))
+
+
+def _guides(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.guides import make_guide_provider
+
+    return make_guide_provider(pathlib.Path(arg), by_target=True)
+
+
+BUILDERS = {"onehot": _onehot, "go": _go, "expr": _expr, "file": _file, "esm": _esm, "guides": _guides}
+"""Spec prefix -> builder(argument, training AnnData or None)."""
+
+
+def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
+    kind, _, arg = spec.partition(":")
+    if kind not in BUILDERS:
+        raise InputError(f"unknown feature spec {spec!r}; expected one of {sorted(BUILDERS)} (e.g. 'go', 'file:emb.npz')")
+    return BUILDERS[kind](arg, train)
+
+
+__all__ = ["FeatureProvider", "GeneTable", "make_provider"]
