@@ -21,6 +21,16 @@ COMMANDS: dict = {
         "biojepac.demo:DemoConfig",
         "biojepac.demo:run_demo",
     ),
+    "predict": (
+        "Predict cells for a context with a baseline kind or a saved model; writes an .h5ad with the real controls.",
+        "biojepac.predict:PredictConfig",
+        "biojepac.predict:run_predict",
+    ),
+    "submit": (
+        "Validate a prediction against the VCC requirements and package it as .vcc (as cell-eval prep does).",
+        "biojepac.submit:SubmitConfig",
+        "biojepac.submit:run_submit",
+    ),
     "data": {},
     "train": {},
 }

@@ -1,0 +1,227 @@
+"""`biojepac predict`: turn a model into an `.h5ad` of predicted cells for one context.
+
+Each predicted cell is a real control cell of the context (sampled with the seed, with replacement only
+when a perturbation asks for more cells than there are controls) passed through `model.predict`, so
+cell-to-cell variance and DE tests behave like real data. The real controls of the context follow the
+predicted cells, as the VCC expects. Provenance (model, split, features, seed, command) goes in
+`uns["biojepac"]`; the file is written atomically.
+
+`--model` is either a baseline kind (fitted here on the training cells of `--split`) or a saved model
+directory whose `model.json` names its `kind` (dispatched through `LOADERS`; a `loader` field
+`"module:function"` in model.json also works for kinds this table does not know yet).
+"""
+
+import dataclasses
+import importlib
+import json
+import os
+import pathlib
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from biojepac.data import schema
+from biojepac.errors import InputError
+from biojepac.models.baselines import MODELS, BaselineConfig
+
+LOADERS: dict[str, str] = {
+    **{kind: "biojepac.models.baselines:load" for kind in MODELS},
+    "state": "biojepac.models.state:load",
+    "biojepac": "biojepac.models.jepa.model:BioJepacModel.load",
+}
+"""model.json `kind` -> "module:callable" that rebuilds the saved model from its directory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    model: str
+    """A baseline kind (control-mean, cell-mean, crispr-mean, context-transfer, linear, ridge, knn, additive) or a saved model directory."""
+    train: pathlib.Path
+    """Training screen (.h5ad, canonical schema): the source of the real controls, and the fit data for a baseline kind."""
+    context: str
+    """Context (cell line) to predict in; its real controls are the starting cells."""
+    out: pathlib.Path
+    """Output .h5ad of predicted cells plus the context's real controls."""
+    split: pathlib.Path | None = None
+    """Split JSON; a baseline kind is fitted only on its train cells (plus all controls). None: all cells."""
+    counts: pathlib.Path | None = None
+    """CSV with columns target_gene,n_cells (e.g. VCC pert_counts_Validation.csv; other columns ignored)."""
+    perturbations: tuple[str, ...] = ()
+    """Perturbations to predict when no --counts file is given (each gets --n-cells cells)."""
+    n_cells: int = 100
+    """Cells per perturbation for --perturbations."""
+    features: str = "go"
+    """Perturbation features for linear/ridge/knn (see biojepac.features.make_provider)."""
+    feature_fallback: str = "error"
+    """'error', or 'cell-mean' to predict the cell mean for perturbations without features (recorded)."""
+    seed: int = 0
+    """Seed for control sampling and for stochastic models."""
+    max_controls: int = 0
+    """Real controls written to the output (a seeded sample); 0 = all of the context's controls."""
+
+
+def run_predict(cfg: PredictConfig) -> pathlib.Path:
+    train = read_screen(cfg.train)
+    perts = read_requests(cfg)
+    model, model_prov = get_model(cfg, train)
+    out = predict_cells(model, train, perts, cfg.context, cfg.seed, cfg.max_controls)
+    prov = {
+        "model": model_prov,
+        "train": str(cfg.train),
+        "split": _split_record(cfg.split),
+        "features": _features_record(model),
+        "context": cfg.context,
+        "requests": str(cfg.counts) if cfg.counts else "perturbations",
+        "seed": cfg.seed,
+        "command": " ".join(sys.argv),
+    }
+    # h5ad cannot store None; JSON-encode nested configs so every value survives the round trip.
+    out.uns[schema.UNS_KEY] = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in prov.items() if v is not None}
+    write_h5ad_atomic(out, cfg.out)
+    n_pred = int((out.obs[schema.PERT_COL] != schema.CONTROL).sum())
+    print(f"wrote {cfg.out}: {n_pred} predicted cells for {len(perts)} perturbations + "
+          f"{out.n_obs - n_pred} real controls ({out.n_vars} genes)")
+    return cfg.out
+
+
+def read_screen(fpath: pathlib.Path) -> ad.AnnData:
+    """A canonical screen, log1p (counts are normalised with `normalize_log1p`, median target)."""
+    from biojepac.data.normalize import detect_counts, normalize_log1p
+
+    if not pathlib.Path(fpath).is_file():
+        raise InputError(f"{fpath}: file not found")
+    adata = ad.read_h5ad(fpath)
+    for col in (schema.PERT_COL, schema.CONTEXT_COL):
+        if col not in adata.obs.columns:
+            raise InputError(f"{fpath}: obs has no column {col!r} (load the screen with `biojepac data` first)")
+    if schema.BATCH_COL not in adata.obs.columns:
+        adata.obs[schema.BATCH_COL] = schema.DEFAULT_BATCH
+    adata.obs[schema.PERT_COL] = adata.obs[schema.PERT_COL].astype(str)
+    adata.obs[schema.CONTEXT_COL] = adata.obs[schema.CONTEXT_COL].astype(str)
+    return normalize_log1p(adata) if detect_counts(adata.X) else adata
+
+
+def read_requests(cfg: PredictConfig) -> pd.DataFrame:
+    """target_gene, n_cells rows to predict (controls dropped: the real ones are always included)."""
+    if cfg.counts is not None:
+        if not cfg.counts.is_file():
+            raise InputError(f"{cfg.counts}: file not found")
+        df = pd.read_csv(cfg.counts)
+        missing = {"target_gene", "n_cells"} - set(df.columns)
+        if missing:
+            raise InputError(f"{cfg.counts}: missing column(s) {sorted(missing)}; expected target_gene,n_cells")
+        df = df[["target_gene", "n_cells"]].astype({"target_gene": str})
+        bad = df.loc[~(pd.to_numeric(df["n_cells"], errors="coerce") > 0), "target_gene"].tolist()
+        if bad:
+            raise InputError(f"{cfg.counts}: column 'n_cells' must be a positive integer; bad rows for {bad[:5]}")
+    elif cfg.perturbations:
+        df = pd.DataFrame({"target_gene": list(cfg.perturbations), "n_cells": cfg.n_cells})
+    else:
+        raise InputError("give --counts FILE.csv or --perturbations A B ...")
+    dup = df["target_gene"][df["target_gene"].duplicated()].tolist()
+    if dup:
+        raise InputError(f"{cfg.counts or '--perturbations'}: perturbation listed twice: {dup[:5]}")
+    df = df[df["target_gene"] != schema.CONTROL].reset_index(drop=True)
+    return df.astype({"n_cells": int})
+
+
+def get_model(cfg: PredictConfig, train: ad.AnnData):
+    """(fitted model, provenance dict): a saved directory is loaded, a baseline kind is fitted here."""
+    path = pathlib.Path(cfg.model)
+    if path.is_dir():
+        return load_model(path), {"path": str(path), "kind": json.loads((path / "model.json").read_text())["kind"]}
+    if cfg.model not in MODELS:
+        raise InputError(f"--model {cfg.model!r}: not a saved model directory nor a baseline kind {sorted(MODELS)}")
+    fit_cells = train[train_mask(train, cfg.split, cfg.train)].copy()
+    bcfg = BaselineConfig(features=cfg.features, feature_fallback=cfg.feature_fallback)  # type: ignore[arg-type]
+    model = MODELS[cfg.model](bcfg).fit(fit_cells)
+    return model, {"kind": cfg.model, "config": dataclasses.asdict(bcfg), "fit_cells": int(fit_cells.n_obs)}
+
+
+def load_model(dpath: pathlib.Path):
+    """Any saved model: `model.json` kind -> `LOADERS` (or the file's own `loader` field)."""
+    meta_fpath = pathlib.Path(dpath) / "model.json"
+    if not meta_fpath.is_file():
+        raise InputError(f"{dpath}: no model.json; not a saved model directory")
+    meta = json.loads(meta_fpath.read_text())
+    ref = LOADERS.get(meta.get("kind", "")) or meta.get("loader")
+    if ref is None:
+        raise InputError(f"{meta_fpath}: unknown model kind {meta.get('kind')!r}; known: {sorted(LOADERS)}")
+    module, attr = ref.split(":")
+    fn = importlib.import_module(module)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    return fn(pathlib.Path(dpath))
+
+
+def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath) -> np.ndarray:
+    """Cells a baseline may be fitted on: the split's train cells plus every control."""
+    is_ctrl = (train.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
+    if split_fpath is None:
+        return np.ones(train.n_obs, bool)
+    from biojepac.data.splits import load_split, split_masks
+
+    masks = split_masks(train, load_split(split_fpath))
+    mask = np.asarray(masks["train"] if isinstance(masks, dict) else masks[0], bool)
+    if not (mask & ~is_ctrl).any():
+        raise InputError(f"{split_fpath}: no perturbed training cells of {train_fpath} are in the split's train part")
+    return mask | is_ctrl
+
+
+def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, seed: int,
+                  max_controls: int = 0) -> ad.AnnData:
+    """Predicted cells (n_cells per perturbation, each from a sampled real control) + the real controls."""
+    obs = train.obs
+    ctrl_idx = np.flatnonzero((obs[schema.PERT_COL] == schema.CONTROL).to_numpy() &
+                              (obs[schema.CONTEXT_COL] == context).to_numpy())
+    if len(ctrl_idx) == 0:
+        raise InputError(f"{train.uns.get(schema.UNS_KEY, {}).get('source', 'training data')}: no "
+                         f"{schema.CONTROL!r} cells in context {context!r} (column {schema.CONTEXT_COL!r})")
+    x_ctrl = train.X[ctrl_idx]
+    blocks, rows = [], []
+    for i, (pert, n) in enumerate(zip(perts["target_gene"], perts["n_cells"])):
+        rng = np.random.default_rng([seed, i])  # per-perturbation stream: adding one does not reshuffle others
+        pick = rng.choice(len(ctrl_idx), size=n, replace=n > len(ctrl_idx))
+        x = x_ctrl[pick]
+        x = np.asarray(x.toarray() if sp.issparse(x) else x, np.float32)
+        blocks.append(sp.csr_matrix(model.predict(x, pert, context, seed + i)))
+        rows.append(pd.DataFrame({schema.PERT_COL: pert, "control_cell": obs.index[ctrl_idx[pick]]}))
+    if max_controls and max_controls < len(ctrl_idx):
+        keep = np.sort(np.random.default_rng([seed, -1]).choice(len(ctrl_idx), max_controls, replace=False))
+    else:
+        keep = np.arange(len(ctrl_idx))
+    blocks.append(sp.csr_matrix(x_ctrl[keep], dtype=np.float32))
+    rows.append(pd.DataFrame({schema.PERT_COL: schema.CONTROL, "control_cell": obs.index[ctrl_idx[keep]]}))
+    new_obs = pd.concat(rows, ignore_index=True)
+    new_obs[schema.CONTEXT_COL] = context
+    new_obs[schema.BATCH_COL] = obs[schema.BATCH_COL].astype(str).loc[new_obs["control_cell"]].to_numpy()
+    new_obs.index = [f"pred{i}" for i in range(len(new_obs))]
+    for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
+        new_obs[col] = new_obs[col].astype("category")
+    return ad.AnnData(X=sp.vstack(blocks, format="csr"), obs=new_obs, var=pd.DataFrame(index=train.var_names.copy()))
+
+
+def write_h5ad_atomic(adata: ad.AnnData, fpath: pathlib.Path) -> None:
+    fpath = pathlib.Path(fpath)
+    fpath.parent.mkdir(parents=True, exist_ok=True)
+    tmp = fpath.with_name(f".{fpath.name}.tmp{os.getpid()}")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, fpath)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _split_record(split_fpath) -> dict | None:
+    if split_fpath is None:
+        return None
+    return {"path": str(split_fpath), "content": json.loads(pathlib.Path(split_fpath).read_text())}
+
+
+
+def _features_record(model) -> dict | None:
+    feats = getattr(model, "features", None)
+    return feats.describe() if hasattr(feats, "describe") else None
