@@ -32,7 +32,13 @@ COMMANDS: dict = {
         "biojepac.submit:run_submit",
     ),
     "data": {},
-    "train": {},
+    "train": {
+        "state": (
+            "Train the state-transition (STATE-like) model on a log1p screen and save it.",
+            "biojepac.train.state:TrainStateConfig",
+            "biojepac.train.state:train",
+        ),
+    },
 }
 
 

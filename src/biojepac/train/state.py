@@ -1,0 +1,236 @@
+"""Training the state-transition model: cell sentences, the energy loss, presets, and `biojepac train state`.
+
+The loop, checkpoints, resume, progress bar, metrics.jsonl and device mesh are the shared ones in
+`biojepac.train.loop`; this file only says what a batch is and what the loss is.
+
+A training example is a cell *sentence*: S perturbed cells of one (perturbation, context, batch) group,
+paired with S control cells drawn from the same context and batch (the same context when that batch
+has no controls). Batches are a pure function of the step, so a resumed run sees the same data.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Literal
+
+import anndata as ad
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.sparse as sp
+
+from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL
+from biojepac.errors import InputError
+from biojepac.models.energy import batched_energy_distance
+from biojepac.models.state import StateConfig, StateMeta, StateModel, StateTransition
+from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    n_steps: int = 2000
+    """Optimiser steps."""
+    batch_size: int = 8
+    """Cell sentences per step."""
+    lr: float = 3e-4
+    """Peak AdamW learning rate (linear warm-up, cosine decay)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 10.0
+    """Clip the global gradient norm (STATE uses 10)."""
+    seed: int = 0
+    """Seeds the initialisation, the sentence sampler and label dropout."""
+    run_dpath: pathlib.Path | None = None
+    """Where ckpt.eqx and metrics.jsonl go (resumed when present); None: a fresh temporary folder."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+PRESETS: dict[str, tuple[StateConfig, FitConfig]] = {
+    # Seconds on one CPU core: for tests and smoke runs.
+    "tiny": (StateConfig(set_size=16, d_model=32, n_layers=1, n_heads=2, decoder_hidden=64),
+             FitConfig(n_steps=100, batch_size=4, lr=1e-3)),
+    # Minutes on 2 CPU cores: the benchmark setting.
+    "cpu-small": (StateConfig(set_size=32, d_model=128, n_layers=2, n_heads=4),
+                  FitConfig(n_steps=1500, batch_size=8, lr=3e-4)),
+    # STATE's ST-SM shape (hidden 672, 4 layers, 8 heads, 128-cell sentences): for an accelerator.
+    "paper": (StateConfig(set_size=128, d_model=672, n_layers=4, n_heads=8, decoder_hidden=1024),
+              FitConfig(n_steps=40000, batch_size=16, lr=1e-4)),
+}
+
+
+class SentenceSampler:
+    """Draws batches of (control set, perturbed set) sentences as a pure function of the step."""
+
+    def __init__(self, cells_ng: np.ndarray, expr_ng: np.ndarray, obs, pert_table: np.ndarray,
+                 set_size: int, batch_size: int, seed: int):
+        self.cells_ng, self.expr_ng, self.pert_table = cells_ng, expr_ng, pert_table
+        self.set_size, self.batch_size, self.seed = set_size, batch_size, seed
+        pert = obs[PERT_COL].astype(str).to_numpy()
+        ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+        bat = obs[BATCH_COL].astype(str).to_numpy()
+        self.contexts, ctx_code = np.unique(ctx, return_inverse=True)
+        self.batches, bat_code = np.unique(bat, return_inverse=True)
+        self.perts = np.unique(pert[pert != CONTROL])
+        is_ctrl = pert == CONTROL
+        ctrl_pools = {}
+        for c, b in set(zip(ctx_code[is_ctrl], bat_code[is_ctrl])):
+            ctrl_pools[(c, b)] = np.flatnonzero(is_ctrl & (ctx_code == c) & (bat_code == b))
+        ctx_pools = {c: np.flatnonzero(is_ctrl & (ctx_code == c)) for c in np.unique(ctx_code[is_ctrl])}
+        # One group per (perturbation, context, batch) that has both perturbed cells and controls.
+        self.groups = []  # (pert index, ctx code, batch code, perturbed idx, control idx)
+        df = {"p": np.searchsorted(self.perts, pert), "c": ctx_code, "b": bat_code}
+        keys = np.stack([df["p"], df["c"], df["b"]], 1)[~is_ctrl]
+        rows = np.flatnonzero(~is_ctrl)
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        for g, (p, c, b) in enumerate(uniq):
+            ctrl = ctrl_pools.get((c, b), ctx_pools.get(c))
+            if ctrl is None:
+                continue  # a context with no controls cannot form a sentence
+            self.groups.append((p, c, b, rows[inverse.ravel() == g], ctrl))
+        if not self.groups:
+            raise InputError(f"no (perturbation, context) group has control cells ('{CONTROL}') to pair with")
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step])
+        chosen = rng.integers(len(self.groups), size=self.batch_size)
+        ctrl_idx, pert_idx = [], []
+        for g in chosen:
+            _, _, _, perturbed, ctrl = self.groups[g]
+            pert_idx.append(rng.choice(perturbed, self.set_size, replace=len(perturbed) < self.set_size))
+            ctrl_idx.append(rng.choice(ctrl, self.set_size, replace=len(ctrl) < self.set_size))
+        groups = [self.groups[g] for g in chosen]
+        pert_idx_bs, ctrl_idx_bs = np.stack(pert_idx), np.stack(ctrl_idx)
+        return {
+            "ctrl": self.cells_ng[ctrl_idx_bs],
+            "target": self.cells_ng[pert_idx_bs],
+            "target_expr": self.expr_ng[pert_idx_bs],
+            "pert": self.pert_table[[g[0] for g in groups]],
+            "context": np.asarray([g[1] + 1 for g in groups], np.int32),  # +1: row 0 is "unknown"
+            "batch": np.asarray([g[2] + 1 for g in groups], np.int32),
+        }
+
+
+def make_loss_fn(cfg: StateConfig):
+    def loss_fn(net: StateTransition, extra, batch: dict, key: jax.Array):
+        k_ctx, k_bat = jax.random.split(key)
+        n = batch["context"].shape[0]
+        # Label dropout teaches the "unknown" rows used for held-out contexts and unlabelled batches.
+        context = jnp.where(jax.random.bernoulli(k_ctx, cfg.label_dropout, (n,)), 0, batch["context"])
+        bat = jnp.where(jax.random.bernoulli(k_bat, cfg.label_dropout, (n,)), 0, batch["batch"])
+        pred_bsn, expr_bsg = jax.vmap(net)(batch["ctrl"], batch["pert"], context, bat)
+        energy_b = batched_energy_distance(expr_bsg, batch["target_expr"])
+        loss = energy_b.mean()
+        metrics = {"energy": loss}
+        if net.decoder is not None:  # also match the sets in latent space, as STATE does with SE
+            latent = batched_energy_distance(pred_bsn, batch["target"]).mean()
+            loss, metrics = loss + latent, {**metrics, "energy_latent": latent}
+        mse = ((expr_bsg.mean(1) - batch["target_expr"].mean(1)) ** 2).mean()
+        metrics["pseudobulk_mse"] = mse
+        return loss + cfg.pseudobulk_weight * mse, metrics
+
+    return loss_fn
+
+
+def make_optimizer(fit_cfg: FitConfig) -> optax.GradientTransformation:
+    warmup = max(1, min(100, fit_cfg.n_steps // 10))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, fit_cfg.lr, warmup, max(fit_cfg.n_steps, warmup + 1))
+    return optax.chain(optax.clip_by_global_norm(fit_cfg.grad_clip),
+                       optax.adamw(schedule, weight_decay=fit_cfg.weight_decay))
+
+
+def get_features(features, train: ad.AnnData):
+    """A provider from a spec string ("onehot", "go", "file:PATH"), a provider, a dict gene -> vector, or None."""
+    from biojepac.features import make_provider
+    from biojepac.features.base import GeneTable
+
+    if features is None:
+        return make_provider("onehot", train)
+    if isinstance(features, str):
+        return make_provider(features, train)
+    if isinstance(features, dict):
+        keys = tuple(features)
+        return GeneTable(name=f"dict{len(keys)}", keys=keys, matrix=np.stack([np.asarray(features[k]) for k in keys]),
+                         source="in-memory dict")
+    return features
+
+
+def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig | None = None, encoder=None):
+    """Fit a `StateTransition` on a canonical log1p screen. Returns (net, meta, feature provider)."""
+    fit_cfg = fit_cfg or FitConfig()
+    if cfg.cell_input == "latent" and encoder is None:
+        raise InputError("state model: cell_input='latent' needs the BioJEPAC encoder (pass encoder=...)")
+    features = get_features(features, train)
+    expr_ng = np.asarray(train.X.toarray() if sp.issparse(train.X) else train.X, np.float32)
+    cells_ng = expr_ng if encoder is None else np.asarray(encoder.encode(expr_ng), np.float32)
+    perts = np.unique(train.obs[PERT_COL].astype(str).to_numpy())
+    perts = perts[perts != CONTROL]
+    missing = features.missing(list(perts))
+    if missing:
+        raise InputError(f"state model: feature provider {features.name!r} lacks training perturbations {missing[:20]}")
+    pert_table = features.vectors(list(perts))
+    sampler = SentenceSampler(cells_ng, expr_ng, train.obs, pert_table, cfg.set_size, fit_cfg.batch_size, fit_cfg.seed)
+    # Raw uint32 keys: the shared checkpoint converts every leaf to NumPy, which typed keys refuse.
+    key_init, key_loop = jax.random.split(jax.random.PRNGKey(fit_cfg.seed))
+    net = StateTransition(cfg, cells_ng.shape[1], expr_ng.shape[1], features.dim, len(sampler.contexts),
+                          len(sampler.batches), key=key_init)
+    optim = make_optimizer(fit_cfg)
+    state = make_state(net, optim, key_loop)
+    step_fn = make_train_step(make_loss_fn(cfg), optim)
+    run_dpath = fit_cfg.run_dpath
+    if run_dpath is None:
+        import tempfile
+
+        run_dpath = pathlib.Path(tempfile.mkdtemp(prefix="biojepac-state-"))
+    header = {"model": "state", "config": dataclasses.asdict(cfg), "fit": dataclasses.asdict(fit_cfg)}
+    loop_cfg = LoopConfig(n_steps=fit_cfg.n_steps, log_every=max(1, min(50, fit_cfg.n_steps // 10)),
+                          ckpt_every=max(1, min(500, fit_cfg.n_steps)), progress=fit_cfg.progress)
+    state = run_loop(state, step_fn, sampler, loop_cfg, pathlib.Path(run_dpath), header=header, desc="state")
+    meta = StateMeta(config=cfg, genes=tuple(map(str, train.var_names)), contexts=tuple(map(str, sampler.contexts)),
+                     batches=tuple(map(str, sampler.batches)), n_in=int(cells_ng.shape[1]), pert_dim=features.dim,
+                     features=features.describe())
+    return state.params, meta, features
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStateConfig:
+    data_fpath: pathlib.Path = pathlib.Path("train.h5ad")
+    """Canonical log1p training screen (train-split perturbations plus controls), e.g. from `biojepac data`."""
+    out_dpath: pathlib.Path = pathlib.Path("runs/state")
+    """Run folder: ckpt.eqx + metrics.jsonl while training (resumed when present), model/ when done."""
+    preset: Literal["tiny", "cpu-small", "paper"] = "cpu-small"
+    """Model size and schedule (see `PRESETS`)."""
+    features: str = "onehot"
+    """Perturbation features: a `biojepac.features.make_provider` spec (onehot, go, expr, file:PATH)."""
+    n_steps: int = 0
+    """Override the preset's steps (0: keep)."""
+    set_size: int = 0
+    """Override the preset's cells per sentence (0: keep)."""
+    pseudobulk_weight: float = 0.0
+    """Weight of the pseudobulk MSE added to the energy loss."""
+    seed: int = 0
+    """Seed of initialisation and sampling."""
+
+
+def train(cfg: TrainStateConfig) -> StateModel:
+    """`biojepac train state`: fit from a preset and save the model (model.json + weights) to out_dpath/model."""
+    from biojepac.data.load import load_screen
+
+    model_cfg, fit_cfg = PRESETS[cfg.preset]
+    model_cfg = dataclasses.replace(model_cfg, pseudobulk_weight=cfg.pseudobulk_weight,
+                                    set_size=cfg.set_size or model_cfg.set_size)
+    fit_cfg = dataclasses.replace(fit_cfg, n_steps=cfg.n_steps or fit_cfg.n_steps, seed=cfg.seed,
+                                  run_dpath=cfg.out_dpath)
+    adata = load_screen(cfg.data_fpath)
+    if adata.uns.get("biojepac", {}).get("values") == "counts":
+        raise InputError(f"{cfg.data_fpath}: X holds raw counts; the state model trains on log1p (normalise first)")
+    t0 = time.perf_counter()
+    model = StateModel(model_cfg, cfg.features, fit_cfg).fit(adata)
+    model.save(cfg.out_dpath / "model")
+    summary = {"train_s": time.perf_counter() - t0, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
+               "preset": cfg.preset, "model_dpath": str(cfg.out_dpath / "model")}
+    print(json.dumps(summary))
+    return model

@@ -1,0 +1,121 @@
+"""State-transition model: the energy distance against direct computations, overfitting a tiny screen,
+exact resume through the shared loop, and save/load through model.json."""
+
+import dataclasses
+import json
+import pathlib
+
+import anndata as ad
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from biojepac.models import state as st
+from biojepac.models.energy import energy_distance
+from biojepac.train import state as trainer
+from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
+
+
+def _direct_energy(x, y):
+    """The textbook V-statistic with explicit loops over every pair."""
+    def mean_dist(a, b):
+        return np.mean([[np.linalg.norm(ai - bj) for bj in b] for ai in a])
+
+    return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+
+
+def test_energy_distance_matches_direct_loops_and_scipy():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(7, 5)), rng.normal(1.0, 2.0, size=(9, 5))
+    got = float(energy_distance(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)))
+    assert got == pytest.approx(_direct_energy(x, y), rel=1e-4)
+    # In 1-D scipy returns sqrt(2E|X-Y| - E|X-X'| - E|Y-Y'|), the same quantity square-rooted.
+    x1, y1 = x[:, :1], y[:, :1]
+    got1 = float(energy_distance(jnp.asarray(x1, jnp.float32), jnp.asarray(y1, jnp.float32)))
+    assert got1 == pytest.approx(scipy.stats.energy_distance(x1[:, 0], y1[:, 0]) ** 2, rel=1e-4)
+    # A set against itself is at distance 0, and the gradient there is finite (no sqrt(0) NaN).
+    grad = jax.grad(lambda a: energy_distance(a, jnp.asarray(x, jnp.float32)))(jnp.asarray(x, jnp.float32))
+    assert float(energy_distance(jnp.asarray(x), jnp.asarray(x))) == pytest.approx(0.0, abs=1e-5)
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def make_shift_screen(n_genes: int = 12, seed: int = 0) -> ad.AnnData:
+    """Controls ~ N(2, 0.3); perturbation "A" adds +1.5 to genes 0-2, "B" subtracts 1 from genes 3-5."""
+    rng = np.random.default_rng(seed)
+    shifts = {"non-targeting": np.zeros(n_genes), "A": np.r_[1.5, 1.5, 1.5, np.zeros(n_genes - 3)],
+              "B": np.r_[0, 0, 0, -1.0, -1.0, -1.0, np.zeros(n_genes - 6)]}
+    labels = np.repeat(list(shifts), [120, 60, 60])
+    x = 2.0 + 0.3 * rng.normal(size=(len(labels), n_genes)) + np.stack([shifts[lab] for lab in labels])
+    obs = pd.DataFrame({"target_gene": labels, "context": "c1", "batch": "b0", "pert_type": "CRISPRi"},
+                       index=[f"cell{i}" for i in range(len(labels))])
+    return ad.AnnData(X=x.clip(0).astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
+
+
+TINY = dataclasses.replace(trainer.PRESETS["tiny"][0], set_size=16)
+
+
+def test_tiny_model_learns_the_shifts_and_round_trips(tmp_path):
+    adata = make_shift_screen()
+    fit_cfg = trainer.FitConfig(n_steps=150, batch_size=4, lr=3e-3, run_dpath=tmp_path / "run", progress=False)
+    model = st.StateModel(TINY, "onehot", fit_cfg).fit(adata)
+    ctrl = adata.X[adata.obs["target_gene"].to_numpy() == "non-targeting"]
+    for pert in ("A", "B"):
+        truth = adata.X[adata.obs["target_gene"].to_numpy() == pert].mean(0) - ctrl.mean(0)
+        pred = model.predict(ctrl, pert, "c1", seed=0).mean(0) - ctrl.mean(0)
+        # The untrained model is the identity (error = |truth|); training must remove most of it.
+        assert np.abs(pred - truth).max() < 0.35 * np.abs(truth).max(), (pert, pred.round(2), truth.round(2))
+    losses = [json.loads(line)["energy"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0]
+
+    model.save(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["kind"] == "state"
+    again = st.load(tmp_path / "model")
+    np.testing.assert_allclose(again.predict(ctrl, "A", "c1", 3), model.predict(ctrl, "A", "c1", 3), atol=1e-6)
+    # An unseen context falls back to the "unknown" row instead of failing; a gene without features fails.
+    assert again.predict(ctrl, "A", "never-seen", 0).shape == ctrl.shape
+    with pytest.raises(Exception, match="ZZZ"):
+        again.predict(ctrl, "ZZZ", "c1", 0)
+
+
+def test_resume_gives_the_same_parameters(tmp_path):
+    adata = make_shift_screen(n_genes=6)
+    features = trainer.get_features("onehot", adata)
+    x = np.asarray(adata.X)
+    sampler = trainer.SentenceSampler(x, x, adata.obs, features.vectors(["A", "B"]), 8, 2, seed=1)
+    cfg = dataclasses.replace(TINY, set_size=8)
+    fit_cfg = trainer.FitConfig(n_steps=6, lr=1e-3)
+    optim = trainer.make_optimizer(fit_cfg)
+    step_fn = make_train_step(trainer.make_loss_fn(cfg), optim)
+
+    def fresh():
+        net = st.StateTransition(cfg, 6, 6, features.dim, 1, 1, key=jax.random.PRNGKey(0))
+        return make_state(net, optim, jax.random.PRNGKey(1))
+
+    loop_cfg = LoopConfig(n_steps=6, ckpt_every=2, log_every=1, progress=False)
+    straight = run_loop(fresh(), step_fn, sampler, loop_cfg, tmp_path / "a")
+    run_loop(fresh(), step_fn, sampler, loop_cfg, tmp_path / "b", stop_after=3)  # "killed" after step 3
+    resumed = run_loop(fresh(), step_fn, sampler, loop_cfg, tmp_path / "b")  # restarts from the step-2 checkpoint
+    for a, b in zip(jax.tree.leaves(eqx.filter(straight.params, eqx.is_array)),
+                    jax.tree.leaves(eqx.filter(resumed.params, eqx.is_array))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_sampler_pairs_controls_of_the_same_context():
+    adata = make_shift_screen(n_genes=6)
+    adata.obs["context"] = np.where(np.arange(adata.n_obs) % 2 == 0, "c1", "c2")
+    x = np.arange(adata.n_obs, dtype=np.float32)[:, None].repeat(6, 1)  # a cell's value is its row
+    sampler = trainer.SentenceSampler(x, x, adata.obs, np.eye(2, dtype=np.float32), 8, 6, seed=0)
+    batch = sampler(5)
+    ctx_of_row = adata.obs["context"].to_numpy()
+    for b in range(6):
+        ctrl_rows = batch["ctrl"][b, :, 0].astype(int)
+        target_rows = batch["target"][b, :, 0].astype(int)
+        assert (adata.obs["target_gene"].to_numpy()[ctrl_rows] == "non-targeting").all()
+        assert set(ctx_of_row[ctrl_rows]) == set(ctx_of_row[target_rows]) == {sampler.contexts[batch["context"][b] - 1]}
+    np.testing.assert_array_equal(sampler(5)["ctrl"], batch["ctrl"])  # a pure function of the step
