@@ -97,7 +97,7 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         tmp_fpath = dst_fpath.with_name(dst_fpath.name + f".tmp{os.getpid()}")
         pb_sums = np.zeros((len(groups), int(var_mask.sum()))) if keys else None
         with h5py.File(tmp_fpath, "w") as out:
-            writer = _CsrWriter(out, int(var_mask.sum()), cfg.out_chunk_nnz)
+            writer = CsrWriter(out, int(var_mask.sum()), cfg.out_chunk_nnz)
             row0 = 0
             for b in blocks:
                 chunk = _prepared(b.compute(), factor, row0, is_counts, var_mask)
@@ -221,7 +221,7 @@ def _group_codes(obs: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame
     return groups, codes
 
 
-class _CsrWriter:
+class CsrWriter:
     """Appends CSR row chunks to resizable, chunked HDF5 datasets laid out as AnnData's `X`."""
 
     def __init__(self, f: h5py.File, n_genes: int, chunk_nnz: int):

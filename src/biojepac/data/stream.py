@@ -125,6 +125,7 @@ class CellStream:
             self._load_labels()
         self.epoch, self.batch_in_epoch = 0, 0
         self._plan: tuple[int, np.ndarray, np.ndarray, int] | None = None  # epoch, windows, cum_items, n_batches
+        self._epoch_first_step = [0]  # global step of each epoch's first batch, extended on demand
         self._cache: dict[tuple[int, int], _Window] = {}
 
     # ---- metadata (no X read) ----
@@ -259,6 +260,16 @@ class CellStream:
         extra, inv = np.unique(g, return_inverse=True)
         pick[~local] = len(rows) + inv.reshape(g.shape)
         return np.concatenate([sent, pick], axis=1), extra
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """The batch of global step `step` (counted from epoch 0): a pure function of the step, as
+        `train.loop.run_loop` wants, and cheap when steps come in order (the window cache is reused)."""
+        while self._epoch_first_step[-1] <= step:
+            e = len(self._epoch_first_step) - 1
+            self._epoch_first_step.append(self._epoch_first_step[-1] + self._epoch_plan(e)[3])
+        epoch = int(np.searchsorted(self._epoch_first_step, step, side="right") - 1)
+        self.epoch, self.batch_in_epoch = epoch, step - self._epoch_first_step[epoch]
+        return self.next_batch()
 
     # ---- batches ----
     def next_batch(self) -> dict[str, np.ndarray]:
