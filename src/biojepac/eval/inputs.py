@@ -1,0 +1,182 @@
+"""Read and check the files an evaluation compares, once, at the boundary.
+
+A `Screen` is one file reduced to what the metrics need: a log-normalised matrix (sparse or dense,
+never modified in place: counts are normalised on a copy), one group code per cell and the gene names.
+Counts vs log1p is decided as cell-eval decides it: a file whose values are all integers is counts and is
+normalised with scanpy's `normalize_total` (to the median total) and `log1p`; a file with fractional values
+must already be log1p, in [0, 15).
+"""
+
+import dataclasses
+import pathlib
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from biojepac.errors import InputError
+
+LOG1P_MAX = 15.0
+"""cell-eval's ceiling for log1p-normalised values; anything at or above is counts or a broken transform."""
+FRACTION_EPS = 1e-3
+"""A value counts as fractional when its fractional part exceeds this (cell-eval's `epsilon`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Screen:
+    """One file, log-normalised, with cells grouped by perturbation (group 0 is the control)."""
+
+    name: str
+    """Where it came from (file path or a label), used in error messages and the report."""
+    x: sp.csr_matrix | np.ndarray
+    """Cells x genes, log1p-normalised, float32 or float64. Owned by the Screen (a copy when normalised)."""
+    codes: np.ndarray
+    """Group per cell: 0 = control, 1..P = `perts[code - 1]`."""
+    perts: np.ndarray
+    """Sorted perturbation labels, control excluded."""
+    genes: np.ndarray
+    """Gene names in file order."""
+    was_counts: bool
+    """True when the file held integer counts and was normalised here."""
+
+    @property
+    def n_cells_per_group(self) -> np.ndarray:
+        return np.bincount(self.codes, minlength=len(self.perts) + 1)
+
+
+def read_screen(
+    src: ad.AnnData | str | pathlib.Path, *, pert_col: str, control: str, name: str = ""
+) -> Screen:
+    """Load (if a path), check columns/values and normalise counts on a copy."""
+    if isinstance(src, (str, pathlib.Path)):
+        name = name or str(src)
+        if not pathlib.Path(src).is_file():
+            raise InputError(f"{name}: file not found")
+        adata = ad.read_h5ad(src)
+        owned = True
+    else:
+        adata, owned = src, False
+        name = name or "<AnnData>"
+    if pert_col not in adata.obs.columns:
+        raise InputError(f"{name}: obs column {pert_col!r} not found (have {list(adata.obs.columns)})")
+    labels = adata.obs[pert_col].astype(str).to_numpy()
+    if control not in set(labels):
+        raise InputError(f"{name}: no control cells labelled {control!r} in obs[{pert_col!r}]")
+    perts, inverse = np.unique(labels, return_inverse=True)
+    ctrl_idx = int(np.flatnonzero(perts == control)[0])
+    # Control gets code 0; perturbations keep their sorted order as 1..P.
+    codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
+    x = _as_matrix(adata.X, name)
+    was_counts = not is_lognorm(x, name)
+    if was_counts:
+        x = _normalize_counts(x, copy=not owned)
+    elif isinstance(x, sp.csr_matrix) and x.nnz and not owned:
+        x = x.copy()  # we drop explicit zeros below; never touch the caller's matrix
+    if isinstance(x, sp.csr_matrix):
+        x.eliminate_zeros()
+    genes = np.asarray(adata.var_names.astype(str))
+    return Screen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
+
+
+def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
+    """cell-eval's rule: no fractional values -> counts; otherwise it must look like log1p."""
+    vals = x.data if sp.issparse(x) else x
+    if vals.size and float(vals.min()) < 0:
+        raise InputError(f"{name}: negative expression value {float(vals.min()):.3g}; expected counts or log1p")
+    if not np.any(np.modf(vals)[0] > FRACTION_EPS):
+        return False
+    vmax = float(vals.max())
+    if vmax >= LOG1P_MAX:
+        raise InputError(
+            f"{name}: fractional values up to {vmax:.3g} >= {LOG1P_MAX}; log1p-normalised data must lie in "
+            f"[0, {LOG1P_MAX}). Pass raw integer counts or log1p(normalised) values, not a mix."
+        )
+    return True
+
+
+def check_pair(real: Screen, other: Screen) -> None:
+    """Same genes in the same order, and the same perturbation set."""
+    if len(real.genes) != len(other.genes) or not np.array_equal(real.genes, other.genes):
+        if set(real.genes) == set(other.genes):
+            i = int(np.flatnonzero(real.genes != other.genes)[0])
+            raise InputError(
+                f"{other.name}: genes are in a different order than {real.name} "
+                f"(position {i}: {other.genes[i]!r} vs {real.genes[i]!r}); reorder var to match"
+            )
+        missing = sorted(set(real.genes) - set(other.genes))[:5]
+        extra = sorted(set(other.genes) - set(real.genes))[:5]
+        raise InputError(
+            f"{other.name}: genes differ from {real.name} ({len(other.genes)} vs {len(real.genes)}; "
+            f"missing e.g. {missing}, extra e.g. {extra})"
+        )
+    if not np.array_equal(real.perts, other.perts):
+        missing = sorted(set(real.perts) - set(other.perts))[:5]
+        extra = sorted(set(other.perts) - set(real.perts))[:5]
+        raise InputError(
+            f"{other.name}: perturbations differ from {real.name} (missing e.g. {missing}, extra e.g. {extra})"
+        )
+
+
+def gene_blocks(x: sp.csr_matrix | np.ndarray, block: int):
+    """Yield (start, stop, rows, local_cols, values) for the non-zero entries of each block of genes.
+
+    Sparse input is converted to CSC once so each block is a contiguous slice; dense input is sliced
+    per block. Either way only one block of entries is alive at a time.
+    """
+    n_genes = x.shape[1]
+    if sp.issparse(x):
+        csc = x.tocsc()
+        csc.sort_indices()
+        for start in range(0, n_genes, block):
+            stop = min(start + block, n_genes)
+            lo, hi = csc.indptr[start], csc.indptr[stop]
+            counts = np.diff(csc.indptr[start : stop + 1])
+            cols = np.repeat(np.arange(stop - start), counts)
+            yield start, stop, csc.indices[lo:hi].astype(np.int64), cols, csc.data[lo:hi]
+    else:
+        for start in range(0, n_genes, block):
+            stop = min(start + block, n_genes)
+            sub = np.asarray(x[:, start:stop])
+            rows, cols = np.nonzero(sub)
+            yield start, stop, rows, cols, sub[rows, cols]
+
+
+def _as_matrix(x, name: str) -> sp.csr_matrix | np.ndarray:
+    if x is None:
+        raise InputError(f"{name}: X is empty")
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+    else:
+        x = np.asarray(x)
+    dtype = x.dtype
+    if dtype == np.float16:
+        x = x.astype(np.float32)  # as cell-eval does; numpy sorts float16 fine but means lose precision
+    return x
+
+
+def _normalize_counts(x: sp.csr_matrix | np.ndarray, copy: bool):
+    """scanpy normalize_total (median target) + log1p on a copy: bit-identical to what cell-eval does in place."""
+    import scanpy as sc
+
+    tmp = ad.AnnData(X=x.copy() if copy else x, obs=pd.DataFrame(index=np.arange(x.shape[0]).astype(str)))
+    sc.pp.normalize_total(tmp)
+    sc.pp.log1p(tmp)
+    return tmp.X
+
+
+def make_baseline_screen(train_means: np.ndarray, real: Screen) -> Screen:
+    """cell-eval's cell-mean baseline as a Screen: the unweighted mean over the training groups' means
+    (control group included, as cell-eval's `_build_pert_baseline` does) given to every cell of every
+    real perturbation, plus the real control cells.
+
+    `train_means` is (groups x genes), log1p, from `stats.summarize(train)`.
+    """
+    baseline = train_means.mean(axis=0)
+    ctrl_rows = np.flatnonzero(real.codes == 0)
+    ctrl_x = real.x[ctrl_rows]
+    ctrl_x = ctrl_x.toarray() if sp.issparse(ctrl_x) else np.asarray(ctrl_x)
+    n_pert_cells = int((real.codes > 0).sum())
+    x = np.concatenate([ctrl_x.astype(np.float64), np.broadcast_to(baseline, (n_pert_cells, len(baseline)))])
+    codes = np.concatenate([np.zeros(len(ctrl_rows), np.int64), np.sort(real.codes[real.codes > 0])])
+    return Screen("cell-mean baseline", x, codes, real.perts, real.genes, was_counts=False)

@@ -1,0 +1,110 @@
+"""One streaming pass over a file's genes that yields every per-group summary the metrics need.
+
+For each block of genes: the group sums and sums of squares (pseudobulk means, t-test variances) and, when
+asked, the Mann-Whitney p-values of every perturbation against this file's own controls. Memory is one
+block of non-zero entries plus (groups x genes) summaries; the dense matrix is never built.
+"""
+
+import ctypes
+import ctypes.util
+import dataclasses
+
+import numpy as np
+import scipy.sparse as sp
+
+from biojepac.eval import mwu
+from biojepac.eval.inputs import Screen, gene_blocks
+
+BLOCK_ENTRIES = 4_000_000
+"""Target number of non-zero entries per gene block (about 100 MB of temporaries)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Per-group summaries of one file. Row 0 is the control, rows 1..P the perturbations."""
+
+    n: np.ndarray
+    """Cells per group, (groups,)."""
+    mean: np.ndarray
+    """Mean log1p expression per group, (groups x genes), float64."""
+    var: np.ndarray
+    """Unbiased (ddof=1) variance per group, (groups x genes); NaN for a group of one cell."""
+    pval: np.ndarray | None
+    """Mann-Whitney p-value of each perturbation vs control, (perts x genes); None if not computed."""
+
+    @property
+    def fdr(self) -> np.ndarray:
+        return mwu.bh_fdr(self.pval)
+
+    @property
+    def lfc(self) -> np.ndarray:
+        """pdex's log2 fold change of pseudobulks: log2(expm1(mean_pert) / expm1(mean_ctrl)), float32.
+
+        pdex takes the means in float32 and casts the result to float32; we round the float64 means to
+        float32 first so ties and infinities (a gene absent from the controls) fall where pdex puts them.
+        0/0 (absent from both) is defined as 0, as in pdex.
+        """
+        m32 = self.mean.astype(np.float32).astype(np.float64)
+        bulk = np.expm1(m32).astype(np.float32).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lfc = np.log2(bulk[1:] / bulk[:1])
+        return np.nan_to_num(lfc, nan=0.0, posinf=np.inf, neginf=-np.inf).astype(np.float32)
+
+
+def summarize(screen: Screen, *, with_de: bool) -> Summary:
+    """Group means, variances and (optionally) MWU p-values in one pass over blocks of genes."""
+    n = screen.n_cells_per_group
+    n_groups, n_genes = len(n), screen.x.shape[1]
+    sums = np.zeros((n_groups, n_genes))
+    sumsq = np.zeros((n_groups, n_genes))
+    pval = np.ones((n_groups - 1, n_genes)) if with_de else None
+    nnz = screen.x.nnz if hasattr(screen.x, "nnz") else np.count_nonzero(screen.x)
+    block = int(np.clip(BLOCK_ENTRIES * n_genes // max(nnz, 1), 16, 1 << 16))
+    for start, stop, rows, cols, vals in gene_blocks(screen.x, block):
+        width = stop - start
+        flat = screen.codes[rows] * width + cols
+        v64 = vals.astype(np.float64)
+        sums[:, start:stop] = np.bincount(flat, weights=v64, minlength=n_groups * width).reshape(n_groups, width)
+        sumsq[:, start:stop] = np.bincount(flat, weights=v64 * v64, minlength=n_groups * width).reshape(
+            n_groups, width
+        )
+        if with_de:
+            pval[:, start:stop] = mwu.mwu_pvalues(rows, cols, vals, screen.codes, n, width)
+    mean = sums / n[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.clip(sumsq - n[:, None] * mean**2, 0.0, None) / (n[:, None] - 1)
+    return Summary(n, mean, var, pval)
+
+
+def pdex_lfc(screen: Screen, pert_code: int, genes: np.ndarray) -> np.ndarray:
+    """pdex's float32 log2 fold change for a few genes of one perturbation, reproduced bit for bit.
+
+    Needed only to order genes whose |LFC| may tie at the top-N cut of DES. pdex averages in float32 in
+    row order (sparse: scale each value by 1/n, then sum; dense: sum, then divide) and applies the C
+    library's `expm1f`; we do the same on just these columns.
+    """
+    out = []
+    for code in (pert_code, 0):
+        rows = np.flatnonzero(screen.codes == code)
+        sub = screen.x[rows][:, genes]
+        dtype = np.float32 if sub.dtype == np.float32 else np.float64
+        acc = np.zeros(len(genes), dtype)
+        if sp.issparse(sub):
+            sub = sp.csc_matrix(sub)
+            cols = np.repeat(np.arange(len(genes)), np.diff(sub.indptr))
+            np.add.at(acc, cols, sub.data.astype(dtype) * dtype(1.0 / len(rows)))
+        else:
+            for row in np.asarray(sub, dtype=dtype):
+                acc += row
+            acc = (acc.astype(np.float64) / len(rows)).astype(dtype)
+        out.append((_expm1f(acc) if dtype == np.float32 else np.expm1(acc)).astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lfc = np.log2(out[0] / out[1])
+    return np.where(np.isnan(lfc), 0.0, lfc).astype(np.float32)
+
+
+def _expm1f(x: np.ndarray) -> np.ndarray:
+    """The C library's single-precision expm1 (what numba calls), which differs from numpy's in the last bit."""
+    fn = ctypes.CDLL(ctypes.util.find_library("m")).expm1f
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return np.frompyfunc(fn, 1, 1)(x).astype(np.float32)

@@ -1,0 +1,112 @@
+"""The Virtual Cell Challenge 2025 metrics, defined as cell-eval 0.8.2 computes them, vectorised.
+
+All three compare per-perturbation pseudobulks (mean log1p expression). Each file's perturbation effects
+are taken against that file's own controls, as cell-eval does (so a prediction's control cells matter).
+
+- MAE: mean over genes of |pred pseudobulk - real pseudobulk|.
+- PDS (`discrimination_score_l1`): L1 distance from each predicted effect to every real effect, the
+  target gene (the gene named like the perturbation) left out; score = 1 - rank / P, rank 0 = the true one
+  is the nearest. Signed effects (no abs).
+- DES (`overlap_at_N`): genes with BH FDR < 0.05 (in float32, as cell-eval casts) under a Mann-Whitney test
+  vs control; N = number of real ones; DES = |real ∩ top-N predicted by |LFC||| / N, 0 when N = 0.
+  Ties in |LFC| keep gene order (polars' ordinal rank).
+- Score: per metric (u - b) / (1 - b), or 1 - u / b for MAE, against the cell-mean baseline; NaN -> 0,
+  clipped below at 0, averaged, reported x100.
+"""
+
+import numpy as np
+from jaxtyping import Bool, Float, jaxtyped
+import beartype
+
+from biojepac.eval.inputs import Screen
+from biojepac.eval.stats import Summary, pdex_lfc
+
+FDR = np.float32(0.05)
+"""Significance cut. cell-eval casts FDRs to float32 before comparing, so we compare in float32 too."""
+PDS_CHUNK_BYTES = 256 << 20
+"""Temporary memory for one chunk of the (perts x perts x genes) L1 differences."""
+
+
+def mae(real: Summary, pred: Summary) -> np.ndarray:
+    """(perts,) mean absolute error of pseudobulks over genes."""
+    return np.abs(pred.mean[1:] - real.mean[1:]).mean(axis=1)
+
+
+def effects(s: Summary) -> np.ndarray:
+    """(perts x genes) pseudobulk minus this file's control pseudobulk."""
+    return s.mean[1:] - s.mean[:1]
+
+
+def target_gene_mask(perts: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """(perts x genes) True where the gene is named exactly like the perturbation (cell-eval's exclusion)."""
+    return perts[:, None] == genes[None, :]
+
+
+@jaxtyped(typechecker=beartype.beartype)
+def discrimination_l1(
+    real_eff: Float[np.ndarray, "perts genes"],
+    pred_eff: Float[np.ndarray, "perts genes"],
+    exclude: Bool[np.ndarray, "perts genes"],
+) -> Float[np.ndarray, " perts"]:
+    """PDS: 1 - rank of the true perturbation among real effects by L1 distance to the predicted one."""
+    n_perts, n_genes = real_eff.shape
+    dist = np.empty((n_perts, n_perts))
+    chunk = max(1, PDS_CHUNK_BYTES // (8 * n_perts * n_genes))
+    keep = ~exclude
+    for lo in range(0, n_perts, chunk):
+        hi = min(lo + chunk, n_perts)
+        diff = np.abs(pred_eff[lo:hi, None, :] - real_eff[None, :, :])
+        diff *= keep[lo:hi, None, :]
+        dist[lo:hi] = diff.sum(axis=2)
+    return rank_score(dist)
+
+
+def rank_score(dist: Float[np.ndarray, "perts perts"]) -> Float[np.ndarray, " perts"]:
+    """1 - (position of the diagonal in each row's argsort) / P, exactly as cell-eval ranks."""
+    order = np.argsort(dist, axis=1)
+    rank = np.argmax(order == np.arange(len(dist))[:, None], axis=1)
+    return 1.0 - rank / len(dist)
+
+
+def significant(s: Summary) -> np.ndarray:
+    """(perts x genes) FDR < 0.05, compared in float32."""
+    return s.fdr.astype(np.float32) < FDR
+
+
+def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: Screen) -> np.ndarray:
+    """DES per perturbation. Only perturbations with more predicted than real DEGs need an order."""
+    n_real = real_sig.sum(axis=1)
+    n_pred = pred_sig.sum(axis=1)
+    hits = (real_sig & pred_sig).sum(axis=1).astype(np.float64)
+    for i in np.flatnonzero((n_pred > n_real) & (n_real > 0)):
+        genes = np.flatnonzero(pred_sig[i])
+        # Bit-exact pdex LFCs for these genes so |LFC| ties and near-ties fall on the same side of the cut.
+        lfc = pdex_lfc(pred, i + 1, genes)
+        top = genes[np.argsort(-np.abs(lfc), kind="stable")[: n_real[i]]]
+        hits[i] = real_sig[i, top].sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_real > 0, hits / n_real, 0.0)
+
+
+def score(user: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """cell-eval's `score_agg_metrics` on the means: per-metric improvement over the baseline, and the average."""
+    out = {}
+    for name in ("overlap_at_N", "discrimination_score_l1"):
+        out[name] = (user[name] - base[name]) / (1.0 - base[name])
+    out["mae"] = 1.0 - user["mae"] / base["mae"]
+    out = {k: max(0.0, 0.0 if np.isnan(v) else float(v)) for k, v in out.items()}
+    out["avg_score"] = float(np.mean(list(out.values())))
+    return out
+
+
+def vcc_metrics(real: Screen, real_s: Summary, pred: Screen, pred_s: Summary) -> dict[str, np.ndarray]:
+    """Per-perturbation MAE, PDS and DES, plus the DEG counts behind DES."""
+    real_sig, pred_sig = significant(real_s), significant(pred_s)
+    exclude = target_gene_mask(real.perts, real.genes)
+    return {
+        "mae": mae(real_s, pred_s),
+        "discrimination_score_l1": discrimination_l1(effects(real_s), effects(pred_s), exclude),
+        "overlap_at_N": overlap_at_n(real_sig, pred_sig, pred),
+        "n_real_degs": real_sig.sum(axis=1).astype(np.float64),
+        "n_pred_degs": pred_sig.sum(axis=1).astype(np.float64),
+    }
