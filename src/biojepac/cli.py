@@ -31,7 +31,28 @@ COMMANDS: dict = {
         "biojepac.submit:SubmitConfig",
         "biojepac.submit:run_submit",
     ),
-    "data": {},
+    "data": {
+        "fetch": (
+            "Download a public dataset's raw files (or check they are in place) into DATA_DPATH/NAME/raw/.",
+            "biojepac.data.recipes:FetchConfig",
+            "biojepac.data.recipes:fetch",
+        ),
+        "prepare": (
+            "Convert a fetched dataset to a canonical, normalised screen at DATA_DPATH/NAME/NAME.h5ad.",
+            "biojepac.data.recipes:PrepareConfig",
+            "biojepac.data.recipes:prepare",
+        ),
+        "synth": (
+            "Generate a synthetic CRISPRi screen (raw counts) with its known causal ground truth.",
+            "biojepac.data.synthetic:SynthCommand",
+            "biojepac.data.synthetic:run_synth",
+        ),
+        "split": (
+            "Make a leak-checked train/val/test split JSON from a canonical .h5ad screen.",
+            "biojepac.data.splits:SplitCommand",
+            "biojepac.data.splits:run_split",
+        ),
+    },
     "train": {
         "state": (
             "Train the state-transition (STATE-like) model on a log1p screen and save it.",
@@ -39,6 +60,11 @@ COMMANDS: dict = {
             "biojepac.train.state:train",
         ),
     },
+    "bench": (
+        "Run models x tasks, record per-perturbation metrics in SQLite and write the leaderboard.",
+        "biojepac.bench:BenchConfig",
+        "biojepac.bench:run_bench",
+    ),
 }
 
 

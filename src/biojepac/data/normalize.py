@@ -96,6 +96,13 @@ def select_hvg(
             raise InputError("select_hvg(flavor='seurat_v3') needs raw counts in layers['counts']")
         hv = sc.pp.highly_variable_genes(work, n_top_genes=n_top, flavor=flavor, layer=layer, inplace=False)
         mask = np.asarray(hv["highly_variable"], dtype=bool)
+        if mask.sum() > n_top:
+            # scanpy keeps every gene tied at the cut-off (common in small or single-gene mean bins);
+            # we promise exactly n_top, so break ties by score, then by gene position.
+            score = hv["dispersions_norm"] if "dispersions_norm" in hv else -hv["highly_variable_rank"]
+            score = np.where(mask, np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf), -np.inf)
+            mask = np.zeros_like(mask)
+            mask[np.argsort(-score, kind="stable")[:n_top]] = True
         out = work[:, mask].copy()
     prov = dict(out.uns.get(schema.UNS_KEY, {}))
     prov["hvg"] = {"n_top": int(n_top), "flavor": flavor, "n_selected": int(out.n_vars)}
