@@ -133,7 +133,10 @@ class MeanShift:
             warnings.warn(f"{self.kind}: {len(miss)} training genes lack {self.features.name} features "
                           f"({sorted(miss)[:5]}...); those conditions are left out of the fit")
         self.s["fit_rows"] = np.flatnonzero(keep)
-        return self.features.vectors(labels[keep]).astype(np.float64)
+        p_nl = self.features.vectors(labels[keep]).astype(np.float64)
+        # Residuals average to ~0 per context, so features are centred too: no intercept is needed.
+        self.s["p_mean"] = p_nl.mean(0)
+        return p_nl
 
     def _phi(self, target_gene: str) -> np.ndarray | None:
         """Features of one label, or None when missing and the caller opted into the cell-mean fallback."""
@@ -142,6 +145,10 @@ class MeanShift:
             warnings.warn(f"{self.kind}: no {self.features.name} features for {target_gene!r}; predicting the cell mean")
             return None
         return self.features.vectors([target_gene])[0].astype(np.float64)
+
+    def _phi_centred(self, target_gene: str) -> np.ndarray | None:
+        phi = self._phi(target_gene)
+        return None if phi is None else phi - self.s["p_mean"]
 
     # ---- persistence: model.json (kind + config) and state.npz (+ features.npz)
     def save(self, dpath: pathlib.Path) -> None:
@@ -265,11 +272,11 @@ class Linear(MeanShift):
         _, _, vt = np.linalg.svd(y_ng, full_matrices=False)
         g_gk = vt[: self.cfg.n_components].T  # orthonormal columns, so GᵀG = I
         # W = (GᵀG)⁻¹ Gᵀ Y P (PᵀP + λI)⁻¹, written as a ridge from P to the K gene-PC scores of Y.
-        w_lk = _ridge_solve(p_nl, y_ng @ g_gk, self.cfg.ridge)
+        w_lk = _ridge_solve(p_nl - self.s["p_mean"], y_ng @ g_gk, self.cfg.ridge)
         self.s.update(g_gk=g_gk, w_lk=w_lk)
 
     def delta(self, target_gene, context):
-        phi = self._phi(target_gene)
+        phi = self._phi_centred(target_gene)
         base = self._base(context)
         return base if phi is None else base + self.s["g_gk"] @ (phi @ self.s["w_lk"])
 
@@ -279,10 +286,10 @@ class Ridge(MeanShift):
 
     def _fit_extra(self, train):
         p_nl = self._setup_features(train)
-        self.s["b_lg"] = _ridge_solve(p_nl, self._residuals()[self.s["fit_rows"]], self.cfg.ridge)
+        self.s["b_lg"] = _ridge_solve(p_nl - self.s["p_mean"], self._residuals()[self.s["fit_rows"]], self.cfg.ridge)
 
     def delta(self, target_gene, context):
-        phi = self._phi(target_gene)
+        phi = self._phi_centred(target_gene)
         base = self._base(context)
         return base if phi is None else base + phi @ self.s["b_lg"]
 
