@@ -1,0 +1,69 @@
+"""Calibrated metrics, as the field moved after VCC 2025, each also placed between a baseline and a ceiling.
+
+- `pds_cosine`: PDS with cosine distance between effects (each file vs its own control), every gene that
+  is the target of any perturbation in the screen left out (combos count both genes).
+- `de_jaccard`: |real DEGs ∩ predicted DEGs| / |union| (DEGs: BH FDR < 0.05, as for DES); 1 when both
+  are empty (the prediction correctly calls nothing).
+- `de_direction`: over real DEGs, the fraction whose predicted change has the same sign.
+- `lfc_nmae`: over real DEGs, sum |Δpred - Δreal| / sum |Δreal|, Δ = log2 fold change of the geometric
+  means, (mean log1p pert - mean log1p ctrl) / ln 2 (finite where pdex's LFC is ±inf). Lower is better.
+
+Normalised value = (u - baseline) / (ceiling - baseline): 0 at the baseline, 1 at the ceiling. The ceiling
+is the split-half replicate: the real cells of every group (controls included) split at random into two
+disjoint halves of floor(n/2), one half scored as the prediction of the other.
+"""
+
+import numpy as np
+
+from biojepac.data.schema import split_combo
+from biojepac.eval.inputs import Screen
+from biojepac.eval.stats import Summary
+from biojepac.eval.vcc import effects, rank_score, significant
+
+NAMES = ("pds_cosine", "de_jaccard", "de_direction", "lfc_nmae")
+LOWER_IS_BETTER = frozenset({"lfc_nmae"})
+
+
+def calibrated_metrics(real: Screen, real_s: Summary, pred_s: Summary) -> dict[str, np.ndarray]:
+    """Per-perturbation calibrated metrics (see module docstring)."""
+    targets = {g for p in real.perts for g in split_combo(p)}
+    keep = ~np.isin(real.genes, list(targets))
+    re, pe = effects(real_s)[:, keep], effects(pred_s)[:, keep]
+    rn = re / np.linalg.norm(re, axis=1, keepdims=True)
+    pn = pe / np.linalg.norm(pe, axis=1, keepdims=True)
+    dist = 1.0 - np.nan_to_num(pn @ rn.T)
+
+    rs, ps = significant(real_s), significant(pred_s)
+    inter, union = (rs & ps).sum(1), (rs | ps).sum(1)
+    dr = (real_s.mean[1:] - real_s.mean[:1]) / np.log(2)
+    dp = (pred_s.mean[1:] - pred_s.mean[:1]) / np.log(2)
+    n_sig = rs.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "pds_cosine": rank_score(dist),
+            "de_jaccard": np.where(union > 0, inter / union, 1.0),
+            "de_direction": np.where(n_sig > 0, (rs & (np.sign(dp) == np.sign(dr))).sum(1) / n_sig, np.nan),
+            "lfc_nmae": (rs * np.abs(dp - dr)).sum(1) / (rs * np.abs(dr)).sum(1),
+        }
+
+
+def split_halves(real: Screen, seed: int) -> tuple[Screen, Screen]:
+    """Two disjoint halves of floor(n/2) cells of every group (groups of one cell appear in neither)."""
+    rng = np.random.default_rng(seed)
+    a_rows, b_rows = [], []
+    for code in range(len(real.perts) + 1):
+        rows = rng.permutation(np.flatnonzero(real.codes == code))
+        h = len(rows) // 2
+        a_rows.append(rows[:h])
+        b_rows.append(rows[h : 2 * h])
+    return _subset(real, np.concatenate(a_rows), "A"), _subset(real, np.concatenate(b_rows), "B")
+
+
+def _subset(s: Screen, rows: np.ndarray, tag: str) -> Screen:
+    return Screen(f"{s.name} (half {tag})", s.x[rows], s.codes[rows], s.perts, s.genes, s.was_counts)
+
+
+def normalise(user: float, base: float, ceiling: float) -> float:
+    """(u - b) / (c - b); NaN when the ceiling does not beat the baseline."""
+    gap = ceiling - base
+    return float((user - base) / gap) if np.isfinite(gap) and gap != 0 else float("nan")

@@ -1,0 +1,200 @@
+"""`biojepac evaluate`: score a prediction file against the real file, write CSV + JSON + a report.
+
+Profiles: `vcc` (cell-eval 0.8.2's MAE/PDS/DES and score), `report` (the BioJEPAC report's metrics),
+`calibrated` (cosine PDS, DE Jaccard/direction, LFC nMAE, each normalised between baseline and a split-half
+ceiling), `all`. With `--train`, the cell-mean baseline is built from the training file as cell-eval builds
+it; with `--baseline`, a baseline prediction file is scored the same way. Inputs are never modified.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+import time
+import warnings
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from biojepac.data import schema
+from biojepac.errors import InputError
+from biojepac.eval import bootstrap, calibrated, report, vcc
+from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
+from biojepac.eval.report_metrics import report_metrics
+from biojepac.eval.stats import Summary, summarize
+
+Profile = Literal["vcc", "report", "calibrated", "all"]
+HEADLINE = ("overlap_at_N", "discrimination_score_l1", "mae", "pearson_delta", "pearson_delta_top20", "mse",
+            "r2", "r2_top50", "shift_magnitude", *calibrated.NAMES)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    pred: pathlib.Path
+    """Predicted cells (.h5ad): perturbations in `pert_col`, control cells labelled `control`."""
+    real: pathlib.Path
+    """Real cells (.h5ad) with the same genes in the same order and the same perturbations."""
+    out_dpath: pathlib.Path
+    """Folder for per_perturbation.csv, aggregates.json, report.md and the PNG plots."""
+    baseline: pathlib.Path | None = None
+    """A baseline prediction (.h5ad) to score against (e.g. cell-eval's cell-mean baseline file)."""
+    train: pathlib.Path | None = None
+    """Training cells (.h5ad): build cell-eval's cell-mean baseline from them (instead of --baseline)."""
+    profile: Profile = "all"
+    """Which metrics: vcc, report, calibrated or all."""
+    pert_col: str = schema.PERT_COL
+    """obs column holding the perturbation label."""
+    control: str = schema.CONTROL
+    """Label of the control cells."""
+    n_boot: int = 1000
+    """Bootstrap resamples over perturbations for the confidence intervals."""
+    seed: int = 0
+    """Seed for the bootstrap and the split-half ceiling."""
+
+
+def run_evaluate(cfg: EvaluateConfig) -> None:
+    out = evaluate(
+        cfg.pred, cfg.real, baseline=cfg.baseline, train=cfg.train, profile=cfg.profile, out_dpath=cfg.out_dpath,
+        pert_col=cfg.pert_col, control=cfg.control, n_boot=cfg.n_boot, seed=cfg.seed,
+    )
+    agg = out["aggregates"]
+    for key in ("overlap_at_N", "discrimination_score_l1", "mae", "vcc_score", "pearson_delta_top20"):
+        if key in agg:
+            print(f"{key:>26}: {agg[key]:.4f}")
+    print(f"report: {out['paths']['report']}  ({out['seconds']:.1f} s)")
+
+
+def evaluate(
+    pred: ad.AnnData | str | pathlib.Path,
+    real: ad.AnnData | str | pathlib.Path,
+    *,
+    baseline: ad.AnnData | str | pathlib.Path | None = None,
+    train: ad.AnnData | str | pathlib.Path | None = None,
+    profile: Profile = "all",
+    out_dpath: str | pathlib.Path | None = None,
+    pert_col: str = schema.PERT_COL,
+    control: str = schema.CONTROL,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Score `pred` against `real`. Returns {"per_perturbation": DataFrame, "aggregates": dict, "paths": dict}.
+
+    Writes nothing when `out_dpath` is None.
+    """
+    if profile not in ("vcc", "report", "calibrated", "all"):
+        raise InputError(f"profile {profile!r} is not one of vcc, report, calibrated, all")
+    if baseline is not None and train is not None:
+        raise InputError("give either a baseline file or a training file, not both")
+    t0 = time.perf_counter()
+    kw = dict(pert_col=pert_col, control=control)
+    real_sc, pred_sc = read_screen(real, **kw), read_screen(pred, **kw)
+    check_pair(real_sc, pred_sc)
+    base_sc = _baseline_screen(baseline, train, real_sc, kw)
+
+    use_vcc, use_rep, use_cal = (profile in (p, "all") for p in ("vcc", "report", "calibrated"))
+    need_de = use_vcc or use_cal
+    real_s = summarize(real_sc, with_de=need_de)
+    pred_s = summarize(pred_sc, with_de=need_de)
+    base_s = summarize(base_sc, with_de=need_de) if base_sc is not None else None
+
+    def metrics(sc: Screen, s: Summary, ref_sc: Screen = real_sc, ref_s: Summary = real_s) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if use_vcc:
+            out |= vcc.vcc_metrics(ref_sc, ref_s, sc, s)
+        if use_rep:
+            out |= report_metrics(ref_s, s)
+        if use_cal:
+            out |= calibrated.calibrated_metrics(ref_sc, ref_s, s)
+        return out
+
+    user = metrics(pred_sc, pred_s)
+    base = metrics(base_sc, base_s) if base_s is not None else None
+    ceiling = None
+    if use_cal:
+        half_a, half_b = calibrated.split_halves(real_sc, seed)
+        sa, sb = summarize(half_a, with_de=True), summarize(half_b, with_de=True)
+        ceiling = calibrated.calibrated_metrics(half_b, sb, sa)
+
+    agg = _aggregate(user, base, ceiling, n_boot, seed)
+    per = pd.DataFrame(user, index=pd.Index(real_sc.perts, name="perturbation"))
+    if base is not None:
+        per = per.join(pd.DataFrame(base, index=per.index).add_prefix("baseline_"))
+    agg["seconds"] = time.perf_counter() - t0
+    agg["n_perturbations"] = len(real_sc.perts)
+    agg["inputs"] = {"pred": pred_sc.name, "real": real_sc.name, "pred_was_counts": pred_sc.was_counts,
+                     "real_was_counts": real_sc.was_counts, "baseline": base_sc.name if base_sc else None,
+                     "profile": profile}
+    paths = {}
+    if out_dpath is not None:
+        paths = _write(pathlib.Path(out_dpath), per, agg, real_sc, real_s, pred_s)
+    return {"per_perturbation": per, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
+
+
+def _baseline_screen(baseline, train, real_sc: Screen, kw: dict) -> Screen | None:
+    if baseline is not None:
+        sc = read_screen(baseline, **kw)
+        check_pair(real_sc, sc)
+        return sc
+    if train is not None:
+        tr = read_screen(train, **kw)
+        if not np.array_equal(tr.genes, real_sc.genes):
+            raise InputError(f"{tr.name}: training genes differ from {real_sc.name} (same genes, same order needed)")
+        return make_baseline_screen(summarize(tr, with_de=False).mean, real_sc)
+    return None
+
+
+def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int, seed: int) -> dict:
+    n_perts = len(next(iter(user.values())))
+    idx = bootstrap.resample_idx(n_perts, n_boot, seed)
+    agg: dict = {"ci95": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, v in user.items():
+            agg[name] = float(np.nanmean(v))
+            if name in HEADLINE:
+                agg["ci95"][name] = bootstrap.mean_ci(v, idx)
+        for name in ("r2", "r2_top50"):
+            if name in user:
+                agg[f"{name}_median"] = float(np.nanmedian(user[name]))
+        if base is not None:
+            agg["baseline"] = {k: float(np.nanmean(v)) for k, v in base.items()}
+        if base is not None and "mae" in user:
+            keys = ("overlap_at_N", "discrimination_score_l1", "mae")
+            s = vcc.score({k: agg[k] for k in keys}, {k: agg["baseline"][k] for k in keys})
+            agg["vcc_score"] = 100.0 * s["avg_score"]
+            agg["vcc_score_parts"] = s
+
+            def boot_score(i: np.ndarray) -> np.ndarray:
+                u = {k: np.nanmean(user[k][i], axis=1) for k in keys}
+                b = {k: np.nanmean(base[k][i], axis=1) for k in keys}
+                return np.array([100 * vcc.score({k: u[k][j] for k in keys}, {k: b[k][j] for k in keys})["avg_score"]
+                                 for j in range(len(i))])
+
+            agg["ci95"]["vcc_score"] = bootstrap.ci(boot_score, idx)
+        if ceiling is not None:
+            agg["ceiling"] = {k: float(np.nanmean(v)) for k, v in ceiling.items()}
+            if base is not None:
+                agg["normalised"] = {
+                    k: calibrated.normalise(agg[k], agg["baseline"][k], agg["ceiling"][k]) for k in calibrated.NAMES
+                }
+    return agg
+
+
+def _write(out_dpath: pathlib.Path, per: pd.DataFrame, agg: dict, real_sc, real_s, pred_s) -> dict[str, str]:
+    out_dpath.mkdir(parents=True, exist_ok=True)
+    csv_fpath, json_fpath = out_dpath / "per_perturbation.csv", out_dpath / "aggregates.json"
+    _atomic_write(csv_fpath, per.to_csv())
+    _atomic_write(json_fpath, json.dumps(agg, indent=2, default=float))
+    report_fpath = report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, _atomic_write)
+    return {"per_perturbation": str(csv_fpath), "aggregates": str(json_fpath), "report": str(report_fpath)}
+
+
+def _atomic_write(fpath: pathlib.Path, text: str | bytes) -> None:
+    mode = "wb" if isinstance(text, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=fpath.parent, prefix=f".{fpath.name}.")
+    with os.fdopen(fd, mode) as f:
+        f.write(text)
+    os.replace(tmp, fpath)
