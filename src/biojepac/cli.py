@@ -26,6 +26,11 @@ COMMANDS: dict = {
         "biojepac.predict:PredictConfig",
         "biojepac.predict:run_predict",
     ),
+    "evaluate": (
+        "Score predicted cells against real cells (VCC metrics as cell-eval, report and calibrated metrics).",
+        "biojepac.eval.evaluate:EvaluateConfig",
+        "biojepac.eval.evaluate:run_evaluate",
+    ),
     "submit": (
         "Validate a prediction against the VCC requirements and package it as .vcc (as cell-eval prep does).",
         "biojepac.submit:SubmitConfig",
