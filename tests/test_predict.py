@@ -1,0 +1,76 @@
+"""`biojepac predict`: exact cell counts, matched controls + predicted shift, provenance, model dispatch."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from biojepac.cli import main
+from biojepac.errors import InputError
+from biojepac.models.baselines import CellMean
+from biojepac.models.base import shift_controls
+from biojepac.predict import PredictConfig, run_predict
+from conftest import build_random_screen
+
+
+@pytest.fixture
+def files(tmp_path):
+    train = build_random_screen(n_cells=300, counts=False, contexts=("c1", "c2"), n_perts=6, seed=1)
+    train.write_h5ad(tmp_path / "train.h5ad")
+    counts = pd.DataFrame({"target_gene": ["G001", "G004+G005", "G030", "non-targeting"],
+                           "n_cells": [7, 3, 250, 99], "median_umi_per_cell": [1, 2, 3, 4]})
+    counts.to_csv(tmp_path / "pert_counts.csv", index=False)
+    return tmp_path, train
+
+
+def test_predict_writes_counts_controls_and_provenance(files):
+    tmp, train = files
+    out = tmp / "pred.h5ad"
+    assert main(["predict", "--model", "cell-mean", "--train", str(tmp / "train.h5ad"), "--context", "c1",
+                 "--counts", str(tmp / "pert_counts.csv"), "--out", str(out), "--seed", "5"]) == 0
+    pred = ad.read_h5ad(out)
+    n_ctrl = int(((train.obs["target_gene"] == "non-targeting") & (train.obs["context"] == "c1")).sum())
+    assert pred.obs["target_gene"].value_counts().to_dict() == {"G001": 7, "G004+G005": 3, "G030": 250,
+                                                                "non-targeting": n_ctrl}
+    assert list(pred.var_names) == list(train.var_names)
+    # Every predicted cell is its matched real control plus the model's shift.
+    delta = CellMean().fit(train).delta("G001", "c1")
+    is_pred = (pred.obs["target_gene"] != "non-targeting").to_numpy()
+    matched = train[pred.obs["control_cell"][is_pred]].X.toarray()
+    np.testing.assert_allclose(pred.X[is_pred].toarray(), shift_controls(matched, delta), atol=1e-6)
+    assert set(train.obs.loc[pred.obs["control_cell"], "context"]) == {"c1"}
+    # The real controls are the context's controls, unchanged.
+    np.testing.assert_array_equal(pred.X[~is_pred].toarray(), train[pred.obs_names[~is_pred].map(
+        dict(zip(pred.obs_names, pred.obs["control_cell"])))].X.toarray())
+    prov = pred.uns["biojepac"]
+    assert json.loads(prov["model"])["kind"] == "cell-mean" and prov["seed"] == 5 and prov["context"] == "c1"
+    assert "predict" in prov["command"]
+
+
+def test_seeded_and_saved_models_dispatch(files):
+    tmp, train = files
+    base = dict(train=tmp / "train.h5ad", context="c2", perturbations=("G002", "G003"), n_cells=20)
+    a = run_predict(PredictConfig(model="cell-mean", out=tmp / "a.h5ad", seed=1, **base))
+    CellMean().fit(train).save(tmp / "saved")
+    b = run_predict(PredictConfig(model=str(tmp / "saved"), out=tmp / "b.h5ad", seed=1, **base))
+    c = run_predict(PredictConfig(model="cell-mean", out=tmp / "c.h5ad", seed=2, **base))
+    xa, xb, xc = (ad.read_h5ad(p).X.toarray() for p in (a, b, c))
+    np.testing.assert_array_equal(xa, xb)
+    assert not np.array_equal(xa, xc)
+    assert json.loads(ad.read_h5ad(b).uns["biojepac"]["model"])["path"] == str(tmp / "saved")
+
+
+def test_predict_errors(files):
+    tmp, _ = files
+    base = dict(train=tmp / "train.h5ad", out=tmp / "x.h5ad", perturbations=("G001",))
+    with pytest.raises(InputError, match="'c9'"):
+        run_predict(PredictConfig(model="cell-mean", context="c9", **base))
+    with pytest.raises(InputError, match="baseline kind"):
+        run_predict(PredictConfig(model="gears", context="c1", **base))
+    (tmp / "bad.csv").write_text("gene,count\nA,1\n")
+    with pytest.raises(InputError, match="bad.csv"):
+        run_predict(PredictConfig(model="cell-mean", context="c1", train=tmp / "train.h5ad", out=tmp / "x.h5ad",
+                                  counts=tmp / "bad.csv"))
+    assert not (tmp / "x.h5ad").exists()
