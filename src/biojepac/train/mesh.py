@@ -21,13 +21,20 @@ def make_mesh(devices: list | None = None) -> Mesh:
 
 def replicate(tree, mesh: Mesh):
     """Place every array leaf of `tree` on all devices of `mesh` (non-arrays pass through)."""
+    if jax.process_count() > 1:  # device_put cannot reach other hosts' devices
+        from biojepac.train.distributed import replicate as replicate_global
+
+        return replicate_global(tree, mesh)
     sharding = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if isinstance(x, (jax.Array, np.ndarray)) else x, tree)
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Split every array in `batch` along its leading axis across the mesh's devices."""
-    n_devices = mesh.devices.size
+    """Split every array in `batch` along its leading axis across the mesh's devices.
+
+    Under `jax.distributed` each host passes only its own rows; they become its slice of one global array.
+    """
+    n_devices = len(mesh.local_devices)
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     out = {}
     for name, x in batch.items():
@@ -35,5 +42,5 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
             f"batch field {name!r} has {x.shape[0]} rows, not divisible by {n_devices} devices; "
             "choose a batch size that is a multiple of the device count"
         )
-        out[name] = jax.device_put(x, sharding)
+        out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(x))
     return out

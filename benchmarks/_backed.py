@@ -1,0 +1,90 @@
+"""Shared by the scale benchmarks: write a large synthetic backed screen chunk by chunk, and run a
+measured step in a fresh subprocess (peak RSS of that process alone, optionally under `prlimit --as`)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from biojepac.data.ooc import CsrWriter
+
+SCRATCH_DPATH = pathlib.Path("/tmp/biojepac_bench")
+"""Large files live here, never in the repo."""
+REPO_DPATH = pathlib.Path(__file__).resolve().parents[1]
+
+
+def write_synthetic(fpath: pathlib.Path, n_cells: int, n_genes: int, density: float, seed: int = 0, chunk: int = 20_000) -> dict:
+    """A canonical screen with integer counts in CSR, written `chunk` cells at a time (flat memory).
+
+    Genes differ in detection rate (gamma-distributed around `density`) and in count size, so HVG
+    selection has real signal; 10% of cells are `non-targeting`, 2 contexts x 2 batches.
+    """
+    if fpath.exists():
+        with h5py.File(fpath, "r") as f:
+            if tuple(f["X"].attrs["shape"]) == (n_cells, n_genes):
+                return {"fpath": str(fpath), "bytes": fpath.stat().st_size, "cached": True}
+    fpath.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    p_g = np.clip(rng.gamma(2.0, density / 2.0, n_genes), 0, 0.9)
+    scale_g = rng.gamma(2.0, 1.0, n_genes)
+    tmp = fpath.with_name(fpath.name + ".tmp")
+    t0 = time.perf_counter()
+    with h5py.File(tmp, "w") as f:
+        writer = CsrWriter(f, n_genes, chunk_nnz=1 << 18)
+        for start in range(0, n_cells, chunk):
+            c = min(chunk, n_cells - start)
+            mask = rng.random((c, n_genes), dtype=np.float32) < p_g[None, :]
+            rows, cols = np.nonzero(mask)
+            vals = (1 + rng.poisson(scale_g[cols])).astype(np.float32)
+            writer.append(sp.csr_matrix((vals, (rows, cols)), shape=(c, n_genes)))
+        writer.close(n_cells)
+        perts = np.array(["non-targeting"] + [f"G{i:04d}" for i in range(100)])
+        label = perts[np.where(rng.random(n_cells) < 0.1, 0, rng.integers(1, len(perts), n_cells))]
+        obs = pd.DataFrame(
+            {
+                "target_gene": pd.Categorical(label),
+                "context": pd.Categorical(rng.choice(["k562", "rpe1"], n_cells)),
+                "batch": pd.Categorical(rng.choice(["b0", "b1"], n_cells)),
+                "pert_type": pd.Categorical(["CRISPRi"] * n_cells),
+            },
+            index=pd.RangeIndex(n_cells).astype(str),
+        )
+        f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
+        ad.io.write_elem(f, "obs", obs)
+        ad.io.write_elem(f, "var", pd.DataFrame(index=[f"G{i:04d}" for i in range(n_genes)]))
+        ad.io.write_elem(f, "uns", {})
+    tmp.replace(fpath)
+    return {"fpath": str(fpath), "bytes": fpath.stat().st_size, "write_s": time.perf_counter() - t0, "cached": False}
+
+
+def run_measured(code: str, env: dict | None = None, as_limit_bytes: int | None = None, timeout: int = 1800) -> dict:
+    """Run `code` in a fresh `nice` Python; it must print one JSON line last. Adds `peak_rss_mb` (that
+    process only) and `wall_s`. `as_limit_bytes` caps its address space (`prlimit --as`)."""
+    tail = "\nimport resource, json as _j; print(_j.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    cmd = ["nice", "-n", "10"]
+    if as_limit_bytes:
+        cmd += ["prlimit", f"--as={as_limit_bytes}"]
+    cmd += [sys.executable, "-c", code + tail]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_DPATH)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"ok": False, "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:], "wall_s": wall}
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    return {"ok": True, **lines[-2], **lines[-1], "wall_s": wall}
+
+
+def md_table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
