@@ -1,8 +1,9 @@
 """Synthetic CRISPRi screens with a known causal ground truth: the embedded default dataset.
 
 The generative story, in order:
-1. A shared gene regulatory network: a DAG whose regulators are picked by preferential attachment,
-   so a few hubs regulate many genes. `W[target, regulator]` acts on log expression.
+1. A shared gene regulatory network: a DAG of programs (complexes whose member genes regulate a shared
+   target set) plus individual edges whose regulators are picked by preferential attachment, so a few
+   hubs regulate many genes. `W[target, regulator]` acts on log expression.
 2. Contexts (cell lines): each has its own baseline log expression, a few genes switched off, and a
    fraction of edges rewired. Off genes regulate nothing in that context.
 3. A knockdown multiplies its target's expression by `1 - efficiency` (per guide). In log space that is
@@ -59,8 +60,14 @@ class SyntheticConfig:
     """Guides per target gene, each with its own knockdown efficiency."""
     n_control_guides: int = 4
     """Distinct non-targeting guides."""
-    mean_in_degree: float = 2.5
-    """Mean number of regulators per gene (Poisson), so the network is sparse."""
+    mean_in_degree: float = 1.0
+    """Mean number of individual (non-program) regulators per gene (Poisson), so the network is sparse."""
+    programs_per_gene: float = 0.15
+    """Number of regulatory programs (complexes of co-regulating genes) per gene."""
+    program_members: float = 4.0
+    """Mean member genes per program; knocking down any member has a similar downstream effect."""
+    program_targets: float = 10.0
+    """Scale of the (Pareto-tailed) number of genes a program regulates."""
     attachment_offset: float = 1.0
     """Preferential attachment: a regulator is chosen with weight `out_degree + offset`; smaller = bigger hubs."""
     edge_weight: tuple[float, float] = (0.4, 1.0)
@@ -206,25 +213,42 @@ def make_synthetic_screen(cfg: SyntheticConfig, seed: int) -> ad.AnnData:
 
 
 def make_network(cfg: SyntheticConfig, rng: np.random.Generator):
-    """A DAG with preferential-attachment regulators: (topological order, regulator idx, target idx, weight)."""
-    order = rng.permutation(cfg.n_genes)  # order[i] is the i-th gene in topological order
-    out_degree = np.zeros(cfg.n_genes)
-    reg, tgt = [], []
-    for i in range(1, cfg.n_genes):
+    """A DAG of programs plus sparse preferential-attachment edges: (topological order, regulator, target, weight).
+
+    A program is a complex of a few member genes that regulate a shared set of target genes, so knocking
+    down any member has a similar effect; that shared structure is what makes an unseen perturbation
+    predictable from its place in the network. Random edges add gene-specific effects and hubs.
+    """
+    n = cfg.n_genes
+    order = rng.permutation(n)  # order[i] is the i-th gene in topological order
+    reg, tgt, w = [], [], []
+    for _ in range(max(1, round(n * cfg.programs_per_gene))):
+        n_members = min(1 + rng.poisson(cfg.program_members - 1), n // 4)
+        member_rank = rng.choice(n // 2, size=n_members, replace=False)
+        first_target = member_rank.max() + 1
+        n_targets = min(n - first_target, max(2, int(cfg.program_targets * rng.pareto(2.0) + 2)))
+        target_rank = rng.choice(np.arange(first_target, n), size=n_targets, replace=False)
+        sign = np.where(rng.random(n_targets) < cfg.activating_fraction, 1.0, -1.0)
+        w_target = sign * rng.uniform(*cfg.edge_weight, n_targets)
+        jitter = rng.uniform(0.7, 1.3, (n_members, n_targets))
+        reg.append(np.repeat(order[member_rank], n_targets))
+        tgt.append(np.tile(order[target_rank], n_members))
+        w.append((w_target[None, :] * jitter).reshape(-1) / np.sqrt(n_members))
+
+    out_degree = np.zeros(n)
+    for i in range(1, n):
         n_in = min(rng.poisson(cfg.mean_in_degree), i)
         if n_in == 0:
             continue
         weight = out_degree[order[:i]] + cfg.attachment_offset
         chosen = order[:i][rng.choice(i, size=n_in, replace=False, p=weight / weight.sum())]
         out_degree[chosen] += 1
-        reg.extend(chosen)
-        tgt.extend([order[i]] * n_in)
-    reg, tgt = np.array(reg, dtype=np.int64), np.array(tgt, dtype=np.int64)
-    in_degree = np.bincount(tgt, minlength=cfg.n_genes)
-    sign = np.where(rng.random(len(reg)) < cfg.activating_fraction, 1.0, -1.0)
-    # Dividing by sqrt(in-degree) keeps genes with many regulators from swinging wildly.
-    w = sign * rng.uniform(*cfg.edge_weight, len(reg)) / np.sqrt(in_degree[tgt])
-    return order, reg, tgt, w
+        sign = np.where(rng.random(n_in) < cfg.activating_fraction, 1.0, -1.0)
+        # Dividing by sqrt(in-degree) keeps genes with many regulators from swinging wildly.
+        reg.append(chosen)
+        tgt.append(np.full(n_in, order[i]))
+        w.append(sign * rng.uniform(*cfg.edge_weight, n_in) / np.sqrt(n_in))
+    return order, np.concatenate(reg).astype(np.int64), np.concatenate(tgt).astype(np.int64), np.concatenate(w)
 
 
 def make_contexts(cfg, base_g, order, reg, tgt, w, rng: np.random.Generator):
