@@ -11,6 +11,7 @@ name its features in one word:
 | `file:PATH`             | precomputed `.pt` / `.npz` / `.parquet` / `.csv`               |
 | `esm:WEIGHTS:FASTA`     | ESM-2 (fair-esm) from local weights                            |
 | `guides:PATH`           | guide k-mer counts averaged per target gene                    |
+| `varm:KEY`              | per-gene vectors stored in the training data's `varm[KEY]`     |
 """
 
 import pathlib
@@ -66,7 +67,15 @@ def _guides(arg: str, train: ad.AnnData | None) -> GeneTable:
     return make_guide_provider(pathlib.Path(arg), by_target=True)
 
 
-BUILDERS = {"onehot": _onehot, "go": _go, "expr": _expr, "file": _file, "esm": _esm, "guides": _guides}
+def _varm(arg: str, train: ad.AnnData | None) -> GeneTable:
+    key = arg or "network_features"
+    if train is None or key not in train.varm:
+        raise InputError(f"feature spec 'varm:{key}' needs training data with varm[{key!r}] (e.g. a synthetic screen)")
+    return GeneTable(name=f"varm:{key}", keys=tuple(map(str, train.var_names)), matrix=train.varm[key],
+                     source=f"varm[{key!r}] of the training data")
+
+
+BUILDERS = {"onehot": _onehot, "go": _go, "expr": _expr, "file": _file, "esm": _esm, "guides": _guides, "varm": _varm}
 """Spec prefix -> builder(argument, training AnnData or None)."""
 
 
