@@ -83,7 +83,9 @@ def run_measured(code: str, env: dict | None = None, as_limit_bytes: int | None 
 
 def md_table(rows: list[dict], cols: list[str]) -> str:
     def fmt(v):
-        return f"{v:,.1f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}"
+        return str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]

@@ -52,6 +52,11 @@ COMMANDS: dict = {
             "biojepac.data.synthetic:SynthCommand",
             "biojepac.data.synthetic:run_synth",
         ),
+        "prepare-ooc": (
+            "Out-of-core prepare (normalise, log1p, HVGs, gene harmonisation, pseudobulk) of an .h5ad larger than memory.",
+            "biojepac.data.ooc:PrepareOocCommand",
+            "biojepac.data.ooc:run_prepare_ooc",
+        ),
         "split": (
             "Make a leak-checked train/val/test split JSON from a canonical .h5ad screen.",
             "biojepac.data.splits:SplitCommand",
@@ -63,6 +68,11 @@ COMMANDS: dict = {
             "Train the state-transition (STATE-like) model on a log1p screen and save it.",
             "biojepac.train.state:TrainStateConfig",
             "biojepac.train.state:train",
+        ),
+        "stream-pretrain": (
+            "BioJEPAC stage-1 pretraining streamed from backed shards (larger than memory; multi-host, bf16, grad accumulation).",
+            "biojepac.train.streamed:StreamedPretrainConfig",
+            "biojepac.train.streamed:pretrain_streamed",
         ),
     },
     "bench": (

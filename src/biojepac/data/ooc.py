@@ -246,3 +246,19 @@ class CsrWriter:
     def close(self, n_rows: int) -> None:
         assert len(self.indptr) == n_rows + 1, "every row was appended once"
         self.g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": np.array([n_rows, self.n_genes])})
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOocCommand:
+    src_fpath: pathlib.Path = pathlib.Path("screen.h5ad")
+    """Canonical screen (.h5ad, CSR or dense X; counts or log1p), read block by block, never loaded whole."""
+    dst_fpath: pathlib.Path = pathlib.Path("screen.prepared.h5ad")
+    """Output: chunked CSR .h5ad (log1p, HVGs, `uns['pseudobulk']`), ready for `data.stream`."""
+    ooc: OocConfig = OocConfig()
+    """Processing settings."""
+
+
+def run_prepare_ooc(cmd: PrepareOocCommand) -> None:
+    summary = prepare_out_of_core(cmd.src_fpath, cmd.dst_fpath, cmd.ooc)
+    print(f"{cmd.dst_fpath}: {summary['n_cells']:,} cells x {summary['n_genes_out']:,} genes "
+          f"(from {summary['n_genes_in']:,}; {summary['transform']['applied']})")

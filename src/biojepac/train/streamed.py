@@ -27,7 +27,7 @@ from biojepac.train.distributed import DistConfig
 @dataclasses.dataclass(frozen=True)
 class StreamedPretrainConfig:
     shard_fpaths: tuple[str, ...] = ()
-    """Prepared (log1p, HVG) backed .h5ad / .zarr shards with identical genes (`data prepare --out-of-core`)."""
+    """Prepared (log1p, HVG) backed .h5ad / .zarr shards with identical genes (`biojepac data prepare-ooc`)."""
     run_dpath: pathlib.Path = pathlib.Path("runs/stream_pretrain")
     """Checkpoint + metrics.jsonl; an existing checkpoint is resumed."""
     preset: Literal["tiny", "cpu-small", "report"] = "cpu-small"
