@@ -109,7 +109,8 @@ def test_vcc_style_and_gene_list_check(tmp_path):
     (raw / "gene_names.csv").write_text("\n".join(GENES) + "\n")
     assert all("already in place" in line for line in fetch_recipe(RECIPES[name], tmp_path))
 
-    out = ad.read_h5ad(prepare_recipe(RECIPES[name], PrepareConfig(name=name, data_dpath=tmp_path)))
+    assert main(["data", "prepare", name, "--data-dpath", str(tmp_path)]) == 0  # the CLI path end to end
+    out = ad.read_h5ad(tmp_path / name / f"{name}.h5ad")
     assert list(out.var_names) == GENES and set(out.obs[schema.CONTEXT_COL]) == {"H1"}
     assert out.uns[schema.UNS_KEY]["transform"]["input"] == "counts"
 
