@@ -91,9 +91,11 @@ def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: Screen) -> np
 def score(user: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """cell-eval's `score_agg_metrics` on the means: per-metric improvement over the baseline, and the average."""
     out = {}
-    for name in ("overlap_at_N", "discrimination_score_l1"):
-        out[name] = (user[name] - base[name]) / (1.0 - base[name])
-    out["mae"] = 1.0 - user["mae"] / base["mae"]
+    user, base = ({k: np.float64(v) for k, v in d.items()} for d in (user, base))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a perfect baseline gives ±inf or NaN, as polars does
+        for name in ("overlap_at_N", "discrimination_score_l1"):
+            out[name] = (user[name] - base[name]) / (1.0 - base[name])
+        out["mae"] = 1.0 - user["mae"] / base["mae"]
     out = {k: max(0.0, 0.0 if np.isnan(v) else float(v)) for k, v in out.items()}
     out["avg_score"] = float(np.mean(list(out.values())))
     return out
