@@ -187,7 +187,11 @@ def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, s
         pick = rng.choice(len(ctrl_idx), size=n, replace=n > len(ctrl_idx))
         x = x_ctrl[pick]
         x = np.asarray(x.toarray() if sp.issparse(x) else x, np.float32)
-        blocks.append(sp.csr_matrix(model.predict(x, pert, context, seed + i)))
+        y = model.predict(x, pert, context, seed + i)
+        if y.shape != x.shape or not np.all(np.isfinite(y)):
+            raise InputError(f"model {getattr(model, 'name', model)!r} returned {y.shape} with non-finite values for "
+                             f"{pert!r} in {context!r} (expected finite {x.shape})")
+        blocks.append(sp.csr_matrix(y))
         rows.append(pd.DataFrame({schema.PERT_COL: pert, "control_cell": obs.index[ctrl_idx[pick]]}))
     if max_controls and max_controls < len(ctrl_idx):
         keep = np.sort(np.random.default_rng([seed, -1]).choice(len(ctrl_idx), max_controls, replace=False))

@@ -58,6 +58,13 @@ def _read_pt(fpath):
 
 
 def _read_npz(fpath):
+    try:
+        return _read_npz_arrays(fpath)
+    except ValueError as err:  # object arrays need pickle, which we never load from a user's file
+        raise InputError(f"{fpath}: cannot read without pickle ({err}); save gene names as a str array") from None
+
+
+def _read_npz_arrays(fpath):
     with np.load(fpath, allow_pickle=False) as npz:
         names = set(npz.files)
         key_name = next((k for k in ("genes", "keys") if k in names), None)

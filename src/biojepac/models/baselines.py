@@ -132,6 +132,9 @@ class MeanShift:
         if miss:
             warnings.warn(f"{self.kind}: {len(miss)} training genes lack {self.features.name} features "
                           f"({sorted(miss)[:5]}...); those conditions are left out of the fit")
+        if keep.sum() < 2:
+            raise InputError(f"{self.kind}: only {int(keep.sum())} training perturbations have {self.features.name} "
+                             f"features ({self.features.source}); at least 2 are needed to fit")
         self.s["fit_rows"] = np.flatnonzero(keep)
         p_nl = self.features.vectors(labels[keep]).astype(np.float64)
         # Residuals average to ~0 per context, so features are centred too: no intercept is needed.
