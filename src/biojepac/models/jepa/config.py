@@ -1,0 +1,150 @@
+"""Every BioJEPAC size and weight, defaulting to the BioJEPAC report, plus named presets.
+
+`report` is the report's architecture; `cpu-small` trains on 2 CPU cores in minutes; `tiny` is for tests.
+"""
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    d: int = 256
+    """Token / latent width."""
+    n_layers: int = 6
+    """Linear-attention transformer blocks."""
+    n_heads: int = 4
+    """Attention heads."""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of d."""
+    token_mode: Literal["all", "topk", "expressed"] = "all"
+    """Which genes become tokens: all HVGs, the top-k by expression, or the expressed ones (padded)."""
+    n_tokens: int = 0
+    """Tokens per cell for `topk`/`expressed` (0: all genes). Fixed, so shapes stay static."""
+    gene_id_bias: bool = False
+    """Also add a second, unscaled identity embedding to each token. The report's h_i = x_i·e_i makes every
+    zero-expressed gene the same token; this keeps them apart (off by default = the report)."""
+    attention: Literal["linear", "softmax"] = "linear"
+    """Linear attention with φ = ELU + 1 (the report) or softmax (for the scaling benchmark)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Stage 1: JEPA with an EMA teacher."""
+
+    mask_ratio: float = 0.6
+    """Fraction of tokens masked (a fixed count per cell)."""
+    pred_d: int = 128
+    """Width of the masked-token predictor."""
+    pred_layers: int = 3
+    """Blocks in the masked-token predictor."""
+    ema_start: float = 0.996
+    """EMA momentum m at step 0."""
+    ema_end: float = 0.996
+    """EMA momentum at the last step (cosine schedule; equal to ema_start = constant, as in the report)."""
+    l1_weight: float = 1.0
+    """Weight of the L1 loss between predicted and teacher latents at masked tokens."""
+    vic_inv: float = 25.0
+    """VICReg invariance weight λ."""
+    vic_var: float = 25.0
+    """VICReg variance weight μ."""
+    vic_cov: float = 1.0
+    """VICReg covariance weight ν."""
+    n_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class ComposeConfig:
+    """Stage 2: the action composer, trained with InfoNCE."""
+
+    d_content: int = 320
+    """Shared content latent c."""
+    d_mode: int = 64
+    """Mode embedding m (CRISPRi, CRISPRa, KO, overexpression, drug)."""
+    hidden: int = 1024
+    """Hidden width of each modality's projection MLP."""
+    guide_dim: int = 0
+    """Guide-DNA feature width (0: no guide modality)."""
+    chem_dim: int = 0
+    """Chemical feature width (0: no chemical modality; room for drugs)."""
+    tau: float = 0.07
+    """InfoNCE temperature."""
+    view_dropout: float = 0.2
+    """With one modality, the two 'descriptions' are two feature-dropout views of it."""
+    n_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """Stage 3: the action-conditioned predictor (encoders frozen, composer fine-tuned)."""
+
+    d: int = 128
+    """Predictor width."""
+    n_layers: int = 2
+    """Self-attention blocks after the action cross-attention."""
+    n_heads: int = 4
+    n_action_tokens: int = 4
+    """The action latent is split into this many key/value tokens for the cross-attention."""
+    mask_ratio: float = 0.6
+    """Fraction of tokens (a fixed count) where the NLL is scored."""
+    nll_weight: float = 1.0
+    """λ_sim on the Gaussian NLL."""
+    vic_inv: float = 25.0
+    vic_var: float = 25.0
+    vic_cov: float = 1.0
+    finetune_composer: bool = True
+    """Let the composer keep learning from the expression loss in this stage."""
+    n_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Stage 4: latents -> log-normalised expression, on frozen teacher latents."""
+
+    n_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class BioJepacConfig:
+    encoder: EncoderConfig = EncoderConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    compose: ComposeConfig = ComposeConfig()
+    predict: PredictConfig = PredictConfig()
+    decode: DecodeConfig = DecodeConfig()
+    decode_mode: Literal["residual", "direct"] = "residual"
+    """`direct`: decode(predictor(encode(control), a)). `residual`: control + that minus the same with the
+    control action, which cancels decoder bias and keeps each control cell's own variation."""
+    seed: int = 0
+    """Seeds every parameter init, mask, batch order and pairing."""
+
+
+def get_preset(name: str) -> BioJepacConfig:
+    r = dataclasses.replace
+    base = BioJepacConfig()
+    if name == "report":
+        return base
+    if name == "cpu-small":
+        return BioJepacConfig(
+            encoder=EncoderConfig(d=64, n_layers=2, n_heads=4, gene_id_bias=True),
+            pretrain=r(base.pretrain, pred_d=64, pred_layers=1, n_steps=300, batch_size=32, lr=1e-3),
+            compose=r(base.compose, d_content=64, d_mode=16, hidden=128, n_steps=200, batch_size=32, lr=1e-3),
+            predict=r(base.predict, d=64, n_layers=1, n_steps=600, batch_size=32, lr=1e-3),
+            decode=r(base.decode, n_steps=300, batch_size=32, lr=3e-3),
+        )
+    if name == "tiny":
+        return BioJepacConfig(
+            encoder=EncoderConfig(d=16, n_layers=1, n_heads=2, gene_id_bias=True),
+            pretrain=r(base.pretrain, pred_d=16, pred_layers=1, n_steps=20, batch_size=16, lr=3e-3),
+            compose=r(base.compose, d_content=16, d_mode=8, hidden=32, n_steps=20, batch_size=4, lr=3e-3),
+            predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=150, batch_size=16, lr=3e-3),
+            decode=r(base.decode, n_steps=150, batch_size=16, lr=1e-2),
+        )
+    raise ValueError(f"unknown preset {name!r}; choose tiny, cpu-small or report")

@@ -1,0 +1,101 @@
+"""The four stage losses, each `loss(params, extra, batch, key) -> (loss, metrics)` for `train.loop`.
+
+`params` is what the stage trains; `extra` is what it only reads (the EMA teacher, frozen encoders).
+Batches are dicts of arrays with cells on the leading axis; everything per cell is vmapped.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from biojepac.models.jepa import losses
+from biojepac.models.jepa.masks import n_masked, sample_mask
+
+sg = jax.lax.stop_gradient
+
+
+def pretrain_loss(params, teacher, batch, key, *, cfg):
+    """Stage 1: the student sees the visible tokens, the teacher the full cell; L1 + VICReg at masked tokens."""
+    student, predictor = params
+
+    def one(x_g, lib, k):
+        idx, val, mask = student.select(x_g)
+        m_idx, v_idx = sample_mask(k, idx.shape[0], n_masked(idx.shape[0], cfg.mask_ratio))
+        h = student.embed(idx, val, lib)
+        z_vis = student.forward(h[v_idx], mask[v_idx])
+        pred = predictor(z_vis, mask[v_idx], student.gene_emb[idx[m_idx]])
+        target = sg(teacher.tokens(idx, val, mask, lib))[m_idx]
+        return pred, target, mask[m_idx].astype(pred.dtype)
+
+    keys = jax.random.split(key, batch["x"].shape[0])
+    pred, target, w = jax.vmap(one)(batch["x"], batch["lib"], keys)
+    d = pred.shape[-1]
+    pred, target, w = pred.reshape(-1, d), target.reshape(-1, d), w.reshape(-1)
+    l1 = losses.weighted_l1(pred, target, w)
+    vic = losses.vicreg(pred, target, w)
+    loss = cfg.l1_weight * l1 + cfg.vic_inv * vic["inv"] + cfg.vic_var * vic["var"] + cfg.vic_cov * vic["cov"]
+    return loss, {"l1": l1, **vic}
+
+
+def compose_loss(composer, _extra, batch, key, *, cfg, modalities: tuple[str, ...]):
+    """Stage 2: InfoNCE between two descriptions of each perturbation in the batch: two modalities when
+    there are two, else two feature-dropout views of the one modality."""
+    if len(modalities) >= 2:
+        (m_a, f_a), (m_b, f_b) = (modalities[0], batch[modalities[0]]), (modalities[1], batch[modalities[1]])
+    else:
+        k_a, k_b = jax.random.split(key)
+        f = batch[modalities[0]]
+        keep = 1.0 - cfg.view_dropout
+        f_a = f * jax.random.bernoulli(k_a, keep, f.shape) / keep
+        f_b = f * jax.random.bernoulli(k_b, keep, f.shape) / keep
+        m_a = m_b = modalities[0]
+    a = jax.vmap(lambda f, m: composer(m_a, f, m))(f_a, batch["mode"])
+    b = jax.vmap(lambda f, m: composer(m_b, f, m))(f_b, batch["mode"])
+    loss = losses.info_nce(a, b, cfg.tau)
+    return loss, {"info_nce": loss}
+
+
+def predict_loss(params, extra, batch, key, *, cfg, modality: str = "gene"):
+    """Stage 3: Gaussian NLL of the teacher's perturbed latents at masked tokens + VICReg consistency."""
+    if cfg.finetune_composer:
+        predictor, composer = params
+        student, teacher = extra
+    else:
+        predictor = params
+        student, teacher, composer = extra
+
+    def one(x_c, lib_c, x_p, lib_p, f, mode, k):
+        idx, val, mask = student.select(x_c)
+        # The perturbed cell is read at the control's genes, so token t means the same gene on both sides.
+        z_c = sg(student.tokens(idx, val, mask, lib_c))
+        z_p = sg(teacher.tokens(idx, x_p[idx], mask, lib_p))
+        mu, logvar = predictor(z_c, mask, composer(modality, f, mode))
+        m_idx, _ = sample_mask(k, idx.shape[0], n_masked(idx.shape[0], cfg.mask_ratio))
+        return mu[m_idx], jnp.clip(logvar[m_idx], -10.0, 10.0), z_p[m_idx], mask[m_idx].astype(mu.dtype)
+
+    keys = jax.random.split(key, batch["x_ctrl"].shape[0])
+    mu, logvar, target, w = jax.vmap(one)(
+        batch["x_ctrl"], batch["lib_ctrl"], batch["x_pert"], batch["lib_pert"], batch["feat"], batch["mode"], keys
+    )
+    d = mu.shape[-1]
+    mu, logvar, target, w = mu.reshape(-1, d), logvar.reshape(-1, d), target.reshape(-1, d), w.reshape(-1)
+    nll = losses.gaussian_nll(mu, logvar, target, w)
+    vic = losses.vicreg(mu, target, w)
+    loss = cfg.nll_weight * nll + cfg.vic_inv * vic["inv"] + cfg.vic_var * vic["var"] + cfg.vic_cov * vic["cov"]
+    return loss, {"nll": nll, "mse": jnp.sum(((mu - target) ** 2).mean(-1) * w) / w.sum(), **vic}
+
+
+def decode_loss(decoder, teacher, batch, key):
+    """Stage 4: reconstruct log-normalised expression from the frozen teacher's latents."""
+
+    def one(x_g, lib):
+        z, idx, mask, _ = teacher(x_g, lib)
+        x_hat, _ = decoder(sg(z), idx, mask)
+        return jnp.mean((x_hat - x_g) ** 2)
+
+    loss = jnp.mean(jax.vmap(one)(batch["x"], batch["lib"]))
+    return loss, {"mse": loss}
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))))
