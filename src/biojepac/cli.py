@@ -64,6 +64,11 @@ COMMANDS: dict = {
         ),
     },
     "train": {
+        "biojepac": (
+            "Train BioJEPAC: --stage pretrain|compose|predict|decode|all, --preset tiny|cpu-small|report.",
+            "biojepac.train.biojepac:TrainBiojepacConfig",
+            "biojepac.train.biojepac:train_biojepac",
+        ),
         "state": (
             "Train the state-transition (STATE-like) model on a log1p screen and save it.",
             "biojepac.train.state:TrainStateConfig",
