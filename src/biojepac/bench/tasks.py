@@ -1,0 +1,162 @@
+"""The benchmark tasks: a log1p screen, a split over it, and the perturbation features models may use.
+
+| task                    | data                                   | split                                  |
+|-------------------------|----------------------------------------|----------------------------------------|
+| synthetic-unseen-pert   | synthetic `demo`-sized screen          | perturbations held out in every context |
+| synthetic-fewshot-ctx   | the same screen                        | k perturbations of ctx2 seen, rest test |
+| norman-unseen-single    | Norman19 (K562, CRISPRa) singles only  | held-out single genes                   |
+| mcfaline-heldout-line   | McFaline23 (3 glioblastoma lines)      | U87MG held out entirely (zero-shot)     |
+
+Synthetic genes have no GO annotation, so their feature table is the screen's own noisy network
+features (`varm["network_features"]`); real tasks use GO (TF-IDF + SVD) features.
+A *task folder* is what external peers (STATE, GEARS) read: train.h5ad (train + val items and all
+controls, obs `split`), requests.csv (the test items and their cell counts) and features.npz.
+"""
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import typing
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from biojepac.data import schema
+
+TaskName = typing.Literal["synthetic-unseen-pert", "synthetic-fewshot-ctx", "norman-unseen-single",
+                          "mcfaline-heldout-line"]
+TASKS: tuple[str, ...] = typing.get_args(TaskName)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    adata: ad.AnnData
+    """The whole log1p screen (train, val and test cells, all controls)."""
+    split: object
+    """A `biojepac.data.splits.Split`."""
+    features: object
+    """A `biojepac.features.base.GeneTable` covering train and test perturbations."""
+    checksum: str
+    """sha256 of X and the canonical obs columns, so a result names the exact data it came from."""
+    has_go: bool
+    """Whether genes are real symbols with GO annotations (GEARS needs them)."""
+
+
+def get_task(name: str, data_dpath: pathlib.Path, seed: int = 0, cache_dpath: pathlib.Path | None = None) -> Task:
+    from biojepac.data import splits
+
+    if name.startswith("synthetic"):
+        adata = make_synthetic(seed)
+        features = synthetic_features(adata)
+        if name == "synthetic-unseen-pert":
+            split = splits.make_unseen_perturbation_split(adata, seed=seed)
+        else:
+            split = splits.make_fewshot_context_split(adata, "ctx2", k=10, seed=seed)
+        return Task(name, adata, split, features, checksum(adata), has_go=False)
+    from biojepac.data.recipes import load_norman_mcfaline
+
+    full = load_norman_mcfaline(pathlib.Path(data_dpath) / "norman19_mcfaline23_devel.h5ad")
+    go = get_go_table(cache_dpath)
+    if name == "norman-unseen-single":
+        keep = (full.obs["dataset"] == "norman19").to_numpy() & ~full.obs[schema.PERT_COL].str.contains(r"\+").to_numpy()
+        adata = full[keep].copy()
+        split = splits.make_unseen_perturbation_split(adata, fractions=(0.6, 0.1, 0.3), seed=seed)
+    elif name == "mcfaline-heldout-line":
+        adata = full[(full.obs["dataset"] == "mcfaline23").to_numpy()].copy()
+        split = splits.make_zeroshot_context_split(adata, "U87MG", val_fraction=0.1, seed=seed)
+    else:
+        raise ValueError(f"unknown task {name!r}; known: {TASKS}")
+    for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
+        adata.obs[col] = adata.obs[col].astype(str)
+    return Task(name, adata, split, go.with_options(fallback="zeros"), checksum(adata), has_go=True)
+
+
+def get_go_table(cache_dpath: pathlib.Path | None):
+    """GO TF-IDF + SVD features; built once (about 20 s) and kept in the bench cache."""
+    from biojepac.features import make_provider
+    from biojepac.features.base import GeneTable
+
+    fpath = None if cache_dpath is None else pathlib.Path(cache_dpath) / "go_features.npz"
+    if fpath is not None and fpath.exists():
+        return GeneTable.load(fpath)
+    go = make_provider("go")
+    if fpath is not None:
+        fpath.parent.mkdir(parents=True, exist_ok=True)
+        _atomic(lambda f: go.save(f), fpath)
+    return go
+
+
+def make_synthetic(seed: int) -> ad.AnnData:
+    """A `demo`-sized synthetic screen with 40 perturbations, normalised (1e4) and log1p."""
+    from biojepac.data.normalize import normalize_log1p
+    from biojepac.data.synthetic import get_preset, make_synthetic_screen
+
+    adata = make_synthetic_screen(get_preset("demo", n_genes=300, n_perts=40, cells_per_pert=40), seed=seed)
+    adata = normalize_log1p(adata, target=1e4)
+    for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
+        adata.obs[col] = adata.obs[col].astype(str)
+    return adata
+
+
+def synthetic_features(adata: ad.AnnData):
+    from biojepac.features.base import GeneTable
+
+    return GeneTable(name="synthetic-network-features", keys=tuple(map(str, adata.var_names)),
+                     matrix=np.asarray(adata.varm["network_features"], np.float32), source="varm['network_features']")
+
+
+def checksum(adata: ad.AnnData) -> str:
+    h = hashlib.sha256()
+    x = adata.X
+    if sp.issparse(x):
+        for part in (x.indptr, x.indices, x.data):
+            h.update(np.ascontiguousarray(part).tobytes())
+    else:
+        h.update(np.ascontiguousarray(x).tobytes())
+    cols = [schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL]
+    h.update(pd.util.hash_pandas_object(adata.obs[cols].astype(str), index=False).to_numpy().tobytes())
+    h.update("\n".join(map(str, adata.var_names)).encode())
+    return h.hexdigest()[:16]
+
+
+def fold_masks(task: Task) -> dict[str, np.ndarray]:
+    from biojepac.data.splits import split_masks
+
+    return split_masks(task.adata, task.split)
+
+
+def requests(task: Task) -> pd.DataFrame:
+    """context, target_gene, n_cells for every test item (n_cells = the real cell count)."""
+    obs = task.adata.obs
+    test = set(map(tuple, task.split.test))
+    counts = obs.groupby([schema.CONTEXT_COL, schema.PERT_COL], observed=True).size()
+    rows = [(c, p, int(counts[(c, p)])) for c, p in sorted(test)]
+    return pd.DataFrame(rows, columns=["context", "target_gene", "n_cells"])
+
+
+def write_task(task: Task, dpath: pathlib.Path) -> pathlib.Path:
+    """The task folder external peers read (see the module docstring)."""
+    dpath = pathlib.Path(dpath)
+    dpath.mkdir(parents=True, exist_ok=True)
+    masks = fold_masks(task)
+    is_ctrl = (task.adata.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
+    keep = masks["train"] | masks["val"]
+    train = task.adata[keep].copy()
+    train.obs = train.obs[[schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL]].copy()
+    train.obs["split"] = np.where(is_ctrl[keep], "control", np.where(masks["val"][keep], "val", "train"))
+    train.X = sp.csr_matrix(train.X, dtype=np.float32)
+    train.uns = {}
+    _atomic(lambda f: train.write_h5ad(f), dpath / "train.h5ad")
+    _atomic(lambda f: requests(task).to_csv(f, index=False), dpath / "requests.csv")
+    _atomic(lambda f: task.features.save(f), dpath / "features.npz")
+    return dpath
+
+
+def _atomic(write, fpath: pathlib.Path) -> None:
+    tmp = fpath.with_name(f".{fpath.name}.tmp{os.getpid()}{fpath.suffix}")
+    write(tmp)
+    os.replace(tmp, fpath)

@@ -1,0 +1,70 @@
+"""Bench plumbing: the results database schema and migrations, the leaderboard as a query, and the task
+folder peers read (no held-out cells in it)."""
+
+import sqlite3
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from biojepac import results_db
+from biojepac.bench import leaderboard, tasks
+
+
+def _run(model: str, task: str = "t1", status: str = "ok", note: str = "") -> dict:
+    return {"model": model, "model_config": {"k": 1}, "task": task, "split_name": "s", "split_json": {"test": []},
+            "dataset_checksum": "abc", "git_commit": "deadbee", "command": "biojepac bench", "host": "h",
+            "started_at": None, "status": status, "note": note, "train_s": 1.5, "predict_s": 0.1, "peak_mem_mb": 100.0,
+            "pred_fpath": None}
+
+
+def test_db_records_provenance_and_leaderboard_is_a_query(tmp_path):
+    db = tmp_path / "r.sqlite"
+    con = results_db.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == results_db.SCHEMA_VERSION
+    per = [("ctx", "A", "mae", 0.5), ("ctx", "B", "mae", float("nan"))]
+    results_db.add_run(con, _run("old"), per, [("vcc_score", 1.0, 0.0, 2.0)])
+    newer = results_db.add_run(con, _run("old"), per, [("vcc_score", 7.0, 5.0, 9.0), ("mae", 0.25, None, None)])
+    results_db.add_run(con, _run("STATE", status="skipped", note="STATE venv missing"))
+    con.close()
+
+    con = results_db.connect(db)  # reopening must not re-run the migration
+    runs = results_db.latest_runs(con)
+    assert [(r["model"], r["status"]) for r in runs] == [("STATE", "skipped"), ("old", "ok")]
+    assert runs[1]["run_id"] == newer and runs[1]["git_commit"] == "deadbee"
+    assert con.execute("SELECT value FROM metrics WHERE run_id=? AND perturbation='B'", (newer,)).fetchone()[0] is None
+    paths = leaderboard.write(con, tmp_path)
+    text = paths[0].read_text()
+    assert "| old | 1/1 | 7.000 |" in text  # the latest run's number, not the first one's
+    assert "7.000 [5.000, 9.000]" in text
+    assert "skipped: STATE venv missing" in text
+    assert paths[1].stat().st_size > 1000
+    with pytest.raises(sqlite3.IntegrityError):
+        results_db.add_run(con, _run("bad", status="weird"))
+
+
+def test_task_folder_holds_no_test_cells(tmp_path):
+    from biojepac.data.splits import make_unseen_perturbation_split
+    from biojepac.features.onehot import make_onehot_provider
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["non-targeting", "A", "B", "C", "D", "E"], 10)
+    obs = pd.DataFrame({"target_gene": labels, "context": "c1", "batch": "0", "pert_type": "CRISPRi"},
+                       index=[f"c{i}" for i in range(len(labels))])
+    adata = ad.AnnData(X=rng.random((len(labels), 4)).astype(np.float32), obs=obs,
+                       var=pd.DataFrame(index=["A", "B", "C", "G"]))
+    split = make_unseen_perturbation_split(adata, fractions=(0.6, 0.2, 0.2), seed=0)
+    task = tasks.Task("t", adata, split, make_onehot_provider(["A", "B", "C", "D", "E"]), tasks.checksum(adata), True)
+    tasks.write_task(task, tmp_path)
+    train = ad.read_h5ad(tmp_path / "train.h5ad")
+    req = pd.read_csv(tmp_path / "requests.csv")
+    test_perts = {p for _, p in split.test}
+    assert set(req["target_gene"]) == test_perts and (req["n_cells"] == 10).all()
+    assert not test_perts & set(train.obs["target_gene"])
+    assert set(train.obs.loc[train.obs["split"] == "val", "target_gene"]) == {p for _, p in split.val}
+    assert (train.obs.loc[train.obs["target_gene"] == "non-targeting", "split"] == "control").all()
+    # The checksum sees a changed value.
+    changed = adata.copy()
+    changed.X[0, 0] += 1
+    assert tasks.checksum(changed) != task.checksum
