@@ -53,18 +53,20 @@ class EvaluateConfig:
     """Bootstrap resamples over perturbations for the confidence intervals."""
     seed: int = 0
     """Seed for the bootstrap and the split-half ceiling."""
+    plots: bool = True
+    """Write report.md with PNG plots (CSV and JSON are always written)."""
 
 
 def run_evaluate(cfg: EvaluateConfig) -> None:
     out = evaluate(
         cfg.pred, cfg.real, baseline=cfg.baseline, train=cfg.train, profile=cfg.profile, out_dpath=cfg.out_dpath,
-        pert_col=cfg.pert_col, control=cfg.control, n_boot=cfg.n_boot, seed=cfg.seed,
+        pert_col=cfg.pert_col, control=cfg.control, n_boot=cfg.n_boot, seed=cfg.seed, plots=cfg.plots,
     )
     agg = out["aggregates"]
     for key in ("overlap_at_N", "discrimination_score_l1", "mae", "vcc_score", "pearson_delta_top20"):
         if key in agg:
             print(f"{key:>26}: {agg[key]:.4f}")
-    print(f"report: {out['paths']['report']}  ({out['seconds']:.1f} s)")
+    print(f"wrote {', '.join(out['paths'].values())}  ({out['seconds']:.1f} s)")
 
 
 def evaluate(
@@ -79,10 +81,11 @@ def evaluate(
     control: str = schema.CONTROL,
     n_boot: int = 1000,
     seed: int = 0,
+    plots: bool = True,
 ) -> dict:
     """Score `pred` against `real`. Returns {"per_perturbation": DataFrame, "aggregates": dict, "paths": dict}.
 
-    Writes nothing when `out_dpath` is None.
+    Writes nothing when `out_dpath` is None; `plots=False` writes the CSV and JSON but no report.
     """
     if profile not in ("vcc", "report", "calibrated", "all"):
         raise InputError(f"profile {profile!r} is not one of vcc, report, calibrated, all")
@@ -129,7 +132,7 @@ def evaluate(
                      "profile": profile}
     paths = {}
     if out_dpath is not None:
-        paths = _write(pathlib.Path(out_dpath), per, agg, real_sc, real_s, pred_s)
+        paths = _write(pathlib.Path(out_dpath), per, agg, real_sc, real_s, pred_s, plots)
     return {"per_perturbation": per, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
 
 
@@ -183,13 +186,15 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
     return agg
 
 
-def _write(out_dpath: pathlib.Path, per: pd.DataFrame, agg: dict, real_sc, real_s, pred_s) -> dict[str, str]:
+def _write(out_dpath: pathlib.Path, per: pd.DataFrame, agg: dict, real_sc, real_s, pred_s, plots: bool) -> dict[str, str]:
     out_dpath.mkdir(parents=True, exist_ok=True)
     csv_fpath, json_fpath = out_dpath / "per_perturbation.csv", out_dpath / "aggregates.json"
     _atomic_write(csv_fpath, per.to_csv())
     _atomic_write(json_fpath, json.dumps(agg, indent=2, default=float))
-    report_fpath = report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, _atomic_write)
-    return {"per_perturbation": str(csv_fpath), "aggregates": str(json_fpath), "report": str(report_fpath)}
+    paths = {"per_perturbation": str(csv_fpath), "aggregates": str(json_fpath)}
+    if plots:
+        paths["report"] = str(report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, _atomic_write))
+    return paths
 
 
 def _atomic_write(fpath: pathlib.Path, text: str | bytes) -> None:

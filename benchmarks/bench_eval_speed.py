@@ -1,0 +1,172 @@
+"""Time and peak memory of `biojepac.eval` vs cell-eval 0.8.2 (VCC profile) on the same files.
+
+Generates a synthetic VCC-shaped screen (default 11,000 cells x 18,080 genes x 50 perturbations + controls):
+real = integer counts (CSR, as the VCC ground truth), pred = log1p-normalised (CSR, as submissions). Each
+scorer runs in its own subprocess, end to end from the file paths (read, normalise, DE, metrics, write its
+results); each reports its own wall time and peak RSS (getrusage). Then the per-perturbation numbers are
+compared. Writes benchmarks/results/eval_speed.{json,md}.
+
+    nice .venv/bin/python benchmarks/bench_eval_speed.py
+"""
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+RESULTS_DPATH = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def make_files(dpath: pathlib.Path, n_cells: int, n_genes: int, n_perts: int, seed: int) -> tuple[str, str]:
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    genes = np.array([f"GENE{i:05d}" for i in range(n_genes)])
+    perts = ["non-targeting"] + list(genes[rng.choice(n_genes, n_perts, replace=False)])
+    n_ctrl = n_cells - n_perts * ((n_cells * 9 // 10) // n_perts)
+    labels = np.r_[np.zeros(n_ctrl, int), np.repeat(np.arange(1, n_perts + 1), (n_cells - n_ctrl) // n_perts)]
+    labels = np.r_[labels, np.zeros(n_cells - len(labels), int)]
+    base = rng.gamma(0.3, 1.5, size=n_genes)  # ~25% of entries non-zero, mostly small counts (many ties)
+    fold = np.ones((n_perts + 1, n_genes))
+    for i in range(1, n_perts + 1):
+        hit = rng.choice(n_genes, rng.integers(10, 600), replace=False)
+        fold[i, hit] = rng.choice([0.4, 2.5], size=len(hit))
+
+    def screen(noise: float, counts: bool, tag: str) -> str:
+        r = np.random.default_rng(seed + len(tag))
+        f = fold * np.exp(r.normal(0, noise, fold.shape)) if noise else fold
+        blocks = []
+        for lo in range(0, n_cells, 1000):
+            idx = labels[lo : lo + 1000]
+            depth = r.lognormal(0, 0.3, size=(len(idx), 1))
+            x = r.poisson(base[None] * f[idx] * depth).astype(np.float32)
+            if not counts:
+                x = np.log1p(x / x.sum(1, keepdims=True).clip(1) * 1e4).astype(np.float32)
+            blocks.append(sp.csr_matrix(x))
+        obs = pd.DataFrame({"target_gene": np.array(perts)[labels]}, index=[f"{tag}{i}" for i in range(n_cells)])
+        fpath = dpath / f"{tag}.h5ad"
+        ad.AnnData(X=sp.vstack(blocks).tocsr(), obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(fpath)
+        return str(fpath)
+
+    return screen(0.0, True, "real"), screen(0.3, False, "pred")
+
+
+def worker(which: str, real: str, pred: str, out_dpath: str) -> None:
+    """Runs in a subprocess: score, write per-perturbation metrics, print timing + peak RSS as JSON."""
+    import pandas as pd
+
+    if which == "ours":
+        from biojepac.eval.evaluate import evaluate
+
+        t0 = time.perf_counter()
+        out = evaluate(pred, real, profile="vcc", out_dpath=out_dpath, plots=False)
+        seconds = time.perf_counter() - t0
+        per = out["per_perturbation"][["overlap_at_N", "discrimination_score_l1", "mae"]]
+    else:
+        import logging
+
+        logging.disable(logging.WARNING)
+        from cell_eval import MetricsEvaluator
+
+        t0 = time.perf_counter()
+        ev = MetricsEvaluator(adata_pred=pred, adata_real=real, control_pert="non-targeting",
+                              pert_col="target_gene", outdir=out_dpath)
+        res, _ = ev.compute(profile="vcc", write_csv=True)
+        seconds = time.perf_counter() - t0
+        per = res.to_pandas().set_index("perturbation")[["overlap_at_N", "discrimination_score_l1", "mae"]]
+    per.sort_index().to_csv(pathlib.Path(out_dpath) / "bench_per_pert.csv")
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib}))
+
+
+def run_worker(which: str, real: str, pred: str, out_dpath: pathlib.Path) -> dict:
+    out_dpath.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--worker", which, "--real", real, "--pred", pred,
+                           "--out", str(out_dpath)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["process_seconds"] = time.perf_counter() - t0  # including interpreter start and imports
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", choices=["ours", "cell-eval"])
+    ap.add_argument("--real")
+    ap.add_argument("--pred")
+    ap.add_argument("--out")
+    ap.add_argument("--n-cells", type=int, default=11_000)
+    ap.add_argument("--n-genes", type=int, default=18_080)
+    ap.add_argument("--n-perts", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dpath", help="keep the generated files here and reuse them if present")
+    ap.add_argument("--only", choices=["ours", "cell-eval"], help="time one scorer (no comparison, nothing written)")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.real, args.pred, args.out)
+        return
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        data_dpath = pathlib.Path(args.data_dpath) if args.data_dpath else tmp
+        data_dpath.mkdir(parents=True, exist_ok=True)
+        if (data_dpath / "real.h5ad").is_file() and (data_dpath / "pred.h5ad").is_file():
+            real, pred = str(data_dpath / "real.h5ad"), str(data_dpath / "pred.h5ad")
+        else:
+            real, pred = make_files(data_dpath, args.n_cells, args.n_genes, args.n_perts, args.seed)
+        if args.only:
+            print(run_worker(args.only, real, pred, tmp / args.only))
+            return
+        sizes = {k: pathlib.Path(v).stat().st_size / 2**20 for k, v in (("real", real), ("pred", pred))}
+        ours = run_worker("ours", real, pred, tmp / "ours")
+        ref = run_worker("cell-eval", real, pred, tmp / "cell-eval")
+        a = pd.read_csv(tmp / "ours" / "bench_per_pert.csv", index_col=0)
+        b = pd.read_csv(tmp / "cell-eval" / "bench_per_pert.csv", index_col=0)
+    same = {
+        "perturbations_equal": list(a.index) == list(b.index),
+        "des_equal": bool((a["overlap_at_N"].to_numpy() == b["overlap_at_N"].to_numpy()).all()),
+        "pds_equal": bool((a["discrimination_score_l1"].to_numpy() == b["discrimination_score_l1"].to_numpy()).all()),
+        "mae_max_abs_diff": float(np.abs(a["mae"].to_numpy() - b["mae"].to_numpy()).max()),
+        "mean_des": float(a["overlap_at_N"].mean()), "mean_pds": float(a["discrimination_score_l1"].mean()),
+        "mean_mae": float(a["mae"].mean()),
+    }
+    result = {
+        "shape": {"cells_per_file": args.n_cells, "genes": args.n_genes, "perturbations": args.n_perts},
+        "file_mib": sizes, "ours": ours, "cell_eval": ref,
+        "speedup": ref["seconds"] / ours["seconds"],
+        "memory_ratio": ref["peak_rss_mib"] / ours["peak_rss_mib"], "agreement": same,
+    }
+    RESULTS_DPATH.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DPATH / "eval_speed.json").write_text(json.dumps(result, indent=2))
+    md = [
+        f"# Evaluation speed: biojepac vs cell-eval 0.8.2 (VCC profile)", "",
+        f"{args.n_cells:,} cells per file x {args.n_genes:,} genes x {args.n_perts} perturbations (+ controls); "
+        f"real = counts CSR ({sizes['real']:.0f} MiB), pred = log1p CSR ({sizes['pred']:.0f} MiB). "
+        "End to end from file paths (read, normalise, DE, metrics, write). Each scorer in its own process.", "",
+        "| scorer | wall time (s) | process incl. imports (s) | peak RSS (MiB) |", "|---|---|---|---|",
+        f"| biojepac | {ours['seconds']:.1f} | {ours['process_seconds']:.1f} | {ours['peak_rss_mib']:.0f} |",
+        f"| cell-eval | {ref['seconds']:.1f} | {ref['process_seconds']:.1f} | {ref['peak_rss_mib']:.0f} |", "",
+        f"Speed-up: **{result['speedup']:.1f}x**; peak memory: cell-eval / biojepac = {result['memory_ratio']:.2f}.", "",
+        f"Agreement: DES equal per perturbation: {same['des_equal']}; PDS equal: {same['pds_equal']}; "
+        f"max |MAE diff| = {same['mae_max_abs_diff']:.2e} (means: DES {same['mean_des']:.4f}, "
+        f"PDS {same['mean_pds']:.4f}, MAE {same['mean_mae']:.4f}).", "",
+        "Regenerate: `nice .venv/bin/python benchmarks/bench_eval_speed.py`", "",
+    ]
+    (RESULTS_DPATH / "eval_speed.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
