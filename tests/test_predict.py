@@ -74,3 +74,33 @@ def test_predict_errors(files):
         run_predict(PredictConfig(model="cell-mean", context="c1", train=tmp / "train.h5ad", out=tmp / "x.h5ad",
                                   counts=tmp / "bad.csv"))
     assert not (tmp / "x.h5ad").exists()
+
+
+def test_split_predict_then_evaluate(tmp_path):
+    """The README workflow: split -> predict (fitted on the split's train cells) -> evaluate."""
+    from biojepac.data import splits
+    from biojepac.data.normalize import normalize_log1p
+    from biojepac.data.synthetic import get_preset, make_synthetic_screen
+
+    screen = normalize_log1p(make_synthetic_screen(get_preset("tiny"), seed=0))
+    screen.write_h5ad(tmp_path / "screen.h5ad")
+    split = splits.make_unseen_perturbation_split(screen, context="ctx0", fractions=(0.6, 0.1, 0.3), seed=0)
+    splits.save_split(split, tmp_path / "split.json")
+    test_perts = sorted(p for _, p in split.test)
+    real = screen[(screen.obs["context"] == "ctx0").to_numpy() &
+                  screen.obs["target_gene"].isin([*test_perts, "non-targeting"]).to_numpy()].copy()
+    real.write_h5ad(tmp_path / "real.h5ad")
+    real.obs["target_gene"].value_counts().rename_axis("target_gene").reset_index(name="n_cells").to_csv(
+        tmp_path / "counts.csv", index=False)
+    assert main(["predict", "--model", "cell-mean", "--train", str(tmp_path / "screen.h5ad"), "--split",
+                 str(tmp_path / "split.json"), "--context", "ctx0", "--counts", str(tmp_path / "counts.csv"),
+                 "--out", str(tmp_path / "pred.h5ad")]) == 0
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    prov = json.loads(pred.uns["biojepac"]["model"])
+    train_cells = splits.split_masks(screen, split)["train"].sum()
+    assert prov["fit_cells"] == train_cells < screen.n_obs  # fitted on the split's train part only
+    assert json.loads(pred.uns["biojepac"]["split"])["content"]["test"] == [list(t) for t in split.test]
+    assert main(["evaluate", "--pred", str(tmp_path / "pred.h5ad"), "--real", str(tmp_path / "real.h5ad"),
+                 "--out-dpath", str(tmp_path / "eval"), "--profile", "vcc", "--n-boot", "20"]) == 0
+    per = pd.read_csv(tmp_path / "eval" / "per_perturbation.csv", index_col=0)
+    assert sorted(per.index) == test_perts
