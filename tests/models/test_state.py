@@ -119,3 +119,32 @@ def test_sampler_pairs_controls_of_the_same_context():
         assert (adata.obs["target_gene"].to_numpy()[ctrl_rows] == "non-targeting").all()
         assert set(ctx_of_row[ctrl_rows]) == set(ctx_of_row[target_rows]) == {sampler.contexts[batch["context"][b] - 1]}
     np.testing.assert_array_equal(sampler(5)["ctrl"], batch["ctrl"])  # a pure function of the step
+
+
+def test_latent_input_runs_on_the_biojepac_encoder_and_round_trips(tmp_path):
+    """A (random, untrained) BioJEPAC encoder supplies the cell tokens; the saved model carries it along."""
+    from biojepac.models.jepa.config import get_preset
+    from biojepac.models.jepa.model import BioJepacModel, make_modules
+    from biojepac.models.state_latent import JepaCellEncoder
+
+    adata = make_shift_screen(n_genes=8)
+    jepa = BioJepacModel(get_preset("tiny"))
+    jepa.genes, jepa.mode = list(map(str, adata.var_names)), 0
+    jepa.gene_table = {"A": np.ones(4, np.float32), "B": -np.ones(4, np.float32)}
+    jepa.mods = make_modules(8, 4, jepa.cfg, jax.random.PRNGKey(0))
+    jepa.save(tmp_path / "jepa")
+    encoder = JepaCellEncoder(tmp_path / "jepa")
+    x = np.asarray(adata.X[:5])
+    assert encoder.encode(x).shape == (5, encoder.dim)
+    np.testing.assert_allclose(encoder.encode(x[::-1])[::-1], encoder.encode(x), atol=1e-5)  # per cell, no mixing
+
+    cfg = dataclasses.replace(TINY, cell_input="latent", set_size=8)
+    fit_cfg = trainer.FitConfig(n_steps=4, batch_size=2, run_dpath=tmp_path / "run", progress=False)
+    model = st.StateModel(cfg, "onehot", fit_cfg, encoder=encoder).fit(adata)
+    rows = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "energy_latent" in rows and np.isfinite(rows["loss"])
+    model.save(tmp_path / "model")
+    again = st.load(tmp_path / "model")  # default loader restores the copied encoder
+    pred = again.predict(x, "A", "c1", 0)
+    assert pred.shape == x.shape and (pred >= 0).all()
+    np.testing.assert_allclose(pred, model.predict(x, "A", "c1", 0), atol=1e-5)

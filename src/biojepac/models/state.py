@@ -189,7 +189,8 @@ class StateModel:
 
 
 def load(dpath: pathlib.Path, encoder_loader=None) -> StateModel:
-    """Rebuild a saved `StateModel`. `encoder_loader(dpath)` restores the encoder of a latent model."""
+    """Rebuild a saved `StateModel`. `encoder_loader(dpath)` restores a latent model's encoder
+    (default: the BioJEPAC encoder, `state_latent.load_encoder`)."""
     from biojepac.features.base import GeneTable
 
     dpath = pathlib.Path(dpath)
@@ -202,7 +203,8 @@ def load(dpath: pathlib.Path, encoder_loader=None) -> StateModel:
                            len(meta.batches), key=jax.random.PRNGKey(0))
     encoder = None
     if cfg.cell_input == "latent":
-        assert encoder_loader is not None, f"{dpath} runs on encoder latents; pass encoder_loader"
+        if encoder_loader is None:
+            from biojepac.models.state_latent import load_encoder as encoder_loader
         encoder = encoder_loader(dpath / "encoder")
     model = StateModel(cfg, GeneTable.load(dpath / "features.npz"), encoder=encoder)
     model.net, model.meta = eqx.tree_deserialise_leaves(dpath / "weights.eqx", like), meta

@@ -191,7 +191,7 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     state = run_loop(state, step_fn, sampler, loop_cfg, pathlib.Path(run_dpath), header=header, desc="state")
     meta = StateMeta(config=cfg, genes=tuple(map(str, train.var_names)), contexts=tuple(map(str, sampler.contexts)),
                      batches=tuple(map(str, sampler.batches)), n_in=int(cells_ng.shape[1]), pert_dim=features.dim,
-                     features=features.describe())
+                     features=features.describe(), encoder_dpath=str(getattr(encoder, "model_dpath", "")))
     return state.params, meta, features
 
 
@@ -213,6 +213,8 @@ class TrainStateConfig:
     """Weight of the pseudobulk MSE added to the energy loss."""
     seed: int = 0
     """Seed of initialisation and sampling."""
+    encoder_dpath: pathlib.Path | None = None
+    """A saved BioJEPAC model: train on its encoder's pooled cell latents (STATE's SE role) instead of HVGs."""
 
 
 def train(cfg: TrainStateConfig) -> StateModel:
@@ -221,14 +223,20 @@ def train(cfg: TrainStateConfig) -> StateModel:
 
     model_cfg, fit_cfg = PRESETS[cfg.preset]
     model_cfg = dataclasses.replace(model_cfg, pseudobulk_weight=cfg.pseudobulk_weight,
-                                    set_size=cfg.set_size or model_cfg.set_size)
+                                    set_size=cfg.set_size or model_cfg.set_size,
+                                    cell_input="latent" if cfg.encoder_dpath else "expression")
     fit_cfg = dataclasses.replace(fit_cfg, n_steps=cfg.n_steps or fit_cfg.n_steps, seed=cfg.seed,
                                   run_dpath=cfg.out_dpath)
     adata = load_screen(cfg.data_fpath)
     if adata.uns.get("biojepac", {}).get("values") == "counts":
         raise InputError(f"{cfg.data_fpath}: X holds raw counts; the state model trains on log1p (normalise first)")
     t0 = time.perf_counter()
-    model = StateModel(model_cfg, cfg.features, fit_cfg).fit(adata)
+    encoder = None
+    if cfg.encoder_dpath is not None:
+        from biojepac.models.state_latent import JepaCellEncoder
+
+        encoder = JepaCellEncoder(cfg.encoder_dpath)
+    model = StateModel(model_cfg, cfg.features, fit_cfg, encoder=encoder).fit(adata)
     model.save(cfg.out_dpath / "model")
     summary = {"train_s": time.perf_counter() - t0, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
                "preset": cfg.preset, "model_dpath": str(cfg.out_dpath / "model")}
