@@ -82,6 +82,7 @@ def get_models(feats: list[str]) -> list[tuple[str, str, BaselineConfig]]:
     explicitly; the fallback count is reported next to each row."""
     rows = [(k, k, BaselineConfig(combo_fallback="cell-mean")) for k in
             ("control-mean", "cell-mean", "crispr-mean", "context-transfer", "additive")]
+    rows.append(("context-transfer [lstsq]", "context-transfer", BaselineConfig(transfer_scale="lstsq")))
     for kind in ("linear", "ridge", "knn"):
         for f in feats:
             short = "network" if f.startswith("file:") else f
@@ -172,7 +173,7 @@ def write_results(rows: list[dict], meta: dict, quick: bool) -> pathlib.Path:
              "cos-PDS = the calibrated cosine PDS. `fallback` = test perturbations a feature model could not embed "
              "and explicitly predicted with the cell mean.", ""]
     for task, group in pd.DataFrame(rows).groupby("task", sort=False):
-        lines += [f"## {task}", "", f"split `{group['split'].iloc[0]}`, {group['n_test'].iloc[0]} test perturbations", "",
+        lines += [f"## {task}", "", f"split `{group['split'].iloc[0]}`, {group['n_test'].iloc[0]:.0f} test perturbations", "",
                   "| model | " + " | ".join(h for _, h in COLUMNS) + " | fallback | fit s |",
                   "|---" * (len(COLUMNS) + 3) + "|"]
         records = group.to_dict("records")

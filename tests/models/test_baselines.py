@@ -119,9 +119,17 @@ def test_context_transfer_rescales():
     d = {g: rng.normal(0, 0.3, N_GENES) for g in "ABCDE"}
     # Context c2 responds twice as strongly; E is measured only in c1.
     deltas = {(g, "c1"): d[g] for g in "ABCDE"} | {(g, "c2"): 2 * d[g] for g in "ABCD"}
-    model = MODELS["context-transfer"]().fit(exact_screen(deltas))
-    np.testing.assert_allclose(model.delta("E", "c2"), 2 * d["E"], atol=2e-3)
-    np.testing.assert_allclose(model.delta("A", "c1"), d["A"], atol=1e-5)  # measured there: as measured
+    for scale in ("norm", "lstsq"):  # both exact when c2 is c1 scaled
+        model = MODELS["context-transfer"](BaselineConfig(transfer_scale=scale)).fit(exact_screen(deltas))
+        np.testing.assert_allclose(model.delta("E", "c2"), 2 * d["E"], atol=2e-3)
+        np.testing.assert_allclose(model.delta("A", "c1"), d["A"], atol=1e-5)  # measured there: as measured
+    # Equal noise in both contexts' deltas shrinks the least-squares slope c2 <- c1 well below 2 (regression
+    # dilution); the ratio of norms is pulled toward 1 too, but less.
+    noisy = ({(g, "c1"): d[g] + rng.normal(0, 0.15, N_GENES) for g in "ABCDE"} |
+             {(g, "c2"): 2 * d[g] + rng.normal(0, 0.15, N_GENES) for g in "ABCD"})
+    lstsq = MODELS["context-transfer"](BaselineConfig(transfer_scale="lstsq")).fit(exact_screen(noisy))
+    norm = MODELS["context-transfer"](BaselineConfig(transfer_scale="norm")).fit(exact_screen(noisy))
+    assert lstsq.s["scale_cc"][1, 0] < norm.s["scale_cc"][1, 0] < 2.0
 
 
 def test_crispr_mean_knocks_down_the_target():

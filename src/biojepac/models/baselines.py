@@ -54,6 +54,9 @@ class BaselineConfig:
     """knn: number of neighbours."""
     default_residual: float = 0.3
     """crispr-mean: target expression ratio (perturbed / control) when training has no measured target."""
+    transfer_scale: Literal["norm", "lstsq"] = "norm"
+    """context-transfer: ratio of effect sizes between contexts (norm), or the least-squares slope, which noise
+    in the source context's deltas shrinks toward 0 more (regression dilution)."""
     combo_fallback: Literal["error", "cell-mean"] = "error"
     """additive: an unseen single part raises (default), or explicitly contributes its context's cell-mean delta."""
 
@@ -224,8 +227,9 @@ class CrisprMean(MeanShift):
 class ContextTransfer(MeanShift):
     """The same perturbation measured in other contexts, scaled by how strongly contexts respond.
 
-    Scale s(c <- c') is the least-squares factor mapping context c' deltas onto context c deltas over
-    the perturbations both contexts measured in training (1 when they share none).
+    Scale s(c <- c') maps context c' deltas onto context c over the perturbations both measured in training
+    (1 when they share none): |D_c| / |D_c'| (`norm`, default), or the least-squares slope <D_c, D_c'> / |D_c'|²
+    (`lstsq`), which noise in D_c' (pseudobulk deltas of few cells) biases toward 0 more than the norm ratio.
     """
 
     kind = "context-transfer"
@@ -239,7 +243,10 @@ class ContextTransfer(MeanShift):
                 if a != b and len(shared):
                     da = self.s["delta_ng"][[self._row(lab, a) for lab in shared]]
                     db = self.s["delta_ng"][[self._row(lab, b) for lab in shared]]
-                    scale[a, b] = float((da * db).sum() / max((db * db).sum(), 1e-12))
+                    if self.cfg.transfer_scale == "norm":
+                        scale[a, b] = float(np.sqrt((da * da).sum() / max((db * db).sum(), 1e-12)))
+                    else:
+                        scale[a, b] = float((da * db).sum() / max((db * db).sum(), 1e-12))
         self.s["scale_cc"] = scale
 
     def _row(self, label, c):
