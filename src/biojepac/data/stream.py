@@ -79,12 +79,18 @@ class CsrShard:
 
         return np.asarray(ad.io.read_elem(self._root["var"]).index, dtype=str)
 
-    def obs_column(self, col: str) -> np.ndarray:
+    def obs_codes(self, col: str) -> tuple[np.ndarray, np.ndarray]:
+        """(category names, per-row codes) of an obs column; categoricals are read as stored (compact codes)."""
         import anndata as ad
+        import pandas as pd
 
         if col not in self._root["obs"]:
             raise InputError(f"{self.fpath}: obs has no column {col!r} (needed for pairs/sentences)")
-        return np.asarray(ad.io.read_elem(self._root["obs"][col]), dtype=str)
+        values = ad.io.read_elem(self._root["obs"][col])
+        cat = values if isinstance(values, pd.Categorical) else pd.Categorical(np.asarray(values, dtype=str))
+        if (cat.codes < 0).any():
+            raise InputError(f"{self.fpath}: obs column {col!r} has missing values (row {int(np.argmax(cat.codes < 0))})")
+        return np.asarray(cat.categories, dtype=str), np.asarray(cat.codes)
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR (indptr from 0, indices, data) of rows [start, stop)."""
@@ -141,12 +147,11 @@ class CellStream:
 
     def _load_labels(self) -> None:
         """Per-row codes for target, context and batch: a few bytes per cell, kept in memory."""
-        cols = {c: np.concatenate([s.obs_column(c) for s in self.shards]) for c in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL)}
-        self.labels = {c: np.unique(v, return_inverse=True) for c, v in cols.items()}
-        target = self.labels[schema.PERT_COL][1]
-        self.is_control = cols[schema.PERT_COL] == schema.CONTROL
-        self.group_cb = np.unique(np.stack([self.labels[schema.CONTEXT_COL][1], self.labels[schema.BATCH_COL][1]], 1), axis=0, return_inverse=True)[1].ravel()
-        self.group_cbt = np.unique(np.stack([self.group_cb, target], 1), axis=0, return_inverse=True)[1].ravel()
+        self.labels = {c: self._merged_codes(c) for c in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL)}
+        (t_names, target), (c_names, ctx), (b_names, bat) = (self.labels[c] for c in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL))
+        self.is_control = target == np.searchsorted(t_names, schema.CONTROL) if schema.CONTROL in t_names else np.zeros(len(target), bool)
+        self.group_cb = np.unique(ctx.astype(np.int64) * len(b_names) + bat, return_inverse=True)[1].astype(np.int32)
+        self.group_cbt = np.unique(self.group_cb.astype(np.int64) * len(t_names) + target, return_inverse=True)[1].astype(np.int32)
         # Global control pool per (context, batch), for windows that hold none of a group.
         ctrl_rows = np.flatnonzero(self.is_control)
         order = np.argsort(self.group_cb[ctrl_rows], kind="stable")
@@ -155,8 +160,14 @@ class CellStream:
         lacking = np.unique(self.group_cb[~self.is_control & (self._pool_count[self.group_cb] == 0)])
         if lacking.size:
             row = np.flatnonzero(~self.is_control & (self.group_cb == lacking[0]))[0]
-            ctx, bat = str(cols[schema.CONTEXT_COL][row]), str(cols[schema.BATCH_COL][row])
-            raise InputError(f"{self._fpath_of(row)}: no {schema.CONTROL!r} cells in context {ctx!r}, batch {bat!r}")
+            raise InputError(f"{self._fpath_of(row)}: no {schema.CONTROL!r} cells in context {str(c_names[ctx[row]])!r}, batch {str(b_names[bat[row]])!r}")
+
+    def _merged_codes(self, col: str) -> tuple[np.ndarray, np.ndarray]:
+        """One sorted category list over all shards and each row's code in it (int32, 4 bytes a cell)."""
+        per_shard = [s.obs_codes(col) for s in self.shards]
+        names = np.unique(np.concatenate([n for n, _ in per_shard]))
+        codes = np.concatenate([np.searchsorted(names, n).astype(np.int32)[c] for n, c in per_shard])
+        return names, codes
 
     def _fpath_of(self, row: int) -> str:
         return self.shards[int(np.searchsorted(self.shard_offsets, row, side="right") - 1)].fpath
