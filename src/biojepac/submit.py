@@ -163,10 +163,11 @@ def write_streamed_h5ad(fpath: pathlib.Path, x: "_RowReader", col_order: np.ndar
     """Minimal AnnData (obs, var, CSR X) written block by block through anndata's own sparse appender."""
     dtype = np.float32 if cfg.encoding == 32 else np.float64
     ad.AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(genes, dtype=str))).write_h5ad(fpath)
+    in_order = np.array_equal(col_order, np.arange(len(col_order)))
     with h5py.File(fpath, "r+") as f:
         first, start = True, 0
         for block in x.blocks(cfg.block_rows):
-            block = block[:, col_order].astype(dtype)
+            block = (block if in_order else block[:, col_order]).astype(dtype)
             if scale is not None:
                 # Same arithmetic as scanpy: each value divided by (row total / target), then log1p.
                 per_value = np.repeat(scale[start : start + block.shape[0]], np.diff(block.indptr))
