@@ -2,6 +2,7 @@
 measured step in a fresh subprocess (peak RSS of that process alone, optionally under `prlimit --as`)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -65,9 +66,11 @@ def write_synthetic(fpath: pathlib.Path, n_cells: int, n_genes: int, density: fl
 
 
 def run_measured(code: str, env: dict | None = None, as_limit_bytes: int | None = None, timeout: int = 1800) -> dict:
-    """Run `code` in a fresh `nice` Python; it must print one JSON line last. Adds `peak_rss_mb` (that
-    process only) and `wall_s`. `as_limit_bytes` caps its address space (`prlimit --as`)."""
-    tail = "\nimport resource, json as _j; print(_j.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    """Run `code` in a fresh `nice` Python; it must print one JSON line last. Adds `peak_rss_mb` (VmHWM of
+    that process only) and `wall_s`. `as_limit_bytes` caps its address space (`prlimit --as`)."""
+    # VmHWM is the peak of this process image only; ru_maxrss would also count the parent's RSS at fork.
+    tail = ("\nimport re as _re, json as _j\n_hwm = int(_re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "print(_j.dumps({'peak_rss_mb': _hwm / 1024}))\n")
     cmd = ["nice", "-n", "10"]
     if as_limit_bytes:
         cmd += ["prlimit", f"--as={as_limit_bytes}"]
@@ -78,7 +81,7 @@ def run_measured(code: str, env: dict | None = None, as_limit_bytes: int | None 
     if proc.returncode != 0:
         return {"ok": False, "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:], "wall_s": wall}
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
-    return {"ok": True, **lines[-2], **lines[-1], "wall_s": wall}
+    return {"ok": True, **lines[-2], **lines[-1], "wall_s": wall, "loadavg_1m_after": os.getloadavg()[0]}
 
 
 def md_table(rows: list[dict], cols: list[str]) -> str:
