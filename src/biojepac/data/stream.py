@@ -181,8 +181,6 @@ class CellStream:
         return np.concatenate([np.arange(s, s + n) for s, n in zip(self.block_start[blocks], self.block_len[blocks])])
 
     def _n_items(self, rows: np.ndarray) -> int:
-        if self.cfg.kind == "cells":
-            return len(rows)
         pert = rows[~self.is_control[rows]]
         if self.cfg.kind == "pairs":
             return len(pert)
@@ -190,7 +188,10 @@ class CellStream:
 
     def _epoch_plan(self, epoch: int):
         if self._plan is None or self._plan[0] != epoch:
-            counts = [[self._n_items(self._window_rows(w)) for w in self._windows(epoch, h)] for h in range(self.n_hosts)]
+            if self.cfg.kind == "cells":  # item counts straight from block lengths: no per-row arrays
+                counts = [[int(self.block_len[w].sum()) for w in self._windows(epoch, h)] for h in range(self.n_hosts)]
+            else:
+                counts = [[self._n_items(self._window_rows(w)) for w in self._windows(epoch, h)] for h in range(self.n_hosts)]
             n_batches = min(sum(c) for c in counts) // self.cfg.batch_size
             if n_batches == 0:
                 raise InputError(f"{self.cfg.shard_fpaths[0]}: too few items for batch_size={self.cfg.batch_size} on {self.n_hosts} host(s)")
