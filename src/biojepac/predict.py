@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import sys
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -55,7 +56,7 @@ class PredictConfig:
     """Cells per perturbation for --perturbations."""
     features: str = "go"
     """Perturbation features for linear/ridge/knn (see biojepac.features.make_provider)."""
-    feature_fallback: str = "error"
+    feature_fallback: Literal["error", "cell-mean"] = "error"
     """'error', or 'cell-mean' to predict the cell mean for perturbations without features (recorded)."""
     seed: int = 0
     """Seed for control sampling and for stochastic models."""
@@ -136,7 +137,7 @@ def get_model(cfg: PredictConfig, train: ad.AnnData):
     if cfg.model not in MODELS:
         raise InputError(f"--model {cfg.model!r}: not a saved model directory nor a baseline kind {sorted(MODELS)}")
     fit_cells = train[train_mask(train, cfg.split, cfg.train)].copy()
-    bcfg = BaselineConfig(features=cfg.features, feature_fallback=cfg.feature_fallback)  # type: ignore[arg-type]
+    bcfg = BaselineConfig(features=cfg.features, feature_fallback=cfg.feature_fallback)
     model = MODELS[cfg.model](bcfg).fit(fit_cells)
     return model, {"kind": cfg.model, "config": dataclasses.asdict(bcfg), "fit_cells": int(fit_cells.n_obs)}
 

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from typing import Literal
 
 import anndata as ad
 import h5py
@@ -58,7 +59,7 @@ class SubmitConfig:
     """Control label that must be present."""
     celltype_col: str | None = None
     """Optional obs column with the cell type, kept as `celltype` in the package."""
-    encoding: int = 32
+    encoding: Literal[32, 64] = 32
     """Float bits in the package: 32 or 64."""
     expected_gene_dim: int = EXPECTED_GENE_DIM
     """Genes the challenge expects; a different gene list only warns (as cell-eval does). -1 disables."""
