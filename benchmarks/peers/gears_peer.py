@@ -74,6 +74,10 @@ def fit_context(train: ad.AnnData, name: str, work: pathlib.Path, gene2go_fpath:
     shutil.rmtree(data_dpath, ignore_errors=True)
     data_dpath.mkdir(parents=True)
     shutil.copy(gene2go_fpath, data_dpath / "gene2go_all.pkl")
+    # GEARS writes (and later silently re-reads) its GO graph at ./data/go_essential_<name>.csv, relative to
+    # the working directory: a fresh working directory per model keeps runs from reusing each other's graph.
+    (data_dpath / "data").mkdir()
+    os.chdir(data_dpath)
     genes = list(map(str, train.var_names))
     with open(data_dpath / "gene_set.pkl", "wb") as fd:
         pickle.dump(sorted(set(genes) | set(pert_genes)), fd)

@@ -177,7 +177,7 @@ def run(task_dpath: pathlib.Path, out_fpath: pathlib.Path, cfg: StatePeerConfig 
     labels = sorted(set(ad.read_h5ad(task_dpath / "train.h5ad", backed="r").obs["target_gene"].astype(str))
                     | set(pd.read_csv(task_dpath / "requests.csv")["target_gene"].astype(str)))
     features_fpath = write_features_pt(task_dpath, work, labels)
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2",
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}
     with open(work / "state.log", "w") as log:
         t0 = time.perf_counter()

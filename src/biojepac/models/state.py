@@ -160,7 +160,7 @@ class StateModel:
         if controls.shape[1] != len(self.meta.genes):
             raise InputError(f"controls have {controls.shape[1]} genes; the state model was fitted on "
                              f"{len(self.meta.genes)}")
-        if self.features.missing([target_gene]):
+        if self.features.missing([target_gene]) and getattr(self.features, "fallback", "error") == "error":
             raise InputError(f"state model: no perturbation feature for {target_gene!r} in "
                              f"{self.meta.features.get('name', 'its feature table')}")
         x_ng = controls if self.encoder is None else np.asarray(self.encoder.encode(controls), np.float32)

@@ -169,7 +169,7 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     perts = np.unique(train.obs[PERT_COL].astype(str).to_numpy())
     perts = perts[perts != CONTROL]
     missing = features.missing(list(perts))
-    if missing:
+    if missing and getattr(features, "fallback", "error") == "error":  # a provider may opt into zeros / mean rows
         raise InputError(f"state model: feature provider {features.name!r} lacks training perturbations {missing[:20]}")
     pert_table = features.vectors(list(perts))
     sampler = SentenceSampler(cells_ng, expr_ng, train.obs, pert_table, cfg.set_size, fit_cfg.batch_size, fit_cfg.seed)
