@@ -24,12 +24,7 @@ def measure(preset: str, seed: int) -> dict:
     """Generate, write and check one preset; runs inside the child process."""
     import resource
 
-    import numpy as np
-    import pandas as pd
-
     from biojepac.data import schema
-    from biojepac.data.normalize import normalize_log1p
-    from biojepac.data.pairing import pseudobulk_deltas
     from biojepac.data.synthetic import get_preset, make_synthetic_screen
 
     cfg = get_preset(preset)
@@ -45,20 +40,7 @@ def measure(preset: str, seed: int) -> dict:
         write_s = time.perf_counter() - t0
         file_mb = fpath.stat().st_size / 2**20
 
-    # Truth vs what the counts show: normalise to the truth's target sum, pseudobulk, correlate per row.
-    norm = normalize_log1p(adata, target=cfg.target_sum)
-    groups, emp = pseudobulk_deltas(norm)
-    truth = adata.uns[schema.UNS_KEY]["truth"]
-    key = pd.MultiIndex.from_arrays([np.asarray(truth["context"]), np.asarray(truth["target_gene"])])
-    rows = key.get_indexer(pd.MultiIndex.from_frame(groups[[schema.CONTEXT_COL, schema.PERT_COL]]))
-    true_d, has_effect = truth["delta"][rows], np.asarray(truth["has_effect"])[rows]
-    r = np.array([np.corrcoef(t, e)[0, 1] for t, e in zip(true_d[has_effect], emp[has_effect])])
-    # No-effect rows have a zero truth; their two halves should agree only by chance.
-    half = np.random.default_rng(seed).random(norm.n_obs) < 0.5
-    is_ctrl = (norm.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
-    _, d_a = pseudobulk_deltas(norm[half])  # disjoint halves, controls included: no shared noise
-    _, d_b = pseudobulk_deltas(norm[~half])
-    split_r = np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(d_a, d_b)])
+    agree = get_agreement(adata, cfg.target_sum, seed)
     x = adata.X
     return {
         "preset": preset,
@@ -67,7 +49,7 @@ def measure(preset: str, seed: int) -> dict:
         "n_genes": adata.n_vars,
         "n_contexts": cfg.n_contexts,
         "n_perturbations": cfg.n_perts + cfg.n_combos,
-        "control_share": float(is_ctrl.mean()),
+        "control_share": float((adata.obs[schema.PERT_COL] == schema.CONTROL).mean()),
         "nnz": int(x.nnz),
         "density": float(x.nnz / (x.shape[0] * x.shape[1])),
         "x_mb": (x.data.nbytes + x.indices.nbytes + x.indptr.nbytes) / 2**20,
@@ -75,6 +57,33 @@ def measure(preset: str, seed: int) -> dict:
         "generate_s": gen_s,
         "write_s": write_s,
         "peak_rss_mb_after_generate": peak_gen_mb,
+        **agree,
+    }
+
+
+def get_agreement(adata, target_sum: float, seed: int) -> dict:
+    """Stored truth vs pseudobulk deltas of normalize_total(target_sum)+log1p counts, and split-half agreement."""
+    import numpy as np
+    import pandas as pd
+
+    from biojepac.data import schema
+    from biojepac.data.normalize import normalize_log1p
+    from biojepac.data.pairing import pseudobulk_deltas
+
+    norm = normalize_log1p(adata, target=target_sum)
+    groups, emp = pseudobulk_deltas(norm)
+    truth = adata.uns[schema.UNS_KEY]["truth"]
+    key = pd.MultiIndex.from_arrays([np.asarray(truth["context"]), np.asarray(truth["target_gene"])])
+    rows = key.get_indexer(pd.MultiIndex.from_frame(groups[[schema.CONTEXT_COL, schema.PERT_COL]]))
+    true_d, has_effect = truth["delta"][rows], np.asarray(truth["has_effect"])[rows]
+    r = np.array([np.corrcoef(t, e)[0, 1] for t, e in zip(true_d[has_effect], emp[has_effect])])
+    # No-effect rows have a zero truth; two disjoint halves of the cells (controls included, so no shared
+    # noise) should agree only by chance.
+    half = np.random.default_rng(seed).random(norm.n_obs) < 0.5
+    _, d_a = pseudobulk_deltas(norm[half])
+    _, d_b = pseudobulk_deltas(norm[~half])
+    split_r = np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(d_a, d_b)])
+    return {
         "has_effect_share": float(has_effect.mean()),
         "median_genes_abs_delta_gt_0.1": float(np.median((np.abs(true_d[has_effect]) > 0.1).sum(1))),
         "truth_vs_empirical_r_mean": float(r.mean()),
@@ -84,12 +93,26 @@ def measure(preset: str, seed: int) -> dict:
     }
 
 
+def sweep_cells(seed: int) -> list[dict]:
+    """Agreement as cells per perturbation grow (demo genes, 1 context, 20 targets): noise, not truth, limits r."""
+    from biojepac.data.synthetic import get_preset, make_synthetic_screen
+
+    out = []
+    for n_cells in (30, 100, 300, 1000):
+        cfg = get_preset("demo", n_contexts=1, n_perts=20, cells_per_pert=n_cells, control_fraction=0.5)
+        out.append({"cells_per_pert": n_cells, **get_agreement(make_synthetic_screen(cfg, seed), cfg.target_sum, seed)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "demo", "realistic"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one == "sweep":
+        print(json.dumps(sweep_cells(args.seed)))
+        return
     if args.one:
         print(json.dumps(measure(args.one, args.seed)))
         return
@@ -100,10 +123,13 @@ def main() -> None:
                              check=True, capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]))
+    out = subprocess.run([sys.executable, __file__, "--one", "sweep", "--seed", str(args.seed)],
+                         check=True, capture_output=True, text=True)
+    sweep = json.loads(out.stdout.strip().splitlines()[-1])
     env = {"cpu_count": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
            "OPENBLAS_NUM_THREADS": os.environ["OPENBLAS_NUM_THREADS"]}
     RESULTS_DPATH.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DPATH / "synthetic.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    (RESULTS_DPATH / "synthetic.json").write_text(json.dumps({"env": env, "rows": rows, "sweep": sweep}, indent=1))
 
     head = ("| preset | cells x genes | contexts | perts | nnz density | X (MB) | .h5ad gzip (MB) | generate (s) "
             "| peak RSS (MB) | truth-vs-measured r (mean / p10) | split-half r effect / no-effect |")
@@ -119,8 +145,13 @@ def main() -> None:
     note = (f"\nSeed {args.seed}; {env['cpu_count']} CPU cores shared with other jobs (1-min load average {env['load_avg_1m_at_end']:.1f} "
             f"at the end), OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}. Truth is compared with pseudobulk deltas of "
             "normalize_total(1e4)+log1p counts, over perturbations with an effect.\n")
-    (RESULTS_DPATH / "synthetic.md").write_text("\n".join(lines) + "\n" + note)
-    print("\n".join(lines) + "\n" + note)
+    lines += ["", note, "Agreement vs cells per perturbation (demo genes, 1 context, 20 targets, 50% controls):", "",
+              "| cells / perturbation | truth-vs-measured r (mean / p10) | split-half r effect / no-effect |", "|---|---|---|"]
+    for r in sweep:
+        lines.append(f"| {r['cells_per_pert']} | {r['truth_vs_empirical_r_mean']:.2f} / {r['truth_vs_empirical_r_p10']:.2f} "
+                     f"| {r['split_half_r_effect_mean']:.2f} / {r['split_half_r_no_effect_mean']:.2f} |")
+    (RESULTS_DPATH / "synthetic.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -159,23 +159,8 @@ def make_synthetic_screen(cfg: SyntheticConfig, seed: int) -> ad.AnnData:
     u_tkt = np.zeros((cfg.n_perts, cfg.guides_per_target, cfg.n_perts))
     u_tkt[np.arange(cfg.n_perts), :, np.arange(cfg.n_perts)] = np.log1p(-eff_tk)
     u_lkt = np.concatenate([u_tkt, u_tkt[combos[:, 0]] + u_tkt[combos[:, 1]]], axis=0)
-    n_labels = len(labels)
 
-    # Expected composition per (context, label incl. control at index 0, guide, batch).
-    comp_clkbg, truth_rows, control_log1p = [], [], []
-    for c in range(cfg.n_contexts):
-        # Columns of (I - W)^-1 at the targets: each target's total effect on every gene.
-        total_gt = solve_total(w_cg[c], order, np.eye(cfg.n_genes)[:, targets])
-        shift = u_lkt.reshape(-1, cfg.n_perts) @ total_gt.T
-        logx_lkg = base_cg[c] + shift.reshape(n_labels, cfg.guides_per_target, cfg.n_genes)
-        logx_lkg = np.concatenate([np.broadcast_to(base_cg[c], (1,) + logx_lkg.shape[1:]), logx_lkg])
-        comp_lkbg = get_composition(logx_lkg[:, :, None, :] + batch_bg[None, None])
-        comp_clkbg.append(comp_lkbg)
-        expect_lg = comp_lkbg.mean(axis=(1, 2)) * cfg.target_sum
-        truth_rows.append((np.log1p(expect_lg[1:]) - np.log1p(expect_lg[0])).astype(np.float32))
-        control_log1p.append(np.log1p(expect_lg[0]).astype(np.float32))
-    comp_clkbg = np.stack(comp_clkbg).astype(np.float32)
-    delta_kg = np.concatenate(truth_rows)
+    comp_clkbg, delta_kg, control_cg = get_expected(cfg, base_cg, w_cg, batch_bg, order, targets, u_lkt)
     off_cg = ~np.isfinite(base_cg)
     has_effect_single = ~inert_t[None, :] & ~off_cg[:, targets]  # contexts x targets
     has_effect_combo = has_effect_single[:, combos[:, 0]] | has_effect_single[:, combos[:, 1]]
@@ -202,7 +187,7 @@ def make_synthetic_screen(cfg: SyntheticConfig, seed: int) -> ad.AnnData:
             "has_effect": has_effect,
             "target_sum": cfg.target_sum,
             "control_context": np.array(contexts),
-            "control_log1p": np.stack(control_log1p),
+            "control_log1p": control_cg,
             "guide_efficiency": eff_tk.astype(np.float32),
             "guide_target": np.array([genes[t] for t in targets]),
         },
@@ -214,6 +199,29 @@ def make_synthetic_screen(cfg: SyntheticConfig, seed: int) -> ad.AnnData:
         },
     }
     return adata
+
+
+def get_expected(cfg: SyntheticConfig, base_cg, w_cg, batch_bg, order, targets, u_lkt):
+    """Expected compositions per (context, label, guide, batch), label 0 = control, and the truth.
+
+    Returns (compositions C x L+1 x K x B x G float32, truth deltas C*L x G, control log1p C x G); see the
+    module docstring for the truth's definition.
+    """
+    n_labels = len(u_lkt)
+    comp_clkbg, delta_clg, control_cg = [], [], []
+    for c in range(cfg.n_contexts):
+        # Columns of (I - W)^-1 at the targets: each target's total effect on every gene.
+        total_gt = solve_total(w_cg[c], order, np.eye(cfg.n_genes)[:, targets])
+        shift_lkg = (u_lkt.reshape(-1, len(targets)) @ total_gt.T).reshape(n_labels, cfg.guides_per_target, cfg.n_genes)
+        logx_lkg = np.concatenate([np.zeros((1,) + shift_lkg.shape[1:]), shift_lkg]) + base_cg[c]
+        comp_lkbg = get_composition(logx_lkg[:, :, None, :] + batch_bg[None, None])
+        # Guides and batches are equally likely per cell, so a label's expectation is their mean.
+        expect_lg = comp_lkbg.mean(axis=(1, 2)) * cfg.target_sum
+        comp_clkbg.append(comp_lkbg.astype(np.float32))
+        delta_clg.append(np.log1p(expect_lg[1:]) - np.log1p(expect_lg[0]))
+        control_cg.append(np.log1p(expect_lg[0]))
+    delta_kg = np.concatenate(delta_clg).astype(np.float32)
+    return np.stack(comp_clkbg), delta_kg, np.stack(control_cg).astype(np.float32)
 
 
 def make_network(cfg: SyntheticConfig, rng: np.random.Generator):
@@ -276,7 +284,8 @@ def make_contexts(cfg, base_g, order, reg, tgt, w, rng: np.random.Generator):
     return base_cg, w_cgg
 
 
-def get_composition(logx: np.ndarray) -> np.ndarray:
+@jaxtyped(typechecker=beartype.beartype)
+def get_composition(logx: Float[np.ndarray, "*batch genes"]) -> Float[np.ndarray, "*batch genes"]:
     """exp(logx) normalised over the last (gene) axis; -inf entries become exactly 0."""
     shifted = logx - np.max(logx, axis=-1, keepdims=True)
     x = np.exp(shifted)
