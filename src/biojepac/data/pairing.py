@@ -36,6 +36,7 @@ def pseudobulk(
     x = adata.layers[layer] if layer is not None else adata.X
     if adata.isbacked and layer is None:
         means = np.zeros((len(groups), adata.n_vars))
+        indicator = indicator.tocsc()  # column (cell) slices are cheap in CSC
         for start in range(0, adata.n_obs, BACKED_CHUNK_ROWS):
             stop = min(start + BACKED_CHUNK_ROWS, adata.n_obs)
             means += _dense(indicator[:, start:stop] @ _as_matrix(x[start:stop]))
