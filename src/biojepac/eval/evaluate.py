@@ -93,15 +93,18 @@ def evaluate(
         raise InputError("give either a baseline file or a training file, not both")
     t0 = time.perf_counter()
     kw = dict(pert_col=pert_col, control=control)
-    real_sc, pred_sc = read_screen(real, **kw), read_screen(pred, **kw)
-    check_pair(real_sc, pred_sc)
-    base_sc = _baseline_screen(baseline, train, real_sc, kw)
-
     use_vcc, use_rep, use_cal = (profile in (p, "all") for p in ("vcc", "report", "calibrated"))
     need_de = use_vcc or use_cal
-    real_s = summarize(real_sc, with_de=need_de)
-    pred_s = summarize(pred_sc, with_de=need_de)
+    # One file's matrix at a time where possible: summarise, then drop what no metric reads again.
+    real_sc = read_screen(real, **kw)
+    base_sc = _baseline_screen(baseline, train, real_sc, kw)
     base_s = summarize(base_sc, with_de=need_de) if base_sc is not None else None
+    real_s = summarize(real_sc, with_de=need_de)
+    if not use_cal:  # only the split-half ceiling needs the real cells again
+        real_sc = dataclasses.replace(real_sc, x=None)
+    pred_sc = read_screen(pred, **kw)
+    check_pair(real_sc, pred_sc)
+    pred_s = summarize(pred_sc, with_de=need_de)
 
     def metrics(sc: Screen, s: Summary, ref_sc: Screen = real_sc, ref_s: Summary = real_s) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

@@ -28,8 +28,9 @@ class Screen:
 
     name: str
     """Where it came from (file path or a label), used in error messages and the report."""
-    x: sp.csr_matrix | np.ndarray
-    """Cells x genes, log1p-normalised, float32 or float64. Owned by the Screen (a copy when normalised)."""
+    x: sp.csc_matrix | np.ndarray | None
+    """Cells x genes, log1p-normalised, float32 or float64; sparse input is held as CSC (gene blocks are then
+    contiguous). Owned by the Screen, never the caller's matrix. None once it is no longer needed."""
     codes: np.ndarray
     """Group per cell: 0 = control, 1..P = `perts[code - 1]`."""
     perts: np.ndarray
@@ -66,24 +67,28 @@ def read_screen(
     ctrl_idx = int(np.flatnonzero(perts == control)[0])
     # Control gets code 0; perturbations keep their sorted order as 1..P.
     codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
-    x = _as_matrix(adata.X, name)
-    was_counts = not is_lognorm(x, name)
-    if was_counts:
-        x = _normalize_counts(x, copy=not owned)
-    elif isinstance(x, sp.csr_matrix) and x.nnz and not owned:
-        x = x.copy()  # we drop explicit zeros below; never touch the caller's matrix
-    if isinstance(x, sp.csr_matrix):
-        x.eliminate_zeros()
     genes = np.asarray(adata.var_names.astype(str))
+    x = _as_matrix(adata.X, name)
+    del adata  # a file we loaded is freed as soon as its matrix is converted
+    was_counts = not is_lognorm(x, name)
+    if sp.issparse(x):
+        x = x.tocsc(copy=not owned)  # a new matrix either way: the caller's is never touched below
+        if was_counts:
+            _normalize_counts_sparse(x)
+        x.eliminate_zeros()
+        x.sort_indices()
+    elif was_counts:
+        x = _normalize_counts_dense(x, copy=not owned)
     return Screen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
 
 
 def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
     """cell-eval's rule: no fractional values -> counts; otherwise it must look like log1p."""
-    vals = x.data if sp.issparse(x) else x
+    vals = (x.data if sp.issparse(x) else x).reshape(-1)
     if vals.size and float(vals.min()) < 0:
         raise InputError(f"{name}: negative expression value {float(vals.min()):.3g}; expected counts or log1p")
-    if not np.any(np.modf(vals)[0] > FRACTION_EPS):
+    chunk = 1 << 22  # bounded temporaries on big files
+    if not any(np.any(np.modf(vals[i : i + chunk])[0] > FRACTION_EPS) for i in range(0, vals.size, chunk)):
         return False
     vmax = float(vals.max())
     if vmax >= LOG1P_MAX:
@@ -117,35 +122,30 @@ def check_pair(real: Screen, other: Screen) -> None:
         )
 
 
-def gene_blocks(x: sp.csr_matrix | np.ndarray, block: int):
+def gene_blocks(x: sp.csc_matrix | np.ndarray, block: int):
     """Yield (start, stop, rows, local_cols, values) for the non-zero entries of each block of genes.
 
-    Sparse input is converted to CSC once so each block is a contiguous slice; dense input is sliced
-    per block. Either way only one block of entries is alive at a time.
+    CSC blocks are contiguous slices (no copy of the values); dense input is sliced per block. Either way
+    only one block of entries is alive at a time.
     """
     n_genes = x.shape[1]
-    if sp.issparse(x):
-        csc = x.tocsc()
-        csc.sort_indices()
-        for start in range(0, n_genes, block):
-            stop = min(start + block, n_genes)
-            lo, hi = csc.indptr[start], csc.indptr[stop]
-            counts = np.diff(csc.indptr[start : stop + 1])
-            cols = np.repeat(np.arange(stop - start), counts)
-            yield start, stop, csc.indices[lo:hi].astype(np.int64), cols, csc.data[lo:hi]
-    else:
-        for start in range(0, n_genes, block):
-            stop = min(start + block, n_genes)
+    for start in range(0, n_genes, block):
+        stop = min(start + block, n_genes)
+        if sp.issparse(x):
+            lo, hi = x.indptr[start], x.indptr[stop]
+            cols = np.repeat(np.arange(stop - start), np.diff(x.indptr[start : stop + 1]))
+            yield start, stop, x.indices[lo:hi].astype(np.int64), cols, x.data[lo:hi]
+        else:
             sub = np.asarray(x[:, start:stop])
             rows, cols = np.nonzero(sub)
             yield start, stop, rows, cols, sub[rows, cols]
 
 
-def _as_matrix(x, name: str) -> sp.csr_matrix | np.ndarray:
+def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
     if x is None:
         raise InputError(f"{name}: X is empty")
     if sp.issparse(x):
-        x = sp.csr_matrix(x)
+        x = sp.csr_matrix(x) if not isinstance(x, (sp.csr_matrix, sp.csc_matrix)) else x
     else:
         x = np.asarray(x)
     dtype = x.dtype
@@ -154,23 +154,23 @@ def _as_matrix(x, name: str) -> sp.csr_matrix | np.ndarray:
     return x
 
 
-def _normalize_counts(x: sp.csr_matrix | np.ndarray, copy: bool):
-    """scanpy's `normalize_total` (median target) + `log1p`, re-done on a copy with the same float ops.
+def _normalize_counts_sparse(x: sp.csc_matrix) -> None:
+    """scanpy's `normalize_total` (median target) + `log1p`, in place on our own CSC copy.
 
-    Bit-identical to what cell-eval does in place (checked in tests), without importing scanpy (slow).
-    Sparse: totals over all cells, median over all cells; dense: median over cells with counts > 0,
-    as scanpy 1.11 does on each path.
+    Same float operations as scanpy 1.11's CSR path, so bit-identical to what cell-eval does in place
+    (checked in tests): per-cell totals (exact: integer counts), target = median over all cells, values
+    divided by total/target in the matrix dtype, then log1p. Avoids importing scanpy (slow).
     """
-    if sp.issparse(x):
-        x = x.copy() if copy else x
-        if np.issubdtype(x.dtype, np.integer):
-            x = x.astype(np.float32)
-        rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
-        totals = np.bincount(rows, weights=x.data, minlength=x.shape[0]).astype(x.dtype)
-        scale = totals / np.median(totals)
-        scale = scale + (scale == 0)
-        x.data = np.log1p(x.data / scale[rows])
-        return x
+    if np.issubdtype(x.dtype, np.integer):
+        x.data = x.data.astype(np.float32)
+    totals = np.bincount(x.indices, weights=x.data, minlength=x.shape[0]).astype(x.data.dtype)
+    scale = totals / np.median(totals)
+    scale = scale + (scale == 0)
+    x.data = np.log1p(x.data / scale[x.indices])
+
+
+def _normalize_counts_dense(x: np.ndarray, copy: bool) -> np.ndarray:
+    """As above for dense input (scanpy's dense path: median over cells with counts > 0)."""
     x = x.astype(np.float32) if np.issubdtype(x.dtype, np.integer) else (x.copy() if copy else x)
     totals = x.sum(axis=1)
     scale = totals / np.median(totals[totals > 0])

@@ -35,53 +35,70 @@ def mwu_pvalues(
     """Two-sided p-values of each group 1..P vs group 0, for `n_cols` genes given as non-zero entries."""
     n_groups = len(n_per_group)
     n_perts = n_groups - 1
-    g = codes[rows]
+    n_entries = len(vals)
+    if n_entries == 0:  # every value is zero: all tied
+        return np.ones((n_perts, n_cols))
     gbits = max(int(n_groups - 1).bit_length(), 1)
     vkey, vbits = _value_key(vals)
     cbits = max(int(n_cols - 1).bit_length(), 1)
     assert cbits + vbits + gbits <= 63, f"block too wide to pack: {cbits}+{vbits}+{gbits} bits"
-    key = (cols.astype(np.int64) << (vbits + gbits)) | (vkey << gbits) | g
+    key = cols.astype(np.int64) << (vbits + gbits)
+    vkey <<= gbits
+    key |= vkey
+    key |= codes[rows]
+    del vkey
     key.sort()
 
     # Runs of identical (gene, value, group): one row per distinct value held by a group.
-    run_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    new_run = np.empty(len(key), bool)
+    new_run[0] = True
+    np.not_equal(key[1:], key[:-1], out=new_run[1:])
+    run_start = np.flatnonzero(new_run)
+    del new_run
     run_key = key[run_start]
-    run_n = np.diff(np.r_[run_start, len(key)]).astype(np.float64)
+    del key
+    run_n = np.diff(run_start, append=n_entries).astype(np.float64)
     run_g = run_key & ((1 << gbits) - 1)
     run_col = run_key >> (vbits + gbits)
     # Distinct (gene, value) ids shared by all groups holding that value.
     cv = run_key >> gbits
-    cv_id = np.cumsum(np.r_[True, cv[1:] != cv[:-1]]) - 1
+    new_cv = np.empty(len(cv), bool)
+    new_cv[:1] = True
+    np.not_equal(cv[1:], cv[:-1], out=new_cv[1:])
+    cv_start = np.flatnonzero(new_cv)
+    cv_id = np.cumsum(new_cv) - 1
+    del cv, new_cv
     is_ctrl = run_g == 0
-    a_cv = np.bincount(cv_id, weights=np.where(is_ctrl, run_n, 0.0))
-    cv_col = np.zeros(len(a_cv), np.int64)
-    cv_col[cv_id] = run_col
+    a_cv = np.add.reduceat(np.where(is_ctrl, run_n, 0.0), cv_start) if len(cv_start) else np.zeros(0)
+    cv_col = run_col[cv_start]
     # Control non-zeros strictly below each value within its gene.
     excl = np.cumsum(a_cv) - a_cv
     col_first = np.searchsorted(cv_col, np.arange(n_cols), side="left")
-    col_base = np.r_[excl, 0.0][col_first]
+    col_base = np.append(excl, 0.0)[col_first]
     below_cv = excl - col_base[cv_col]
     nnz_ctrl = np.bincount(cv_col, weights=a_cv, minlength=n_cols)
-    ctrl_ties = np.bincount(cv_col, weights=a_cv**3 - a_cv, minlength=n_cols)
+    ctrl_ties = np.bincount(cv_col, weights=(a_cv - 1.0) * a_cv * (a_cv + 1.0), minlength=n_cols)
     zeros_ctrl = n_per_group[0] - nnz_ctrl
 
-    pert = ~is_ctrl
-    a = a_cv[cv_id[pert]]
-    b = run_n[pert]
-    col = run_col[pert]
-    flat = (run_g[pert] - 1) * n_cols + col
+    # Control runs go to a spare bin (index `size`) instead of being masked out: one pass, no gathers.
     size = n_perts * n_cols
-    u_nz = np.bincount(flat, weights=b * (zeros_ctrl[col] + below_cv[cv_id[pert]] + 0.5 * a), minlength=size)
-    ties_nz = np.bincount(flat, weights=(a + b) ** 3 - a**3 - b, minlength=size)
-    nnz_pert = np.bincount(flat, weights=b, minlength=size)
+    flat = (run_g - 1) * n_cols + run_col
+    flat[is_ctrl] = size
+    a = a_cv[cv_id]
+    b = run_n
+    u_w = b * (zeros_ctrl[run_col] + below_cv[cv_id] + 0.5 * a)
+    # (a+b)^3 - a^3 - b, without powers: b * (3a(a+b) + b^2 - 1); exact in float64 for these integers.
+    tie_w = b * (3.0 * a * (a + b) + b * b - 1.0)
+    u_nz = np.bincount(flat, weights=u_w, minlength=size + 1)[:size]
+    ties_nz = np.bincount(flat, weights=tie_w, minlength=size + 1)[:size]
+    nnz_pert = np.bincount(flat, weights=b, minlength=size + 1)[:size]
 
     n1 = n_per_group[1:, None].astype(np.float64)
-    n2 = float(n_per_group[0])
     zeros_pert = n1 - nnz_pert.reshape(n_perts, n_cols)
     zeros = zeros_pert + zeros_ctrl[None, :]
     u1 = u_nz.reshape(n_perts, n_cols) + 0.5 * zeros_pert * zeros_ctrl[None, :]
-    ties = ctrl_ties[None, :] + ties_nz.reshape(n_perts, n_cols) + (zeros**3 - zeros)
-    return _pvalue(u1, n1, n2, ties)
+    ties = ctrl_ties[None, :] + ties_nz.reshape(n_perts, n_cols) + (zeros - 1.0) * zeros * (zeros + 1.0)
+    return _pvalue(u1, n1, float(n_per_group[0]), ties)
 
 
 def _pvalue(u1: np.ndarray, n1: np.ndarray, n2: float, ties: np.ndarray) -> np.ndarray:
