@@ -183,6 +183,7 @@ def score(task: tasklib.Task, pred_fpath: pathlib.Path, base_fpath: str | None, 
             per_rows += [(ctx, str(pert), str(m), float(v)) for m, v in row.items() if _is_num(v)]
         agg = out["aggregates"]
         flat = {k: v for k, v in agg.items() if _is_num(v)}
+        flat |= cell_eval_check(pick(pred_all), real, pred_fpath.parent)
         flat |= {f"baseline_{k}": v for k, v in agg.get("baseline", {}).items() if _is_num(v)}
         flat |= {f"ceiling_{k}": v for k, v in agg.get("ceiling", {}).items() if _is_num(v)}
         flat |= {f"normalised_{k}": v for k, v in agg.get("normalised", {}).items() if _is_num(v)}
@@ -197,6 +198,26 @@ def score(task: tasklib.Task, pred_fpath: pathlib.Path, base_fpath: str | None, 
         lo, hi = (vals[0][2], vals[0][3]) if len(vals) == 1 else (None, None)
         summary.append((name, mean, lo, hi))
     return per_rows, summary
+
+
+def cell_eval_check(pred, real, work: pathlib.Path) -> dict[str, float]:
+    """The same prediction scored by Arc's cell-eval (0.8.2, `vcc` profile) as a second opinion; {} if absent."""
+    try:
+        import logging
+
+        import cell_eval
+    except ImportError:
+        return {}
+    logging.getLogger("cell_eval").setLevel(logging.ERROR)
+    try:
+        ev = cell_eval.MetricsEvaluator(adata_pred=pred.copy(), adata_real=real.copy(), control_pert="non-targeting",
+                                        pert_col="target_gene", num_threads=1, outdir=str(work / "cell_eval"))
+        res, _ = ev.compute(profile="vcc", write_csv=False, break_on_error=True)
+    except Exception as err:  # recorded as missing, never fatal: it is a cross-check
+        print(f"[bench] cell-eval failed: {type(err).__name__}: {err}", flush=True)
+        return {}
+    df = res.to_pandas()
+    return {f"celleval_{k}": float(df[k].mean()) for k in ("overlap_at_N", "discrimination_score_l1", "mae") if k in df}
 
 
 def _is_num(v) -> bool:
