@@ -137,7 +137,7 @@ def gene_blocks(x: sp.csc_matrix | np.ndarray, block: int):
             yield start, stop, x.indices[lo:hi].astype(np.int64), cols, x.data[lo:hi]
         else:
             sub = np.asarray(x[:, start:stop])
-            rows, cols = np.nonzero(sub)
+            cols, rows = np.nonzero(sub.T)  # grouped by gene, as for CSC
             yield start, stop, rows, cols, sub[rows, cols]
 
 

@@ -32,7 +32,10 @@ def mwu_pvalues(
     n_per_group: Int[np.ndarray, " groups"],
     n_cols: int,
 ) -> Float[np.ndarray, "perts n_cols"]:
-    """Two-sided p-values of each group 1..P vs group 0, for `n_cols` genes given as non-zero entries."""
+    """Two-sided p-values of each group 1..P vs group 0, for `n_cols` genes given as non-zero entries.
+
+    Entries must be grouped by gene (`cols` non-decreasing), as `inputs.gene_blocks` yields them.
+    """
     n_groups = len(n_per_group)
     n_perts = n_groups - 1
     n_entries = len(vals)
@@ -47,7 +50,12 @@ def mwu_pvalues(
     key |= vkey
     key |= codes[rows]
     del vkey
-    key.sort()
+    # Entries arrive grouped by gene, so sorting each gene's run separately gives the same order as one
+    # big sort, and small cache-resident sorts are several times faster.
+    bounds = np.searchsorted(cols, np.arange(n_cols + 1))
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if hi - lo > 1:
+            key[lo:hi].sort()
 
     # Runs of identical (gene, value, group): one row per distinct value held by a group.
     new_run = np.empty(len(key), bool)
