@@ -43,20 +43,16 @@ def _free_port() -> int:
 
 def test_two_processes_on_localhost_match_one_process(shard):
     port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), "host", shard],
-            env=_env(1, BIOJEPAC_COORDINATOR=f"127.0.0.1:{port}", BIOJEPAC_NUM_PROCESSES="2", BIOJEPAC_PROCESS_ID=str(i)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
+    cmds = [
+        ([sys.executable, str(WORKER), "host", shard], _env(1, BIOJEPAC_COORDINATOR=f"127.0.0.1:{port}", BIOJEPAC_NUM_PROCESSES="2", BIOJEPAC_PROCESS_ID=str(i)))
         for i in range(2)
-    ]
-    hosts = []
+    ] + [([sys.executable, str(WORKER), "single", shard, "2"], _env(1))]  # the reference, run alongside
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd, env in cmds]
+    results = []
     for p in procs:
-        out, _ = p.communicate(timeout=180)
-        hosts.append(_json(p, out))
-    ref = subprocess.run([sys.executable, str(WORKER), "single", shard, "2"], env=_env(1), capture_output=True, text=True, timeout=180)
-    ref = _json(ref, ref.stdout + ref.stderr)
+        out, _ = p.communicate(timeout=300)
+        results.append(_json(p, out))
+    *hosts, ref = results
     assert [h["n_hosts"] for h in hosts] == [2, 2] and hosts[0]["n_devices"] == 2
     for h in hosts:  # every host sees the same global loss, equal to one process on the merged batch
         np.testing.assert_allclose(h["losses"], ref["losses"], rtol=1e-5)
