@@ -21,6 +21,13 @@ def test_evaluate_writes_everything_and_perfect_prediction_scores_top(tmp_path, 
     assert agg["mae"] == 0 and agg["mse"] == 0
     assert np.all(per["overlap_at_N"][per["n_real_degs"] > 0] == 1.0)
     assert np.allclose(per["pearson_delta"], 1.0) and np.allclose(per["de_jaccard"], 1.0)
+    assert np.all(per["pds_cosine"] == 1.0) and np.all(per["discrimination_score_l1"] == 1.0)
+    has = per["n_real_degs"] > 0
+    assert np.all(per["lfc_nmae"][has] == 0) and np.all(per["de_direction"][has] == 1)
+    # The split-half ceiling is below perfect and above the cell-mean baseline for DE Jaccard.
+    assert agg["baseline"]["de_jaccard"] < agg["ceiling"]["de_jaccard"] < 1.0
+    lo, hi = agg["ci95"]["vcc_score"]
+    assert lo <= agg["vcc_score"] <= hi
     assert agg["vcc_score"] > 50 and agg["baseline"]["mae"] > 0
     for key in ("per_perturbation", "aggregates", "report"):
         assert (tmp_path / out["paths"][key].split("/")[-1]).is_file()
