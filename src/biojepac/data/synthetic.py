@@ -389,3 +389,26 @@ def sample_counts(mean_of, n_cells: int, theta_g, chunk: int, rng: np.random.Gen
         indptr.append(indptr[-1][-1] + np.cumsum(np.bincount(rows, minlength=len(counts_ng))))
     n_genes = len(theta_g)
     return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)), shape=(n_cells, n_genes))
+
+@dataclasses.dataclass(frozen=True)
+class SynthCommand:
+    out_fpath: pathlib.Path = pathlib.Path("synthetic.h5ad")
+    """Where to write the screen (.h5ad, raw counts, truth in uns["biojepac"]["truth"])."""
+    preset: typing.Literal["tiny", "demo", "realistic"] = "demo"
+    """Size preset (see `PRESETS`)."""
+    seed: int = 0
+    """Seed; the same seed gives the same file contents."""
+    n_combos: int | None = None
+    """Override the preset's number of two-gene combinations."""
+
+
+def run_synth(cmd: SynthCommand) -> pathlib.Path:
+    """`biojepac data synth`: generate a screen and write it atomically."""
+    overrides = {} if cmd.n_combos is None else {"n_combos": cmd.n_combos}
+    adata = make_synthetic_screen(get_preset(cmd.preset, **overrides), cmd.seed)
+    cmd.out_fpath.parent.mkdir(parents=True, exist_ok=True)
+    tmp_fpath = cmd.out_fpath.with_name(f".{cmd.out_fpath.name}.tmp.h5ad")
+    adata.write_h5ad(tmp_fpath, compression="gzip")
+    os.replace(tmp_fpath, cmd.out_fpath)
+    print(f"wrote {adata.n_obs} cells x {adata.n_vars} genes ({cmd.preset}, seed {cmd.seed}) to {cmd.out_fpath}")
+    return cmd.out_fpath
