@@ -184,6 +184,8 @@ def fit_biojepac(
         cell_batch(c.batch_size, cfg.seed + 1), n_pre, c.lr, cfg.seed + 11, run_dpath, progress, wandb_project,
     )
     student, teacher = st.params[0], st.extra
+    if cfg.predict.control_encoder == "teacher":
+        student = teacher  # the encoder that reads controls, in stage 3 and at prediction time
 
     if skip("compose"):
         return None

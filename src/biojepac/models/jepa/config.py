@@ -96,6 +96,9 @@ class PredictConfig:
     vic_inv: float = 25.0
     vic_var: float = 25.0
     vic_cov: float = 1.0
+    control_encoder: Literal["student", "teacher"] = "student"
+    """Which frozen encoder reads the control cell (the report: student). `teacher` puts control and target
+    in the same latent space, so the predictor does not also have to learn the student->teacher map."""
     finetune_composer: bool = True
     """Let the composer keep learning from the expression loss in this stage."""
     n_steps: int = 2000
@@ -136,15 +139,16 @@ def get_preset(name: str) -> BioJepacConfig:
             encoder=EncoderConfig(d=64, n_layers=2, n_heads=4, gene_id_bias=True),
             pretrain=r(base.pretrain, pred_d=64, pred_layers=1, n_steps=300, batch_size=32, lr=1e-3),
             compose=r(base.compose, d_content=64, d_mode=16, hidden=128, n_steps=200, batch_size=32, lr=1e-3),
-            predict=r(base.predict, d=64, n_layers=1, n_steps=600, batch_size=32, lr=1e-3),
-            decode=r(base.decode, n_steps=300, batch_size=32, lr=3e-3),
+            predict=r(base.predict, d=64, n_layers=1, n_steps=1500, batch_size=32, lr=3e-3),
+            decode=r(base.decode, n_steps=600, batch_size=32, lr=3e-3),
         )
     if name == "tiny":
+        # Steps are cheap next to XLA compilation at this size, so tiny trains long enough to overfit.
         return BioJepacConfig(
             encoder=EncoderConfig(d=16, n_layers=1, n_heads=2, gene_id_bias=True),
-            pretrain=r(base.pretrain, pred_d=16, pred_layers=1, n_steps=20, batch_size=16, lr=3e-3),
+            pretrain=r(base.pretrain, pred_d=16, pred_layers=1, n_steps=200, batch_size=16, lr=3e-3),
             compose=r(base.compose, d_content=16, d_mode=8, hidden=32, n_steps=20, batch_size=4, lr=3e-3),
-            predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=150, batch_size=16, lr=3e-3),
-            decode=r(base.decode, n_steps=150, batch_size=16, lr=1e-2),
+            predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=1500, batch_size=32, lr=1e-2),
+            decode=r(base.decode, n_steps=600, batch_size=16, lr=1e-2),
         )
     raise ValueError(f"unknown preset {name!r}; choose tiny, cpu-small or report")

@@ -1,0 +1,139 @@
+"""BioJEPAC benchmarks: attention scaling (linear vs softmax), training throughput at `cpu-small`, and
+the sanity experiments on a small synthetic screen with held-out (unseen) perturbations.
+
+    .venv/bin/python benchmarks/bench_biojepac.py [--parts attention,throughput,sanity]
+
+Writes benchmarks/results/biojepac.json and biojepac.md (one table per part).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biojepac.models.jepa.attention import Block
+from biojepac.models.jepa.config import get_preset
+
+RESULTS_DPATH = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def bench_attention(gene_counts=(512, 1024, 2048, 4096, 8192), d=256, n_heads=4, n_repeat=3) -> list[dict]:
+    """Forward time and XLA's temporary-buffer size of one encoder block on one cell, per attention kind."""
+    rows = []
+    for kind in ("linear", "softmax"):
+        block = Block(d, n_heads, 4, jax.random.PRNGKey(0), kind)
+        for n in gene_counts:
+            x = jax.random.normal(jax.random.PRNGKey(1), (n, d))
+            mask = jnp.ones(n, bool)
+            fn = jax.jit(lambda b, x, m: b(x, m))
+            compiled = fn.lower(block, x, mask).compile()
+            mem = compiled.memory_analysis()
+            temp_mib = (mem.temp_size_in_bytes if mem is not None else float("nan")) / 2**20
+            jax.block_until_ready(compiled(block, x, mask))
+            t0 = time.perf_counter()
+            for _ in range(n_repeat):
+                jax.block_until_ready(compiled(block, x, mask))
+            ms = (time.perf_counter() - t0) / n_repeat * 1e3
+            rows.append({"attention": kind, "n_genes": n, "forward_ms": round(ms, 2), "temp_mib": round(temp_mib, 2)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _screen(n_genes=100, n_perts=24, seed=0):
+    from biojepac.data.normalize import normalize_log1p
+    from biojepac.data.synthetic import get_preset as synth_preset, make_synthetic_screen
+
+    cfg = synth_preset("tiny", n_genes=n_genes, n_perts=n_perts, n_contexts=1, cells_per_pert=40)
+    return normalize_log1p(make_synthetic_screen(cfg, seed=seed), 1e4)
+
+
+def bench_throughput(n_steps=20) -> list[dict]:
+    """Steady-state training cells/s per stage at `cpu-small` on a 500-gene synthetic screen (compile excluded)."""
+    from biojepac.data.normalize import normalize_log1p
+    from biojepac.data.synthetic import get_preset as synth_preset, make_synthetic_screen
+    from biojepac.train import biojepac as tb, loop
+
+    adata = normalize_log1p(make_synthetic_screen(synth_preset("demo", n_contexts=1, cells_per_pert=20), seed=0), 1e4)
+    cfg = get_preset("cpu-small")
+    rows = []
+    orig = loop.run_loop
+
+    def timed(state, step_fn, get_batch, lcfg, run_dpath, header=None, desc="", stop_after=None):
+        from biojepac.train import mesh as meshlib
+
+        mesh = meshlib.make_mesh()
+        state = meshlib.replicate(state, mesh)
+        batch = meshlib.shard_batch(get_batch(0), mesh)
+        n_cells = len(next(iter(batch.values())))
+        t0 = time.perf_counter()
+        state, _ = step_fn(state, batch)
+        jax.block_until_ready(state)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for step in range(1, n_steps + 1):
+            state, _ = step_fn(state, meshlib.shard_batch(get_batch(step), mesh))
+        jax.block_until_ready(state)
+        dt = time.perf_counter() - t0
+        rows.append({"stage": desc, "batch": n_cells, "n_genes": adata.n_vars, "compile_s": round(compile_s, 1),
+                     "step_ms": round(dt / n_steps * 1e3, 1), "cells_per_s": round(n_cells * n_steps / dt, 1)})
+        print(rows[-1], flush=True)
+        return state
+
+    loop.run_loop = timed
+    try:
+        tb.fit_biojepac(adata, None, cfg)
+    finally:
+        loop.run_loop = orig
+    return rows
+
+
+def _md_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parts", default="attention,throughput,sanity")
+    parts = parser.parse_args().parts.split(",")
+    out_fpath = RESULTS_DPATH / "biojepac.json"
+    results = json.loads(out_fpath.read_text()) if out_fpath.exists() else {}
+    results["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "jax": jax.__version__, "devices": str(jax.devices())}
+    if "attention" in parts:
+        results["attention"] = bench_attention()
+    if "throughput" in parts:
+        results["throughput"] = bench_throughput()
+    if "sanity" in parts:
+        from sanity_biojepac import bench_sanity  # noqa: E402  (beside this script)
+
+        results["sanity"] = bench_sanity()
+    RESULTS_DPATH.mkdir(parents=True, exist_ok=True)
+    tmp = out_fpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out_fpath)
+    md = ["# BioJEPAC benchmarks", "", f"Host: {results['host']}", ""]
+    for part, title in [("attention", "Linear vs softmax attention, one d=256 block, one cell (CPU)"),
+                        ("throughput", "Training throughput at cpu-small (500 genes, steady state)"),
+                        ("sanity", "Sanity experiments on held-out perturbations (synthetic)")]:
+        if part in results:
+            md += [f"## {title}", "", _md_table(results[part])]
+    tmp = RESULTS_DPATH / "biojepac.md.tmp"
+    tmp.write_text("\n".join(md))
+    os.replace(tmp, RESULTS_DPATH / "biojepac.md")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
