@@ -1,0 +1,47 @@
+"""The CLI contract: --help everywhere, and bad input as one line naming the file, not a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from biojepac import cli
+from conftest import build_random_screen
+
+
+def leaf_commands(table=cli.COMMANDS, prefix=()):
+    for name, entry in table.items():
+        if isinstance(entry, dict):
+            yield from leaf_commands(entry, prefix + (name,))
+        elif entry:
+            yield prefix + (name,)
+
+
+@pytest.mark.parametrize("path", list(leaf_commands()), ids=" ".join)
+def test_every_subcommand_has_help(path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*path, "--help"])
+    assert exc.value.code == 0
+    assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_unknown_subcommand_is_one_line_error(capsys):
+    assert cli.main(["no-such-command"]) == 2
+    assert "unknown subcommand 'no-such-command'" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_naming_the_file(tmp_path):
+    screen = build_random_screen()
+    screen.obs = screen.obs.drop(columns=["context"])
+    bad = tmp_path / "no_context.h5ad"
+    screen.write_h5ad(bad)
+    proc = subprocess.run(
+        [sys.executable, "-m", "biojepac.cli", "predict", "--model", "cell-mean", "--train", str(bad),
+         "--context", "c1", "--perturbations", "G001", "--out", str(tmp_path / "p.h5ad")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(bad) in err[0] or bad.name in err[0]
+    assert "context" in err[0]
