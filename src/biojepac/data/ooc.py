@@ -86,7 +86,7 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         if hvg is not None:
             out_var = out_var.join(hvg.loc[var_mask].set_axis(out_var.index))
         if cfg.gene_table_fpath:
-            out_var, prov["gene_map"] = _harmonise(out_var, cfg.gene_table_fpath)
+            out_var, prov["gene_map"], obs, prov["label_map"] = _harmonise(out_var, obs, cfg.gene_table_fpath)
 
         # Pass 3: the prepared rows, appended chunk by chunk, and pseudobulk sums over the same rows.
         keys = tuple(cfg.pseudobulk_keys)
@@ -203,14 +203,20 @@ def hvg_from_moments(s: np.ndarray, ss: np.ndarray, n_cells: int, n_top: int, fl
     return df.drop(columns="mean_bin")
 
 
-def _harmonise(var: pd.DataFrame, table_fpath: str) -> tuple[pd.DataFrame, dict]:
-    from biojepac.data.genes import GeneTable, harmonize_names
+def _harmonise(var: pd.DataFrame, obs: pd.DataFrame, table_fpath: str):
+    """Gene symbols in `var` and perturbation labels in `obs` mapped as `data.recipes` does (names only)."""
+    from biojepac.data.genes import GeneTable, harmonize_labels, harmonize_names
 
     table = GeneTable.load(table_fpath)
     old = [str(g) for g in var.index]
-    new, report = harmonize_names(old, table)
+    new, gene_report = harmonize_names(old, table)
     var = var.assign(original_name=old).set_axis(pd.Index(new))
-    return var, report.to_uns(table.fpath)
+    if schema.PERT_COL not in obs.columns:
+        return var, gene_report.to_uns(table.fpath), obs, {}
+    cat = pd.Categorical(obs[schema.PERT_COL])  # map each distinct label once, not once per cell
+    labels, label_report = harmonize_labels(list(cat.categories), table)
+    obs = obs.assign(**{schema.PERT_COL: pd.Categorical(np.asarray(labels, dtype=object)[cat.codes])})
+    return var, gene_report.to_uns(table.fpath), obs, label_report.to_uns(table.fpath)
 
 
 def _group_codes(obs: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
