@@ -390,6 +390,7 @@ def sample_counts(mean_of, n_cells: int, theta_g, chunk: int, rng: np.random.Gen
     n_genes = len(theta_g)
     return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)), shape=(n_cells, n_genes))
 
+
 @dataclasses.dataclass(frozen=True)
 class SynthCommand:
     out_fpath: pathlib.Path = pathlib.Path("synthetic.h5ad")
