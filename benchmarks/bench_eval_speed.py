@@ -11,6 +11,7 @@ compared. Writes benchmarks/results/eval_speed.{json,md}.
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import subprocess
@@ -147,6 +148,7 @@ def main() -> None:
         "file_mib": sizes, "ours": ours, "cell_eval": ref,
         "speedup": ref["seconds"] / ours["seconds"],
         "memory_ratio": ref["peak_rss_mib"] / ours["peak_rss_mib"], "agreement": same,
+        "load_average_at_end": list(os.getloadavg()), "cpus": os.cpu_count(),
     }
     RESULTS_DPATH.mkdir(parents=True, exist_ok=True)
     (RESULTS_DPATH / "eval_speed.json").write_text(json.dumps(result, indent=2))
@@ -162,6 +164,8 @@ def main() -> None:
         f"Agreement: DES equal per perturbation: {same['des_equal']}; PDS equal: {same['pds_equal']}; "
         f"max |MAE diff| = {same['mae_max_abs_diff']:.2e} (means: DES {same['mean_des']:.4f}, "
         f"PDS {same['mean_pds']:.4f}, MAE {same['mean_mae']:.4f}).", "",
+        f"Machine: {os.cpu_count()} CPUs, load average at the end {os.getloadavg()[0]:.1f} (shared machine: "
+        "wall times move with the load).", "",
         "Regenerate: `nice .venv/bin/python benchmarks/bench_eval_speed.py`", "",
     ]
     (RESULTS_DPATH / "eval_speed.md").write_text("\n".join(md))

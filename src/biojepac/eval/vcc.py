@@ -97,7 +97,8 @@ def _top_n(genes: np.ndarray, approx: np.ndarray, n: int, exact_lfc) -> np.ndarr
     cut = np.sort(approx)[::-1][n - 1]
     tol = 1e-4 * abs(cut) + 1e-6 if np.isfinite(cut) else 0.0
     above = genes[approx > cut + tol] if np.isfinite(cut) else np.array([], np.int64)
-    near = genes[(np.abs(approx - cut) <= tol) | (approx == cut)]
+    with np.errstate(invalid="ignore"):  # inf - inf when the cut falls among genes absent from controls
+        near = genes[(np.abs(approx - cut) <= tol) | (approx == cut)]
     exact = np.abs(exact_lfc(near))
     pick = near[np.argsort(-exact, kind="stable")[: n - len(above)]]
     return np.concatenate([above, pick])
