@@ -1,5 +1,7 @@
 """A tiny BioJEPAC fitted end to end on a tiny synthetic screen (one fit shared by every test here)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,7 @@ def test_tiny_model_overfits_tiny_screen(fitted):
 def test_save_load_roundtrip_and_uncertainty(fitted, tmp_path):
     adata, model = fitted
     model.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["kind"] == "biojepac"
     again = BioJepacModel.load(tmp_path / "m")
     ctrl = adata.X.toarray()[:70]
     p = adata.obs["target_gene"].iloc[-1]

@@ -135,12 +135,13 @@ def get_preset(name: str) -> BioJepacConfig:
     if name == "report":
         return base
     if name == "cpu-small":
+        # ~2 s per pretrain/predict step of 32 cells x 500 genes on 2 busy CPU cores (benchmarks/results).
         return BioJepacConfig(
             encoder=EncoderConfig(d=64, n_layers=2, n_heads=4, gene_id_bias=True),
-            pretrain=r(base.pretrain, pred_d=64, pred_layers=1, n_steps=300, batch_size=32, lr=1e-3),
+            pretrain=r(base.pretrain, pred_d=64, pred_layers=1, n_steps=150, batch_size=32, lr=1e-3),
             compose=r(base.compose, d_content=64, d_mode=16, hidden=128, n_steps=200, batch_size=32, lr=1e-3),
-            predict=r(base.predict, d=64, n_layers=1, n_steps=1500, batch_size=32, lr=3e-3),
-            decode=r(base.decode, n_steps=600, batch_size=32, lr=3e-3),
+            predict=r(base.predict, d=64, n_layers=1, n_steps=400, batch_size=32, lr=3e-3),
+            decode=r(base.decode, n_steps=200, batch_size=32, lr=3e-3),
         )
     if name == "tiny":
         # Steps are cheap next to XLA compilation at this size, so tiny trains long enough to overfit.

@@ -5,6 +5,7 @@ by default as a residual against the same pipeline with the control action (see 
 """
 
 import dataclasses
+import json
 import os
 import pathlib
 
@@ -117,6 +118,10 @@ class BioJepacModel:
         os.replace(tmp, dpath / "features.npz")
         header = {"cfg": dataclasses.asdict(self.cfg), "genes": self.genes, "mode": self.mode}
         checkpoint.save(dpath / "model.eqx", self.mods, header)
+        # `biojepac predict --model DIR` dispatches on model.json's kind.
+        tmp = dpath / f"model.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps({"kind": self.name, "preset_cfg": dataclasses.asdict(self.cfg)}, indent=1))
+        os.replace(tmp, dpath / "model.json")
 
     @classmethod
     def load(cls, dpath: pathlib.Path) -> "BioJepacModel":
