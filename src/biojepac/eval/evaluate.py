@@ -21,7 +21,7 @@ import pandas as pd
 
 from biojepac.data import schema
 from biojepac.errors import InputError
-from biojepac.eval import bootstrap, calibrated, report, vcc
+from biojepac.eval import bootstrap, calibrated, vcc
 from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
 from biojepac.eval.report_metrics import report_metrics
 from biojepac.eval.stats import Summary, summarize
@@ -196,6 +196,8 @@ def _write(out_dpath: pathlib.Path, per: pd.DataFrame, agg: dict, real_sc, real_
     _atomic_write(json_fpath, json.dumps(agg, indent=2, default=float))
     paths = {"per_perturbation": str(csv_fpath), "aggregates": str(json_fpath)}
     if plots:
+        from biojepac.eval import report  # matplotlib is slow to import; only load it when plotting
+
         paths["report"] = str(report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, _atomic_write))
     return paths
 
