@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from biojepac import cli
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 
 def leaf_commands(table=cli.COMMANDS, prefix=()):

@@ -12,7 +12,7 @@ from biojepac.errors import InputError
 from biojepac.models.baselines import CellMean
 from biojepac.models.base import shift_controls
 from biojepac.predict import PredictConfig, run_predict
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from biojepac.errors import InputError
 from biojepac.submit import SubmitConfig, run_submit
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 prep = pytest.importorskip("cell_eval._cli._prep")
 from cell_eval.utils import guess_is_lognorm  # noqa: E402

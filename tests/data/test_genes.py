@@ -4,7 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 from biojepac.data import schema
 from biojepac.data.genes import GeneTable, harmonize_genes, harmonize_labels, harmonize_names

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 from biojepac.data import schema
 from biojepac.data.load import CONTROL_ALIASES, ScreenColumns, check_same_genes, load_screen

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 from biojepac.data import schema
 from biojepac.data.normalize import detect_counts, normalize_log1p, select_hvg

@@ -6,7 +6,7 @@ import pytest
 
 from biojepac.data import normalize, ooc, pairing
 from biojepac.data.stream import CellStream, StreamConfig
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from biojepac.data import pairing, schema
 from biojepac.errors import InputError
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 
 def _reference_means(adata, keys):

@@ -5,7 +5,7 @@ import pytest
 
 from biojepac.data import stream
 from biojepac.errors import InputError
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 
 @pytest.fixture(scope="module")

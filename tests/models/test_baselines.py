@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from biojepac.errors import InputError
 from biojepac.models.base import PerturbationModel
 from biojepac.models.baselines import MODELS, BaselineConfig, CellMean, load
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 N_GENES = 30
 BASE = 4.0  # control log1p level: high enough that planted deltas never reach the clip at 0

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import build_random_screen
+from random_screen import build_random_screen
 
 WORKER = pathlib.Path(__file__).with_name("dist_worker.py")
 
