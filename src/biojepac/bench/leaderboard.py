@@ -124,6 +124,7 @@ def plot(runs: list, sums: dict, png_fpath: pathlib.Path) -> None:
     os.close(fd)
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for everyone to read
     os.replace(tmp, png_fpath)
 
 
@@ -150,4 +151,5 @@ def _atomic_text(fpath: pathlib.Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=fpath.parent, prefix=f".{fpath.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, fpath)
