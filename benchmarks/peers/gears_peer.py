@@ -146,7 +146,8 @@ def run(task_dpath: pathlib.Path, out_fpath: pathlib.Path, epochs: int, seed: in
     tmp = out_fpath.with_name(out_fpath.name + ".tmp.h5ad")
     pred.write_h5ad(tmp)
     os.replace(tmp, out_fpath)
-    return {"train_s": t_train, "infer_s": t_pred, "no_go": sorted(set(pert_genes) - known)}
+    requested = {g for lab in requests["target_gene"] for g in lab.split("+")}
+    return {"train_s": t_train, "infer_s": t_pred, "no_go": sorted(requested - known)}  # predicted as "no change"
 
 
 if __name__ == "__main__":
