@@ -123,7 +123,7 @@ def run_loop(
     header = dict(header or {})
     if ckpt_fpath.exists():
         state, _ = checkpoint.load(ckpt_fpath, state)
-        _trim_metrics(metrics_fpath, int(state.step))
+    _trim_metrics(metrics_fpath, int(state.step))  # rows from steps that will be redone
     mesh = meshlib.make_mesh()
     state = meshlib.replicate(state, mesh)
     start = int(state.step)
@@ -148,9 +148,12 @@ def run_loop(
             state, metrics = step_fn(state, meshlib.shard_batch(batch, mesh))
             n_done += 1
             bar.update(1)
+            if n_done == 1:  # cells/s is steady state: the first step pays for compilation
+                jax.block_until_ready(state)
+                t0, n_cells = time.perf_counter(), 0
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps:
                 row = {k: float(v) for k, v in metrics.items()}
-                cells_per_s = n_cells / (time.perf_counter() - t0)
+                cells_per_s = n_cells / max(time.perf_counter() - t0, 1e-9)
                 row.update(step=step + 1, cells_per_s=cells_per_s, wall_s=time.perf_counter() - t0)
                 log_fd.write(json.dumps(row) + "\n")
                 log_fd.flush()
