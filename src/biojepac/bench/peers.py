@@ -48,7 +48,7 @@ def command(model: str, task: tasklib.Task, work: pathlib.Path, pred_fpath: path
 
 def read_info(model: str, work: pathlib.Path) -> dict:
     info = json.loads((work / "peer.json").read_text())
-    notes = {"STATE": "arc-state 0.11.1, reduced ST model on CPU; GO perturbation features",
+    notes = {"STATE": "arc-state 0.11.1, reduced ST model on CPU; the task's perturbation features",
              "GEARS": "cell-gears 0.1.2; pseudobulk means expanded to cells as controls + shift"}
     note = notes[model]
     if info.get("no_go"):
