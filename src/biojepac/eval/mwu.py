@@ -4,16 +4,21 @@ Matches pdex (cell-eval's DE library) as cell-eval calls it: two-sided, asymptot
 tie-corrected variance, continuity correction 0.5, and p = 1 when every value is tied.
 
 How it is vectorised. Zeros dominate single-cell data and are all tied, so they are handled in closed
-form; only non-zero entries are sorted. One sort per block orders entries by (gene, value, group) with
-the control as group 0. Runs of equal (gene, value) then give, for each value, how many control cells hold
-it (`a`) and how many control cells lie below it in that gene (`below`); runs of equal (gene, value,
-group) give how many cells of the perturbation hold it (`b`). From those,
+form; only non-zero entries are sorted, each gene's entries by (value, group) with the control as group 0.
+In that order an entry x of perturbation p contributes to U(p) the number of control values below it plus
+half the control values equal to it, and the number below is a running count of control entries
+(`np.cumsum`). So for a gene with z_c control zeros and z_p zeros in p,
 
-    U    = sum over the perturbation's values of b * (zeros_ctrl + below + a / 2) + zeros_pert * zeros_ctrl / 2
-    ties = sum_t (t^3 - t) over the tie groups of (perturbation + control)
-         = ctrl_ties + sum over the perturbation's values of ((a+b)^3 - a^3 - b) + (z^3 - z), z = all zeros
+    U(p) = sum over p's non-zero x of (z_c + #ctrl non-zeros < x + #ctrl == x / 2) + z_p * z_c / 2
 
-are all exact integers (or halves) in float64, so U and the tie term equal pdex's bit for bit.
+Only tie blocks (runs of equal non-zero values, usually few) need more than the running count: for each
+we count the control cells `a` in it and, per group, the cells `b` holding it. The tie term of pdex's
+variance, sum over tie groups of (t^3 - t) in (p + control), is then
+
+    ties(p) = sum over control runs of (a^3 - a) + sum over p's runs of ((a+b)^3 - a^3 - b) + (z^3 - z)
+
+with z = z_p + z_c; untied values (a = 0, b = 1 or a = 1 alone) add 0. All terms are exact integers or
+halves in float64, so U and the tie term equal pdex's bit for bit whatever the summation order.
 """
 
 import numpy as np
@@ -25,88 +30,97 @@ import beartype
 
 @jaxtyped(typechecker=beartype.beartype)
 def mwu_pvalues(
-    rows: Int[np.ndarray, " nnz"],
     cols: Int[np.ndarray, " nnz"],
     vals: np.ndarray,
-    codes: Int[np.ndarray, " cells"],
+    groups: Int[np.ndarray, " nnz"],
     n_per_group: Int[np.ndarray, " groups"],
     n_cols: int,
 ) -> Float[np.ndarray, "perts n_cols"]:
     """Two-sided p-values of each group 1..P vs group 0, for `n_cols` genes given as non-zero entries.
 
-    Entries must be grouped by gene (`cols` non-decreasing), as `inputs.gene_blocks` yields them.
+    `cols` is each entry's gene (non-decreasing: entries grouped by gene, as `inputs.gene_blocks` yields
+    them), `groups` its cell's group (0 = control).
     """
     n_groups = len(n_per_group)
-    n_perts = n_groups - 1
-    n_entries = len(vals)
-    if n_entries == 0:  # every value is zero: all tied
-        return np.ones((n_perts, n_cols))
+    if len(vals) == 0:  # every value is zero: all tied
+        return np.ones((n_groups - 1, n_cols))
+    # One int64 key per entry that sorts by (value, group); non-negative floats sort like their bits.
     gbits = max(int(n_groups - 1).bit_length(), 1)
     vkey, vbits = _value_key(vals)
-    cbits = max(int(n_cols - 1).bit_length(), 1)
-    assert cbits + vbits + gbits <= 63, f"block too wide to pack: {cbits}+{vbits}+{gbits} bits"
-    key = cols.astype(np.int64) << (vbits + gbits)
-    vkey <<= gbits
-    key |= vkey
-    key |= codes[rows]
+    assert vbits + gbits <= 63, f"too many distinct values to pack: {vbits}+{gbits} bits"
+    key = np.left_shift(vkey, gbits)
     del vkey
-    # Entries arrive grouped by gene, so sorting each gene's run separately gives the same order as one
-    # big sort, and small cache-resident sorts are several times faster.
+    key |= groups
+    # Each gene's run sorted on its own: cache-resident sorts, and `cols` stays valid.
     bounds = np.searchsorted(cols, np.arange(n_cols + 1))
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         if hi - lo > 1:
             key[lo:hi].sort()
+    group = key & ((1 << gbits) - 1)
+    is_ctrl = group == 0
+    ctrl_below = np.cumsum(is_ctrl)  # control entries up to here (in this block), minus itself below
+    ctrl_below -= is_ctrl
+    new_value = np.empty(len(key), bool)
+    new_value[0] = True
+    np.not_equal(key[1:] >> gbits, key[:-1] >> gbits, out=new_value[1:])
+    new_value[bounds[:-1][bounds[:-1] < len(key)]] = True  # equal values in two genes are not tied
 
-    # Runs of identical (gene, value, group): one row per distinct value held by a group.
-    new_run = np.empty(len(key), bool)
-    new_run[0] = True
-    np.not_equal(key[1:], key[:-1], out=new_run[1:])
-    run_start = np.flatnonzero(new_run)
-    del new_run
-    run_key = key[run_start]
-    del key
-    run_n = np.diff(run_start, append=n_entries).astype(np.float64)
-    run_g = run_key & ((1 << gbits) - 1)
-    run_col = run_key >> (vbits + gbits)
-    # Distinct (gene, value) ids shared by all groups holding that value.
-    cv = run_key >> gbits
-    new_cv = np.empty(len(cv), bool)
-    new_cv[:1] = True
-    np.not_equal(cv[1:], cv[:-1], out=new_cv[1:])
-    cv_start = np.flatnonzero(new_cv)
-    cv_id = np.cumsum(new_cv) - 1
-    del cv, new_cv
-    is_ctrl = run_g == 0
-    a_cv = np.add.reduceat(np.where(is_ctrl, run_n, 0.0), cv_start) if len(cv_start) else np.zeros(0)
-    cv_col = run_col[cv_start]
-    # Control non-zeros strictly below each value within its gene.
-    excl = np.cumsum(a_cv) - a_cv
-    col_first = np.searchsorted(cv_col, np.arange(n_cols), side="left")
-    col_base = np.append(excl, 0.0)[col_first]
-    below_cv = excl - col_base[cv_col]
-    nnz_ctrl = np.bincount(cv_col, weights=a_cv, minlength=n_cols)
-    ctrl_ties = np.bincount(cv_col, weights=(a_cv - 1.0) * a_cv * (a_cv + 1.0), minlength=n_cols)
+    u_w = ctrl_below.astype(np.float64)
+    ctrl_ties = np.zeros(n_cols)
+    tie_w, tie_flat = _tie_blocks(new_value, is_ctrl, group, cols, ctrl_below, u_w, ctrl_ties, n_cols)
+    # Sum per (group, gene); row 0 (control) is computed and dropped, which is cheaper than masking.
+    flat = group * n_cols
+    flat += cols
+    size = n_groups * n_cols
+    u_nz = np.bincount(flat, weights=u_w, minlength=size).reshape(n_groups, n_cols)[1:]
+    nnz = np.bincount(flat, minlength=size).reshape(n_groups, n_cols).astype(np.float64)
+    ties_nz = np.bincount(tie_flat, weights=tie_w, minlength=size).reshape(n_groups, n_cols)[1:]
+
+    # The running count started at the block's first gene: shift each gene to count from its own start
+    # and add its control zeros, which lie below every non-zero value.
+    nnz_ctrl, nnz_pert = nnz[0], nnz[1:]
     zeros_ctrl = n_per_group[0] - nnz_ctrl
-
-    # Control runs go to a spare bin (index `size`) instead of being masked out: one pass, no gathers.
-    size = n_perts * n_cols
-    flat = (run_g - 1) * n_cols + run_col
-    flat[is_ctrl] = size
-    a = a_cv[cv_id]
-    b = run_n
-    u_w = b * (zeros_ctrl[run_col] + below_cv[cv_id] + 0.5 * a)
-    # (a+b)^3 - a^3 - b, without powers: b * (3a(a+b) + b^2 - 1); exact in float64 for these integers.
-    tie_w = b * (3.0 * a * (a + b) + b * b - 1.0)
-    u_nz = np.bincount(flat, weights=u_w, minlength=size + 1)[:size]
-    ties_nz = np.bincount(flat, weights=tie_w, minlength=size + 1)[:size]
-    nnz_pert = np.bincount(flat, weights=b, minlength=size + 1)[:size]
+    ctrl_before_gene = np.cumsum(nnz_ctrl) - nnz_ctrl
+    u_nz += nnz_pert * (zeros_ctrl - ctrl_before_gene)[None, :]
 
     n1 = n_per_group[1:, None].astype(np.float64)
-    zeros_pert = n1 - nnz_pert.reshape(n_perts, n_cols)
+    zeros_pert = n1 - nnz_pert
     zeros = zeros_pert + zeros_ctrl[None, :]
-    u1 = u_nz.reshape(n_perts, n_cols) + 0.5 * zeros_pert * zeros_ctrl[None, :]
-    ties = ctrl_ties[None, :] + ties_nz.reshape(n_perts, n_cols) + (zeros - 1.0) * zeros * (zeros + 1.0)
+    u1 = u_nz + 0.5 * zeros_pert * zeros_ctrl[None, :]
+    ties = ctrl_ties[None, :] + ties_nz + (zeros - 1.0) * zeros * (zeros + 1.0)
     return _pvalue(u1, n1, float(n_per_group[0]), ties)
+
+
+def _tie_blocks(new_value, is_ctrl, group, cols, ctrl_below, u_w, ctrl_ties, n_cols):
+    """Handle runs of equal non-zero values: fix `u_w` in place (count below the run + half the control
+    cells in it), add the control runs' a^3 - a to `ctrl_ties`, and return the perturbation runs'
+    (a+b)^3 - a^3 - b with their flat (group, gene) index, for a bincount. Entries outside tie blocks
+    contribute nothing here, so the work is proportional to the tied entries only.
+    """
+    in_tie = ~new_value
+    in_tie[:-1] |= ~new_value[1:]  # the first entry of a run of two or more
+    idx = np.flatnonzero(in_tie)
+    if len(idx) == 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    starts = np.flatnonzero(new_value[idx])  # tie blocks, as positions in idx
+    block = np.cumsum(new_value[idx]) - 1
+    a = np.add.reduceat(is_ctrl[idx].astype(np.float64), starts)  # control cells per block
+    u_w[idx] = (ctrl_below[idx[starts]] + 0.5 * a)[block]
+    # Runs of one (value, group) inside the blocks: b cells of that group hold the value.
+    g = group[idx]
+    new_run = new_value[idx].copy()
+    new_run[1:] |= g[1:] != g[:-1]
+    run_start = np.flatnonzero(new_run)
+    b = np.diff(run_start, append=len(idx)).astype(np.float64)
+    run_a = a[block[run_start]]
+    run_g = g[run_start]
+    run_col = cols[idx[run_start]]
+    ctrl = run_g == 0
+    ctrl_ties += np.bincount(run_col[ctrl], weights=(run_a[ctrl] - 1.0) * run_a[ctrl] * (run_a[ctrl] + 1.0),
+                             minlength=n_cols)
+    # (a+b)^3 - a^3 - b, without powers: b * (3a(a+b) + b^2 - 1); exact in float64 for these integers.
+    w = b * (3.0 * run_a * (run_a + b) + b * b - 1.0)
+    return w[~ctrl], (run_g * n_cols + run_col)[~ctrl]
 
 
 def _pvalue(u1: np.ndarray, n1: np.ndarray, n2: float, ties: np.ndarray) -> np.ndarray:

@@ -72,13 +72,14 @@ def summarize(screen: Screen, *, with_de: bool, n_threads: int = N_THREADS) -> S
 
     def one_block(start, stop, rows, cols, vals):
         width = stop - start
-        flat = screen.codes[rows] * width + cols
+        groups = screen.codes[rows]
+        flat = groups * width + cols
         v64 = vals.astype(np.float64)
         shape = (n_groups, width)
         sums[:, start:stop] = np.bincount(flat, weights=v64, minlength=n_groups * width).reshape(shape)
         sumsq[:, start:stop] = np.bincount(flat, weights=v64 * v64, minlength=n_groups * width).reshape(shape)
         if with_de:
-            pval[:, start:stop] = mwu.mwu_pvalues(rows, cols, vals, screen.codes, n, width)
+            pval[:, start:stop] = mwu.mwu_pvalues(cols, vals, groups, n, width)
 
     with concurrent.futures.ThreadPoolExecutor(max(1, n_threads)) as pool:
         pending: collections.deque = collections.deque()
