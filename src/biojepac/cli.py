@@ -88,6 +88,22 @@ COMMANDS: dict = {
 }
 
 
+def command_line(prog: str, cfg) -> str:
+    """An equivalent command line for a config, recorded in provenance so any output can be re-made
+    (sys.argv is useless for that under the Python API or pytest)."""
+    import dataclasses
+
+    parts = [prog]
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, tuple):
+            parts += [flag, *map(str, value)] if value else []
+        elif value is not None:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
 def _load(ref: str):
     module, name = ref.split(":")
     return getattr(importlib.import_module(module), name)

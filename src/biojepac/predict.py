@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from biojepac.cli import command_line
 from biojepac.data import schema
 from biojepac.errors import InputError
 from biojepac.models.baselines import MODELS, BaselineConfig
@@ -77,7 +78,7 @@ def run_predict(cfg: PredictConfig) -> pathlib.Path:
         "context": cfg.context,
         "requests": str(cfg.counts) if cfg.counts else "perturbations",
         "seed": cfg.seed,
-        "command": " ".join(sys.argv),
+        "command": command_line("biojepac predict", cfg),
     }
     # h5ad cannot store None; JSON-encode nested configs so every value survives the round trip.
     out.uns[schema.UNS_KEY] = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in prov.items() if v is not None}
