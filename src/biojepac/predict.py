@@ -16,7 +16,6 @@ import importlib
 import json
 import os
 import pathlib
-import sys
 from typing import Literal
 
 import anndata as ad
