@@ -20,6 +20,10 @@ LOG1P_MAX = 15.0
 """cell-eval's ceiling for log1p-normalised values; anything at or above is counts or a broken transform."""
 FRACTION_EPS = 1e-3
 """A value counts as fractional when its fractional part exceeds this (cell-eval's `epsilon`)."""
+ROW_CHUNK = 256
+"""Cells per chunk when summing counts per cell."""
+VALUE_CHUNK = 1 << 20
+"""Non-zero values per chunk in the normalisation and the counts-vs-log check (bounded temporaries)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +76,10 @@ def read_screen(
     del adata  # a file we loaded is freed as soon as its matrix is converted
     was_counts = not is_lognorm(x, name)
     if sp.issparse(x):
+        totals = _cell_totals(x) if was_counts else None  # before tocsc: CSR rows are contiguous
         x = x.tocsc(copy=not owned)  # a new matrix either way: the caller's is never touched below
         if was_counts:
-            _normalize_counts_sparse(x)
+            _normalize_counts_sparse(x, totals)
         x.eliminate_zeros()
         x.sort_indices()
     elif was_counts:
@@ -87,7 +92,7 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
     vals = (x.data if sp.issparse(x) else x).reshape(-1)
     if vals.size and float(vals.min()) < 0:
         raise InputError(f"{name}: negative expression value {float(vals.min()):.3g}; expected counts or log1p")
-    chunk = 1 << 22  # bounded temporaries on big files
+    chunk = VALUE_CHUNK
     if not any(np.any(np.modf(vals[i : i + chunk])[0] > FRACTION_EPS) for i in range(0, vals.size, chunk)):
         return False
     vmax = float(vals.max())
@@ -154,19 +159,39 @@ def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
     return x
 
 
-def _normalize_counts_sparse(x: sp.csc_matrix) -> None:
+def _cell_totals(x: sp.csr_matrix | sp.csc_matrix) -> np.ndarray:
+    """Per-cell sums in float64, each cell's values added in gene order (exact for integer counts).
+
+    CSR is summed a chunk of rows at a time: one bincount over the whole matrix would cast every index and
+    value to 64 bits first, and fresh memory is slow to fault in on a VM.
+    """
+    if isinstance(x, sp.csc_matrix):
+        return np.bincount(x.indices, weights=x.data, minlength=x.shape[0])
+    totals = np.empty(x.shape[0])
+    for lo in range(0, x.shape[0], ROW_CHUNK):
+        hi = min(lo + ROW_CHUNK, x.shape[0])
+        rows = np.repeat(np.arange(hi - lo), np.diff(x.indptr[lo : hi + 1]))
+        totals[lo:hi] = np.bincount(rows, weights=x.data[x.indptr[lo] : x.indptr[hi]], minlength=hi - lo)
+    return totals
+
+
+def _normalize_counts_sparse(x: sp.csc_matrix, totals: np.ndarray) -> None:
     """scanpy's `normalize_total` (median target) + `log1p`, in place on our own CSC copy.
 
     Same float operations as scanpy 1.11's CSR path, so bit-identical to what cell-eval does in place
-    (checked in tests): per-cell totals (exact: integer counts), target = median over all cells, values
-    divided by total/target in the matrix dtype, then log1p. Avoids importing scanpy (slow).
+    (checked in tests): per-cell totals (`_cell_totals`), target = median over all cells, values divided by
+    total/target in the matrix dtype, then log1p. In place, a chunk at a time (no matrix-sized temporaries).
+    Avoids importing scanpy (slow).
     """
     if np.issubdtype(x.dtype, np.integer):
         x.data = x.data.astype(np.float32)
-    totals = np.bincount(x.indices, weights=x.data, minlength=x.shape[0]).astype(x.data.dtype)
+    totals = totals.astype(x.data.dtype)
     scale = totals / np.median(totals)
     scale = scale + (scale == 0)
-    x.data = np.log1p(x.data / scale[x.indices])
+    for lo in range(0, x.nnz, VALUE_CHUNK):
+        vals = x.data[lo : lo + VALUE_CHUNK]
+        np.divide(vals, scale[x.indices[lo : lo + VALUE_CHUNK]], out=vals)
+        np.log1p(vals, out=vals)
 
 
 def _normalize_counts_dense(x: np.ndarray, copy: bool) -> np.ndarray:

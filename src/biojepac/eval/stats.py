@@ -10,6 +10,7 @@ import concurrent.futures
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -125,6 +126,12 @@ def pdex_lfc(screen: Screen, pert_code: int, genes: np.ndarray) -> np.ndarray:
 
 def _expm1f(x: np.ndarray) -> np.ndarray:
     """The C library's single-precision expm1 (what numba calls), which differs from numpy's in the last bit."""
+    return np.frompyfunc(_libm_expm1f(), 1, 1)(x).astype(np.float32)
+
+
+@functools.cache
+def _libm_expm1f():
+    # Looked up once: `find_library` runs `ldconfig` in a subprocess, and forking a process holding GBs is slow.
     fn = ctypes.CDLL(ctypes.util.find_library("m")).expm1f
     fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
-    return np.frompyfunc(fn, 1, 1)(x).astype(np.float32)
+    return fn

@@ -23,8 +23,8 @@ from biojepac.eval.stats import Summary, pdex_lfc
 
 FDR = np.float32(0.05)
 """Significance cut. cell-eval casts FDRs to float32 before comparing, so we compare in float32 too."""
-PDS_CHUNK_BYTES = 256 << 20
-"""Temporary memory for one chunk of the (perts x perts x genes) L1 differences."""
+PDS_CHUNK_BYTES = 16 << 20
+"""Temporary memory for one chunk of the (perts x perts x genes) L1 differences (small: reused, not faulted in)."""
 
 
 def mae(real: Summary, pred: Summary) -> np.ndarray:
