@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
-from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL
+from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL, split_combo
 from biojepac.errors import InputError
 from biojepac.models.jepa import stages
 from biojepac.models.jepa.config import (
@@ -109,9 +109,10 @@ def prepare_screen(adata: ad.AnnData, features) -> Screen:
     labels = [CONTROL] + sorted(set(obs[PERT_COL].astype(str)) - {CONTROL})
     tmp = BioJepacModel()
     tmp.gene_table = table
-    missing = [g for g in labels[1:] if not any(p in table for p in g.split("+"))]
+    missing = sorted({p for g in labels[1:] for p in split_combo(g) if p != CONTROL and p not in table})
     if missing:
-        print(f"biojepac: {len(missing)} perturbations have no gene features (zero vector): {missing[:10]}")
+        raise InputError(f"biojepac: {len(missing)} training perturbation genes have no features: {missing[:20]}; "
+                         "choose a feature source that covers them, or drop those perturbations")
     feat = np.stack([np.zeros_like(next(iter(table.values())))] + [tmp.pert_vector(g) for g in labels[1:]])
     pert_c = np.searchsorted(np.asarray(labels[1:]), obs[PERT_COL].astype(str).to_numpy()) + 1
     pert_c[(obs[PERT_COL] == CONTROL).to_numpy()] = 0

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biojepac.data.schema import PERT_TYPES, split_combo
+from biojepac.data.schema import CONTROL, PERT_TYPES, split_combo
+from biojepac.errors import InputError
 from biojepac.models.jepa.action_predictor import ActionPredictor
 from biojepac.models.jepa.composer import Composer
 from biojepac.models.jepa.config import BioJepacConfig, get_preset
@@ -81,9 +82,16 @@ class BioJepacModel:
         return self
 
     def pert_vector(self, label: str) -> np.ndarray:
-        """Sum of the target genes' feature vectors (`A+B` combos add); genes without features add zero."""
+        """Sum of the target genes' feature vectors (`A+B` combos add); the control is the zero vector.
+
+        A gene without features raises: a silent zero would quietly predict "no effect"."""
         dim = next(iter(self.gene_table.values())).shape[0]
-        parts = [self.gene_table[g] for g in split_combo(label) if g in self.gene_table]
+        genes = [g for g in split_combo(label) if g != CONTROL]
+        missing = [g for g in genes if g not in self.gene_table]
+        if missing:
+            raise InputError(f"BioJEPAC: no perturbation features for {missing} (perturbation {label!r}); "
+                             f"the model's feature table has {len(self.gene_table)} genes")
+        parts = [self.gene_table[g] for g in genes]
         return np.sum(parts, axis=0).astype(np.float32) if parts else np.zeros(dim, np.float32)
 
     def predict_distribution(self, controls: np.ndarray, target_gene: str) -> tuple[np.ndarray, np.ndarray]:
