@@ -58,11 +58,12 @@ def mwu_pvalues(
             key[lo:hi].sort()
     group = key & ((1 << gbits) - 1)
     is_ctrl = group == 0
-    ctrl_below = np.cumsum(is_ctrl)  # control entries up to here (in this block), minus itself below
+    # Control entries before each entry in this block (int32: numpy's bool -> int64 cumsum is ~20x slower).
+    ctrl_below = np.cumsum(is_ctrl, dtype=np.int32)
     ctrl_below -= is_ctrl
     new_value = np.empty(len(key), bool)
     new_value[0] = True
-    np.not_equal(key[1:] >> gbits, key[:-1] >> gbits, out=new_value[1:])
+    np.greater_equal(key[1:] ^ key[:-1], 1 << gbits, out=new_value[1:])  # value bits differ
     new_value[bounds[:-1][bounds[:-1] < len(key)]] = True  # equal values in two genes are not tied
 
     u_w = ctrl_below.astype(np.float64)

@@ -19,8 +19,9 @@ import scipy.sparse as sp
 from biojepac.eval import mwu
 from biojepac.eval.inputs import Screen, gene_blocks
 
-BLOCK_ENTRIES = 1_500_000
-"""Target number of non-zero entries per gene block (about 100 MB of temporaries per block in flight)."""
+BLOCK_ENTRIES = 300_000
+"""Target number of non-zero entries per gene block: about 25 MB of temporaries per block in flight, small
+enough for malloc to reuse between blocks (fresh memory is slow to fault in, notably on VMs)."""
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
 """Blocks processed at once (threads; numpy releases the GIL in the heavy parts)."""
 
