@@ -9,7 +9,7 @@ In that order an entry x of perturbation p contributes to U(p) the number of con
 half the control values equal to it, and the number below is a running count of control entries
 (`np.cumsum`). So for a gene with z_c control zeros and z_p zeros in p,
 
-    U(p) = sum over p's non-zero x of (z_c + #ctrl non-zeros < x + #ctrl == x / 2) + z_p * z_c / 2
+    U(p) = sum over p's non-zero x of (z_c + #(ctrl non-zeros < x) + #(ctrl == x) / 2) + z_p * z_c / 2
 
 Only tie blocks (runs of equal non-zero values, usually few) need more than the running count: for each
 we count the control cells `a` in it and, per group, the cells `b` holding it. The tie term of pdex's
