@@ -129,7 +129,7 @@ def make_accum_step(loss_fn: Callable, optim: optax.GradientTransformation, n_mi
     (and losses, metrics) are averaged before one optimiser update: the step of an `n_micro`-times
     larger batch at the activation memory of one micro-batch, for losses that are batch means.
     """
-    from biojepac.train.loop import TrainState
+    from biojepac.train.loop import TrainState, apply_grads
 
     grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
 
@@ -151,10 +151,6 @@ def make_accum_step(loss_fn: Callable, optim: optax.GradientTransformation, n_mi
         # The first micro-batch seeds the sums, which fixes their structure and dtypes for the scan.
         total, _ = jax.lax.scan(body, micro_grads(0), jnp.arange(1, n_micro))
         loss, metrics, grads = jax.tree.map(lambda t: t / n_micro, total)
-        updates, opt_state = optim.update(grads, state.opt_state, eqx.filter(state.params, eqx.is_inexact_array))
-        params = eqx.apply_updates(state.params, updates)
-        extra = state.extra if update_extra is None else update_extra(params, state.extra, state.step)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
-        return TrainState(params, opt_state, extra, key, state.step + 1), metrics
+        return apply_grads(state, grads, optim, update_extra, key, loss, metrics)
 
     return step_fn

@@ -59,6 +59,16 @@ def make_state(params, optim: optax.GradientTransformation, key: jax.Array, extr
     return TrainState(params, opt_state, extra, key, jnp.asarray(0, dtype=jnp.int32))
 
 
+def apply_grads(state: TrainState, grads, optim: optax.GradientTransformation, update_extra: Callable | None,
+                key: jax.Array, loss, metrics: dict) -> tuple[TrainState, dict]:
+    """The optimiser update, then `update_extra` (e.g. the EMA teacher), shared by every step function."""
+    updates, opt_state = optim.update(grads, state.opt_state, eqx.filter(state.params, eqx.is_inexact_array))
+    params = eqx.apply_updates(state.params, updates)
+    extra = state.extra if update_extra is None else update_extra(params, state.extra, state.step)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    return TrainState(params, opt_state, extra, key, state.step + 1), metrics
+
+
 def make_train_step(loss_fn: Callable, optim: optax.GradientTransformation, update_extra: Callable | None = None):
     """One `eqx.filter_jit` step: split the key, differentiate `loss_fn`, update, then `update_extra`."""
 
@@ -67,11 +77,7 @@ def make_train_step(loss_fn: Callable, optim: optax.GradientTransformation, upda
         key, loss_key = jax.random.split(state.key)
         grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
         (loss, metrics), grads = grad_fn(state.params, state.extra, batch, loss_key)
-        updates, opt_state = optim.update(grads, state.opt_state, eqx.filter(state.params, eqx.is_inexact_array))
-        params = eqx.apply_updates(state.params, updates)
-        extra = state.extra if update_extra is None else update_extra(params, state.extra, state.step)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
-        return TrainState(params, opt_state, extra, key, state.step + 1), metrics
+        return apply_grads(state, grads, optim, update_extra, key, loss, metrics)
 
     return step_fn
 
