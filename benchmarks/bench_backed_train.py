@@ -13,7 +13,6 @@ resumed run ends bit-identical to an uninterrupted one.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import signal

@@ -23,7 +23,6 @@ import subprocess
 import time
 import warnings
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 

@@ -7,17 +7,14 @@ Writes benchmarks/results/biojepac.json and biojepac.md (one table per part).
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
 import platform
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from biojepac.models.jepa.attention import Block
 from biojepac.models.jepa.config import get_preset

@@ -62,7 +62,6 @@ def make_files(dpath: pathlib.Path, n_cells: int, n_genes: int, n_perts: int, se
 
 def worker(which: str, real: str, pred: str, out_dpath: str) -> None:
     """Runs in a subprocess: score, write per-perturbation metrics, print timing + peak RSS as JSON."""
-    import pandas as pd
 
     if which == "ours":
         from biojepac.eval.evaluate import evaluate
@@ -153,7 +152,7 @@ def main() -> None:
     RESULTS_DPATH.mkdir(parents=True, exist_ok=True)
     (RESULTS_DPATH / "eval_speed.json").write_text(json.dumps(result, indent=2))
     md = [
-        f"# Evaluation speed: biojepac vs cell-eval 0.8.2 (VCC profile)", "",
+        "# Evaluation speed: biojepac vs cell-eval 0.8.2 (VCC profile)", "",
         f"{args.n_cells:,} cells per file x {args.n_genes:,} genes x {args.n_perts} perturbations (+ controls); "
         f"real = counts CSR ({sizes['real']:.0f} MiB), pred = log1p CSR ({sizes['pred']:.0f} MiB). "
         "End to end from file paths (read, normalise, DE, metrics, write). Each scorer in its own process.", "",

@@ -9,7 +9,6 @@ Writes benchmarks/results/submit.{md,json}.
 import argparse
 import json
 import pathlib
-import resource
 import subprocess
 import sys
 import tarfile

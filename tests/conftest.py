@@ -3,7 +3,6 @@
 import os
 import pathlib
 
-import numpy as np
 import pytest
 
 from random_screen import build_random_screen

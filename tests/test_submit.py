@@ -1,6 +1,5 @@
 """`biojepac submit` packages exactly what cell-eval 0.8.2's `prep` produces and passes its checks."""
 
-import io
 import subprocess
 import tarfile
 

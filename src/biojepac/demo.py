@@ -10,7 +10,6 @@ Every file the demo writes stays in `out_dpath`, so each step can be re-run by h
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 import typing
@@ -23,7 +22,8 @@ from biojepac.data import schema, splits, synthetic
 from biojepac.data.normalize import normalize_log1p
 from biojepac.data.pairing import pseudobulk_deltas
 from biojepac.eval.evaluate import evaluate
-from biojepac.predict import predict_cells, write_h5ad_atomic
+from biojepac.io import write_h5ad_atomic, write_text_atomic
+from biojepac.predict import predict_cells
 
 ModelName = typing.Literal["control-mean", "cell-mean", "linear", "knn", "state", "biojepac"]
 
@@ -190,10 +190,7 @@ def write_summary(out: pathlib.Path, rows: list[dict], cfg: DemoConfig, split, s
         cells = [f"{row[c]:.4f}" if c != "fit_s" else f"{row[c]:.1f}" for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | [{name}]({row['report']}) |")
     text = "\n".join(lines) + "\n"
-    fpath = out / "report.md"
-    tmp = fpath.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, fpath)
-    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    fpath = write_text_atomic(out / "report.md", text)
+    write_text_atomic(out / "summary.json", json.dumps(rows, indent=1))
     print(text)
     return fpath

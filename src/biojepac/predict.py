@@ -14,7 +14,6 @@ directory whose `model.json` names its `kind` (dispatched through `LOADERS`; a `
 import dataclasses
 import importlib
 import json
-import os
 import pathlib
 from typing import Literal
 
@@ -26,6 +25,7 @@ import scipy.sparse as sp
 from biojepac.cli import command_line
 from biojepac.data import schema
 from biojepac.errors import InputError
+from biojepac.io import write_h5ad_atomic
 from biojepac.models.baselines import MODELS, BaselineConfig
 
 LOADERS: dict[str, str] = {
@@ -207,17 +207,6 @@ def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, s
     for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
         new_obs[col] = new_obs[col].astype("category")
     return ad.AnnData(X=sp.vstack(blocks, format="csr"), obs=new_obs, var=pd.DataFrame(index=train.var_names.copy()))
-
-
-def write_h5ad_atomic(adata: ad.AnnData, fpath: pathlib.Path) -> None:
-    fpath = pathlib.Path(fpath)
-    fpath.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fpath.with_name(f".{fpath.name}.tmp{os.getpid()}")
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, fpath)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _split_record(split_fpath) -> dict | None:

@@ -3,7 +3,6 @@ exact resume through the shared loop, and save/load through model.json."""
 
 import dataclasses
 import json
-import pathlib
 
 import anndata as ad
 import equinox as eqx

@@ -4,14 +4,13 @@ Nothing here is typed in by hand: each cell is a `summary` row of the latest run
 Tables: an overview with one row per model (means over the tasks it ran), then one table per task.
 """
 
-import os
 import pathlib
 import sqlite3
-import tempfile
 
 import numpy as np
 
 from biojepac import results_db
+from biojepac.io import atomic_write, write_text_atomic
 
 VCC = (("vcc_score", "VCC score"), ("overlap_at_N", "DES"), ("discrimination_score_l1", "PDS"), ("mae", "MAE"))
 REPORT = (("pearson_delta", "Pearson Δ"), ("pearson_delta_top20", "Pearson Δ top20"), ("mse", "MSE"),
@@ -26,7 +25,7 @@ def write(con: sqlite3.Connection, results_dpath: pathlib.Path) -> list[pathlib.
     runs = results_db.latest_runs(con)
     sums = results_db.summaries(con, [r["run_id"] for r in runs])
     md_fpath = results_dpath / "leaderboard.md"
-    _atomic_text(md_fpath, render(runs, sums))
+    write_text_atomic(md_fpath, render(runs, sums))
     png_fpath = results_dpath / "leaderboard_vcc.png"
     plot(runs, sums, png_fpath)
     return [md_fpath, png_fpath]
@@ -120,12 +119,8 @@ def plot(runs: list, sums: dict, png_fpath: pathlib.Path) -> None:
     if axes[1].collections:
         axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=png_fpath.parent, prefix=f".{png_fpath.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    atomic_write(png_fpath, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for everyone to read
-    os.replace(tmp, png_fpath)
 
 
 def _mean_over_tasks(runs, sums, model: str, metric: str) -> float:
@@ -147,9 +142,3 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def _atomic_text(fpath: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=fpath.parent, prefix=f".{fpath.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, fpath)

@@ -15,7 +15,6 @@ controls, obs `split`), requests.csv (the test items and their cell counts) and 
 
 import dataclasses
 import hashlib
-import os
 import pathlib
 import typing
 
@@ -25,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from biojepac.data import schema
+from biojepac.io import atomic_write
 
 TaskName = typing.Literal["synthetic-unseen-pert", "synthetic-fewshot-ctx", "norman-unseen-single",
                           "mcfaline-heldout-line"]
@@ -85,8 +85,7 @@ def get_go_table(cache_dpath: pathlib.Path | None):
         return GeneTable.load(fpath)
     go = make_provider("go")
     if fpath is not None:
-        fpath.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(lambda f: go.save(f), fpath)
+        atomic_write(fpath, go.save)
     return go
 
 
@@ -150,13 +149,9 @@ def write_task(task: Task, dpath: pathlib.Path) -> pathlib.Path:
     train.obs["split"] = np.where(is_ctrl[keep], "control", np.where(masks["val"][keep], "val", "train"))
     train.X = sp.csr_matrix(train.X, dtype=np.float32)
     train.uns = {}
-    _atomic(lambda f: train.write_h5ad(f), dpath / "train.h5ad")
-    _atomic(lambda f: requests(task).to_csv(f, index=False), dpath / "requests.csv")
-    _atomic(lambda f: task.features.save(f), dpath / "features.npz")
+    atomic_write(dpath / "train.h5ad", train.write_h5ad)
+    atomic_write(dpath / "requests.csv", lambda f: requests(task).to_csv(f, index=False))
+    atomic_write(dpath / "features.npz", task.features.save)
     return dpath
 
 
-def _atomic(write, fpath: pathlib.Path) -> None:
-    tmp = fpath.with_name(f".{fpath.name}.tmp{os.getpid()}{fpath.suffix}")
-    write(tmp)
-    os.replace(tmp, fpath)

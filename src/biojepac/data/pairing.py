@@ -28,7 +28,7 @@ def pseudobulk(
     """
     missing = [k for k in keys if k not in adata.obs.columns]
     if missing:
-        raise InputError(f"{_name(adata)}: obs has no column {missing[0]!r} to group by")
+        raise InputError(f"{schema.source_name(adata)}: obs has no column {missing[0]!r} to group by")
     groups, codes = _group_codes(adata.obs, keys)
     n_cells = np.bincount(codes, minlength=len(groups))
     weights = 1.0 / n_cells[codes]
@@ -58,13 +58,13 @@ def pseudobulk_deltas(
     groups, means = pseudobulk(adata, keys, layer)
     is_ctrl = (groups[schema.PERT_COL] == schema.CONTROL).to_numpy()
     if not is_ctrl.any():
-        raise InputError(f"{_name(adata)}: no {schema.CONTROL!r} cells in column {schema.PERT_COL!r}")
+        raise InputError(f"{schema.source_name(adata)}: no {schema.CONTROL!r} cells in column {schema.PERT_COL!r}")
     # The control groups' means, weighted by their cell counts, give each context's mean over all its controls.
     if schema.CONTEXT_COL in keys:
         ctx = groups[schema.CONTEXT_COL].to_numpy()
         absent = sorted(set(ctx) - set(ctx[is_ctrl]))
         if absent:
-            raise InputError(f"{_name(adata)}: no {schema.CONTROL!r} cells in context {absent[0]!r} (column {schema.CONTEXT_COL!r})")
+            raise InputError(f"{schema.source_name(adata)}: no {schema.CONTROL!r} cells in context {absent[0]!r} (column {schema.CONTEXT_COL!r})")
         ctx_names, ref_rows = np.unique(ctx, return_inverse=True)
     else:
         ctx_names, ref_rows = np.array(["all"]), np.zeros(len(groups), dtype=np.int64)
@@ -84,20 +84,20 @@ def pair_controls(adata: ad.AnnData, seed: int) -> np.ndarray:
     obs = adata.obs
     for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
         if col not in obs.columns:
-            raise InputError(f"{_name(adata)}: obs has no column {col!r} needed to pair controls")
+            raise InputError(f"{schema.source_name(adata)}: obs has no column {col!r} needed to pair controls")
     is_ctrl = (obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
     ctx = obs[schema.CONTEXT_COL].astype(str).to_numpy()
     batch = obs[schema.BATCH_COL].astype(str).to_numpy()
     no_ctrl_ctx = sorted(set(ctx) - set(ctx[is_ctrl]))
     if no_ctrl_ctx:
-        raise InputError(f"{_name(adata)}: no {schema.CONTROL!r} cells in context {no_ctrl_ctx[0]!r} (column {schema.CONTEXT_COL!r})")
+        raise InputError(f"{schema.source_name(adata)}: no {schema.CONTROL!r} cells in context {no_ctrl_ctx[0]!r} (column {schema.CONTEXT_COL!r})")
 
     # Each perturbed cell gets a pool key: its (context, batch) if that batch has controls, else its context.
     ctx_batch = np.char.add(np.char.add(ctx.astype(str), "\x1f"), batch.astype(str))
     has_ctrl = np.isin(ctx_batch, ctx_batch[is_ctrl])
     for cb in sorted(set(ctx_batch[~has_ctrl])):
         c, b = cb.split("\x1f")
-        warnings.warn(f"{_name(adata)}: batch {b!r} of context {c!r} has no {schema.CONTROL!r} cells; pairing with controls from any batch of {c!r}")
+        warnings.warn(f"{schema.source_name(adata)}: batch {b!r} of context {c!r} has no {schema.CONTROL!r} cells; pairing with controls from any batch of {c!r}")
     pool_of_cell = np.where(has_ctrl, ctx_batch, ctx)
     # Controls belong to both their (context, batch) pool and their context pool.
     ctrl_idx = np.flatnonzero(is_ctrl)
@@ -136,7 +136,3 @@ def _dense(m) -> np.ndarray:
     return np.asarray(m.toarray() if sp.issparse(m) else m, dtype=np.float64)
 
 
-def _name(adata: ad.AnnData) -> str:
-    """The file behind an AnnData when there is one, for error messages."""
-    fname = adata.filename if adata.isbacked else adata.uns.get(schema.UNS_KEY, {}).get("source")
-    return str(fname) if fname else "<AnnData>"

@@ -27,6 +27,7 @@ from biojepac.data.download import RemoteFile, download, verify
 from biojepac.data.genes import GeneTable, harmonize_genes, harmonize_labels
 from biojepac.data.load import CONTROL_ALIASES, Expect, ScreenColumns, check_same_genes, load_screen
 from biojepac.errors import InputError
+from biojepac.io import write_h5ad_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,9 +278,7 @@ def prepare_recipe(recipe: Recipe, cfg: PrepareConfig) -> pathlib.Path:
     adata.uns[schema.UNS_KEY]["recipe"] = recipe.name
 
     out_fpath = pathlib.Path(cfg.data_dpath) / recipe.name / f"{recipe.name}.h5ad"
-    tmp_fpath = out_fpath.with_name(out_fpath.name + f".tmp{os.getpid()}")
-    adata.write_h5ad(tmp_fpath)
-    os.replace(tmp_fpath, out_fpath)
+    write_h5ad_atomic(adata, out_fpath)
     return out_fpath
 
 

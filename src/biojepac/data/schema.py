@@ -29,3 +29,9 @@ UNS_KEY = "biojepac"
 def split_combo(label: str) -> list[str]:
     """`"A+B"` -> `["A", "B"]`; a single perturbation -> `[label]`."""
     return [part for part in label.split(COMBO_SEP) if part]
+
+
+def source_name(adata) -> str:
+    """The file behind an AnnData (backed file, or the source recorded at load), for error messages."""
+    fname = adata.filename if adata.isbacked else adata.uns.get(UNS_KEY, {}).get("source")
+    return str(fname) if fname else "<AnnData>"

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 import typing
 
 import anndata as ad
@@ -24,6 +23,7 @@ import numpy as np
 
 from biojepac.data import schema
 from biojepac.errors import InputError
+from biojepac.io import write_text_atomic
 
 Item = tuple[str, str]
 Kind = typing.Literal["unseen_perturbation", "fewshot_context", "zeroshot_context", "combination"]
@@ -57,7 +57,7 @@ def get_items(adata: ad.AnnData) -> list[Item]:
     """Sorted distinct (context, target_gene) pairs of perturbed cells."""
     for col in (schema.CONTEXT_COL, schema.PERT_COL):
         if col not in adata.obs.columns:
-            raise InputError(f"{_name(adata)}: obs has no column {col!r}")
+            raise InputError(f"{schema.source_name(adata)}: obs has no column {col!r}")
     frame = adata.obs[[schema.CONTEXT_COL, schema.PERT_COL]].astype(str).drop_duplicates()
     frame = frame[frame[schema.PERT_COL] != schema.CONTROL]
     return sorted(map(tuple, frame.to_numpy().tolist()))
@@ -70,7 +70,7 @@ def make_unseen_perturbation_split(
     assert len(fractions) == 3 and abs(sum(fractions) - 1.0) < 1e-6, f"fractions must sum to 1, got {fractions}"
     items = [it for it in get_items(adata) if context is None or it[0] == context]
     if not items:
-        raise InputError(f"{_name(adata)}: no perturbed cells in context {context!r} (column {schema.CONTEXT_COL!r})")
+        raise InputError(f"{schema.source_name(adata)}: no perturbed cells in context {context!r} (column {schema.CONTEXT_COL!r})")
     perts = sorted({p for _, p in items})
     fold = dict(zip(perts, _assign_folds(len(perts), fractions, seed)))
     train, val, test = ([it for it in items if fold[it[1]] == f] for f in range(3))
@@ -83,9 +83,9 @@ def make_fewshot_context_split(adata: ad.AnnData, target_context: str, k: int, v
     items = get_items(adata)
     target = [it for it in items if it[0] == target_context]
     if not target:
-        raise InputError(f"{_name(adata)}: context {target_context!r} has no perturbed cells (column {schema.CONTEXT_COL!r})")
+        raise InputError(f"{schema.source_name(adata)}: context {target_context!r} has no perturbed cells (column {schema.CONTEXT_COL!r})")
     if not 0 <= k < len(target):
-        raise InputError(f"{_name(adata)}: k={k} must leave held-out perturbations; context {target_context!r} has {len(target)}")
+        raise InputError(f"{schema.source_name(adata)}: k={k} must leave held-out perturbations; context {target_context!r} has {len(target)}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(target))
     shots = [target[i] for i in order[:k]]
@@ -102,7 +102,7 @@ def make_zeroshot_context_split(adata: ad.AnnData, target_context: str, val_frac
     items = get_items(adata)
     test = [it for it in items if it[0] == target_context]
     if not test:
-        raise InputError(f"{_name(adata)}: context {target_context!r} has no perturbed cells (column {schema.CONTEXT_COL!r})")
+        raise InputError(f"{schema.source_name(adata)}: context {target_context!r} has no perturbed cells (column {schema.CONTEXT_COL!r})")
     other = [it for it in items if it[0] != target_context]
     is_val = np.zeros(len(other), dtype=bool)
     is_val[np.random.default_rng(seed).permutation(len(other))[: int(round(val_fraction * len(other)))]] = True
@@ -125,7 +125,7 @@ def make_combination_split(
     items = get_items(adata)
     genes = sorted({g for _, p in items for g in schema.split_combo(p)})
     if not any(len(schema.split_combo(p)) > 1 for _, p in items):
-        raise InputError(f"{_name(adata)}: no combination perturbations (written 'A{schema.COMBO_SEP}B') in column {schema.PERT_COL!r}")
+        raise InputError(f"{schema.source_name(adata)}: no combination perturbations (written 'A{schema.COMBO_SEP}B') in column {schema.PERT_COL!r}")
     rng = np.random.default_rng(seed)
     fold = dict(zip(genes, _assign_folds(len(genes), gene_fractions, seed)))
     train, val, test, groups = [], [], [], {"combo_seen0": [], "combo_seen1": [], "combo_seen2": [], "unseen_single": []}
@@ -201,7 +201,7 @@ def split_masks(adata: ad.AnnData, split: Split) -> dict[str, np.ndarray]:
         missing = [k for k in keys if k not in present]
         if missing:
             c, p = missing[0].split("\x1f")
-            raise InputError(f"{_name(adata)}: split {split.name!r} lists {p!r} in context {c!r}, which has no cells ({schema.PERT_COL!r})")
+            raise InputError(f"{schema.source_name(adata)}: split {split.name!r} lists {p!r} in context {c!r}, which has no cells ({schema.PERT_COL!r})")
         masks[fold] = np.isin(cell_key, keys)
     masks["train"] |= pert == schema.CONTROL
     return masks
@@ -212,9 +212,7 @@ def save_split(split: Split, fpath: str | os.PathLike) -> None:
     fpath = pathlib.Path(fpath)
     fpath.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(dataclasses.asdict(split), indent=1)
-    with tempfile.NamedTemporaryFile("w", dir=fpath.parent, prefix=f".{fpath.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, fpath)
+    write_text_atomic(fpath, text)
 
 
 def load_split(fpath: str | os.PathLike) -> Split:
@@ -245,9 +243,6 @@ def _assign_folds(n: int, fractions: tuple[float, ...], seed: int) -> np.ndarray
     return folds[np.random.default_rng(seed).permutation(n)]
 
 
-def _name(adata: ad.AnnData) -> str:
-    fname = adata.filename if adata.isbacked else adata.uns.get(schema.UNS_KEY, {}).get("source")
-    return str(fname) if fname else "<AnnData>"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,6 @@ log1p(T * E[q | control]), so `control_log1p + delta` is the expected perturbed 
 """
 
 import dataclasses
-import os
 import pathlib
 import typing
 
@@ -38,6 +37,7 @@ import scipy.sparse as sp
 from jaxtyping import Float, Int, jaxtyped
 
 from biojepac.data import schema
+from biojepac.io import write_h5ad_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,9 +407,6 @@ def run_synth(cmd: SynthCommand) -> pathlib.Path:
     """`biojepac data synth`: generate a screen and write it atomically."""
     overrides = {} if cmd.n_combos is None else {"n_combos": cmd.n_combos}
     adata = make_synthetic_screen(get_preset(cmd.preset, **overrides), cmd.seed)
-    cmd.out_fpath.parent.mkdir(parents=True, exist_ok=True)
-    tmp_fpath = cmd.out_fpath.with_name(f".{cmd.out_fpath.name}.tmp.h5ad")
-    adata.write_h5ad(tmp_fpath, compression="gzip")
-    os.replace(tmp_fpath, cmd.out_fpath)
+    write_h5ad_atomic(adata, cmd.out_fpath, compression="gzip")
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} genes ({cmd.preset}, seed {cmd.seed}) to {cmd.out_fpath}")
     return cmd.out_fpath

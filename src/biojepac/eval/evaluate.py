@@ -8,9 +8,7 @@ it; with `--baseline`, a baseline prediction file is scored the same way. Inputs
 
 import dataclasses
 import json
-import os
 import pathlib
-import tempfile
 import time
 import warnings
 from typing import Literal
@@ -21,6 +19,7 @@ import pandas as pd
 
 from biojepac.data import schema
 from biojepac.errors import InputError
+from biojepac.io import write_text_atomic
 from biojepac.eval import bootstrap, calibrated, vcc
 from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
 from biojepac.eval.report_metrics import report_metrics
@@ -192,19 +191,13 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
 def _write(out_dpath: pathlib.Path, per: pd.DataFrame, agg: dict, real_sc, real_s, pred_s, plots: bool) -> dict[str, str]:
     out_dpath.mkdir(parents=True, exist_ok=True)
     csv_fpath, json_fpath = out_dpath / "per_perturbation.csv", out_dpath / "aggregates.json"
-    _atomic_write(csv_fpath, per.to_csv())
-    _atomic_write(json_fpath, json.dumps(agg, indent=2, default=float))
+    write_text_atomic(csv_fpath, per.to_csv())
+    write_text_atomic(json_fpath, json.dumps(agg, indent=2, default=float))
     paths = {"per_perturbation": str(csv_fpath), "aggregates": str(json_fpath)}
     if plots:
         from biojepac.eval import report  # matplotlib is slow to import; only load it when plotting
 
-        paths["report"] = str(report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, _atomic_write))
+        paths["report"] = str(report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, write_text_atomic))
     return paths
 
 
-def _atomic_write(fpath: pathlib.Path, text: str | bytes) -> None:
-    mode = "wb" if isinstance(text, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=fpath.parent, prefix=f".{fpath.name}.")
-    with os.fdopen(fd, mode) as f:
-        f.write(text)
-    os.replace(tmp, fpath)

@@ -17,7 +17,6 @@ from typing import Literal
 
 import anndata as ad
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.sparse as sp

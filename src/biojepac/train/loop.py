@@ -17,7 +17,6 @@ How a new model uses it:
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 from typing import Callable
@@ -29,6 +28,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from biojepac.io import write_text_atomic
 from biojepac.train import checkpoint, mesh as meshlib
 
 
@@ -103,9 +103,7 @@ def _trim_metrics(metrics_fpath: pathlib.Path, last_step: int) -> None:
     if not metrics_fpath.exists():
         return
     rows = [line for line in metrics_fpath.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    tmp = metrics_fpath.with_name(metrics_fpath.name + ".tmp")
-    tmp.write_text("".join(r + "\n" for r in rows))
-    os.replace(tmp, metrics_fpath)
+    write_text_atomic(metrics_fpath, "".join(r + "\n" for r in rows))
 
 
 def run_loop(

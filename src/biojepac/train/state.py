@@ -15,7 +15,6 @@ import time
 from typing import Literal
 
 import anndata as ad
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -6,7 +6,6 @@ by default as a residual against the same pipeline with the control action (see 
 
 import dataclasses
 import json
-import os
 import pathlib
 
 import anndata as ad
@@ -17,6 +16,7 @@ import numpy as np
 
 from biojepac.data.schema import CONTROL, PERT_TYPES, split_combo
 from biojepac.errors import InputError
+from biojepac.io import atomic_write, write_text_atomic
 from biojepac.models.jepa.action_predictor import ActionPredictor
 from biojepac.models.jepa.composer import Composer
 from biojepac.models.jepa.config import BioJepacConfig, get_preset
@@ -121,15 +121,13 @@ class BioJepacModel:
         dpath = pathlib.Path(dpath)
         dpath.mkdir(parents=True, exist_ok=True)
         names = sorted(self.gene_table)
-        tmp = dpath / f"features.tmp{os.getpid()}.npz"
-        np.savez(tmp, labels=np.asarray(names), matrix=np.stack([self.gene_table[g] for g in names]))
-        os.replace(tmp, dpath / "features.npz")
+        matrix = np.stack([self.gene_table[g] for g in names])
+        atomic_write(dpath / "features.npz", lambda tmp: np.savez(tmp, labels=np.asarray(names), matrix=matrix))
         header = {"cfg": dataclasses.asdict(self.cfg), "genes": self.genes, "mode": self.mode}
         checkpoint.save(dpath / "model.eqx", self.mods, header)
         # `biojepac predict --model DIR` dispatches on model.json's kind.
-        tmp = dpath / f"model.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps({"kind": self.name, "preset_cfg": dataclasses.asdict(self.cfg)}, indent=1))
-        os.replace(tmp, dpath / "model.json")
+        write_text_atomic(dpath / "model.json",
+                          json.dumps({"kind": self.name, "preset_cfg": dataclasses.asdict(self.cfg)}, indent=1))
 
     @classmethod
     def load(cls, dpath: pathlib.Path) -> "BioJepacModel":

@@ -1,0 +1,37 @@
+"""Atomic output: every file the project writes appears whole or not at all.
+
+A killed run leaves either the previous file or the new one, never a truncated one, because the data
+goes to a temporary file in the same folder first and is then renamed into place (`os.replace` is
+atomic within one filesystem).
+"""
+
+import os
+import pathlib
+from typing import Callable
+
+import anndata as ad
+
+
+def atomic_write(fpath: str | os.PathLike, write: Callable[[pathlib.Path], object]) -> pathlib.Path:
+    """Call `write(tmp_fpath)`, then move the result to `fpath`. The temporary name keeps the suffix,
+    so writers that infer the format from it (matplotlib, `np.savez`) behave as for `fpath`."""
+    fpath = pathlib.Path(fpath)
+    fpath.parent.mkdir(parents=True, exist_ok=True)
+    tmp = fpath.with_name(f".{fpath.name}.tmp{os.getpid()}{fpath.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, fpath)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return fpath
+
+
+def write_text_atomic(fpath: str | os.PathLike, text: str | bytes) -> pathlib.Path:
+    if isinstance(text, bytes):
+        return atomic_write(fpath, lambda tmp: tmp.write_bytes(text))
+    return atomic_write(fpath, lambda tmp: tmp.write_text(text))
+
+
+def write_h5ad_atomic(adata: ad.AnnData, fpath: str | os.PathLike, **kwargs) -> pathlib.Path:
+    """`adata.write_h5ad`, atomically; `kwargs` go to it (e.g. `compression="gzip"`)."""
+    return atomic_write(fpath, lambda tmp: adata.write_h5ad(tmp, **kwargs))
