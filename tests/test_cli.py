@@ -45,3 +45,14 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path):
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert str(bad) in err[0] or bad.name in err[0]
     assert "context" in err[0]
+
+
+def test_unknown_context_names_the_training_file(tmp_path, capsys):
+    train = tmp_path / "train.h5ad"
+    screen = build_random_screen()
+    screen.uns["biojepac"] = {"source": "some generator"}  # the error must still name the file read
+    screen.write_h5ad(train)
+    code = cli.main(["predict", "--model", "cell-mean", "--train", str(train), "--context", "nowhere",
+                     "--perturbations", "G001", "--out", str(tmp_path / "p.h5ad")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{train}: no 'non-targeting' cells in context 'nowhere'" in err

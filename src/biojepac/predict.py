@@ -102,6 +102,7 @@ def read_screen(fpath: pathlib.Path) -> ad.AnnData:
         adata.obs[schema.BATCH_COL] = schema.DEFAULT_BATCH
     adata.obs[schema.PERT_COL] = adata.obs[schema.PERT_COL].astype(str)
     adata.obs[schema.CONTEXT_COL] = adata.obs[schema.CONTEXT_COL].astype(str)
+    adata.uns[schema.UNS_KEY] = {**adata.uns.get(schema.UNS_KEY, {}), "file": str(fpath)}
     return normalize_log1p(adata) if detect_counts(adata.X) else adata
 
 
@@ -179,7 +180,7 @@ def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, s
     ctrl_idx = np.flatnonzero((obs[schema.PERT_COL] == schema.CONTROL).to_numpy() &
                               (obs[schema.CONTEXT_COL] == context).to_numpy())
     if len(ctrl_idx) == 0:
-        raise InputError(f"{train.uns.get(schema.UNS_KEY, {}).get('source', 'training data')}: no "
+        raise InputError(f"{schema.source_name(train)}: no "
                          f"{schema.CONTROL!r} cells in context {context!r} (column {schema.CONTEXT_COL!r})")
     x_ctrl = train.X[ctrl_idx]
     blocks, rows = [], []

@@ -32,6 +32,8 @@ def split_combo(label: str) -> list[str]:
 
 
 def source_name(adata) -> str:
-    """The file behind an AnnData (backed file, or the source recorded at load), for error messages."""
-    fname = adata.filename if adata.isbacked else adata.uns.get(UNS_KEY, {}).get("source")
+    """The file behind an AnnData, for error messages: the backed file, else the file it was read from
+    (`uns[UNS_KEY]["file"]`, set by readers), else the source recorded at load."""
+    prov = adata.uns.get(UNS_KEY, {})
+    fname = adata.filename if adata.isbacked else prov.get("file", prov.get("source"))
     return str(fname) if fname else "<AnnData>"
