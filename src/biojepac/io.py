@@ -5,11 +5,14 @@ goes to a temporary file in the same folder first and is then renamed into place
 atomic within one filesystem).
 """
 
+from __future__ import annotations
+
 import os
 import pathlib
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
-import anndata as ad
+if TYPE_CHECKING:
+    import anndata as ad
 
 
 def atomic_write(fpath: str | os.PathLike, write: Callable[[pathlib.Path], object]) -> pathlib.Path:

@@ -6,14 +6,16 @@ ceiling), `all`. With `--train`, the cell-mean baseline is built from the traini
 it; with `--baseline`, a baseline prediction file is scored the same way. Inputs are never modified.
 """
 
+from __future__ import annotations
+
+import concurrent.futures
 import dataclasses
 import json
 import pathlib
 import time
 import warnings
-from typing import Literal
+from typing import Literal, TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
@@ -24,6 +26,9 @@ from biojepac.eval import bootstrap, calibrated, vcc
 from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
 from biojepac.eval.report_metrics import report_metrics
 from biojepac.eval.stats import Summary, summarize
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 Profile = Literal["vcc", "report", "calibrated", "all"]
 HEADLINE = ("overlap_at_N", "discrimination_score_l1", "mae", "pearson_delta", "pearson_delta_top20", "mse",
@@ -94,16 +99,16 @@ def evaluate(
     kw = dict(pert_col=pert_col, control=control)
     use_vcc, use_rep, use_cal = (profile in (p, "all") for p in ("vcc", "report", "calibrated"))
     need_de = use_vcc or use_cal
-    # One file's matrix at a time where possible: summarise, then drop what no metric reads again.
-    real_sc = read_screen(real, **kw)
+    # The real and the predicted file are read and summarised at the same time: reading and transposing
+    # one file is mostly single-threaded work that the other file's statistics can overlap.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(_read_and_summarize, src, kw, need_de) for src in (real, pred)]
+        (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
+    check_pair(real_sc, pred_sc)
     base_sc = _baseline_screen(baseline, train, real_sc, kw)
     base_s = summarize(base_sc, with_de=need_de) if base_sc is not None else None
-    real_s = summarize(real_sc, with_de=need_de)
     if not use_cal:  # only the split-half ceiling needs the real cells again
         real_sc = dataclasses.replace(real_sc, x=None)
-    pred_sc = read_screen(pred, **kw)
-    check_pair(real_sc, pred_sc)
-    pred_s = summarize(pred_sc, with_de=need_de)
 
     def metrics(sc: Screen, s: Summary, ref_sc: Screen = real_sc, ref_s: Summary = real_s) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -136,6 +141,11 @@ def evaluate(
     if out_dpath is not None:
         paths = _write(pathlib.Path(out_dpath), per, agg, real_sc, real_s, pred_s, plots)
     return {"per_perturbation": per, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
+
+
+def _read_and_summarize(src, kw: dict, with_de: bool) -> tuple[Screen, Summary]:
+    screen = read_screen(src, **kw)
+    return screen, summarize(screen, with_de=with_de)
 
 
 def _baseline_screen(baseline, train, real_sc: Screen, kw: dict) -> Screen | None:

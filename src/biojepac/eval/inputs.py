@@ -7,14 +7,20 @@ normalised with scanpy's `normalize_total` (to the median total) and `log1p`; a 
 must already be log1p, in [0, 15).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import pathlib
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
 from biojepac.errors import InputError
+from biojepac.eval.h5read import read_h5ad_parts
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 LOG1P_MAX = 15.0
 """cell-eval's ceiling for log1p-normalised values; anything at or above is counts or a broken transform."""
@@ -55,25 +61,21 @@ def read_screen(
     """Load (if a path), check columns/values and normalise counts on a copy."""
     if isinstance(src, (str, pathlib.Path)):
         name = name or str(src)
-        if not pathlib.Path(src).is_file():
-            raise InputError(f"{name}: file not found")
-        adata = ad.read_h5ad(src)
+        labels, genes, x = read_h5ad_parts(pathlib.Path(src), pert_col)
         owned = True
     else:
-        adata, owned = src, False
         name = name or "<AnnData>"
-    if pert_col not in adata.obs.columns:
-        raise InputError(f"{name}: obs column {pert_col!r} not found (have {list(adata.obs.columns)})")
-    labels = adata.obs[pert_col].astype(str).to_numpy()
+        if pert_col not in src.obs.columns:
+            raise InputError(f"{name}: obs column {pert_col!r} not found (have {list(src.obs.columns)})")
+        labels, genes, x = src.obs[pert_col].astype(str).to_numpy(), np.asarray(src.var_names.astype(str)), src.X
+        owned = False
     if control not in set(labels):
         raise InputError(f"{name}: no control cells labelled {control!r} in obs[{pert_col!r}]")
     perts, inverse = np.unique(labels, return_inverse=True)
     ctrl_idx = int(np.flatnonzero(perts == control)[0])
     # Control gets code 0; perturbations keep their sorted order as 1..P.
     codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
-    genes = np.asarray(adata.var_names.astype(str))
-    x = _as_matrix(adata.X, name)
-    del adata  # a file we loaded is freed as soon as its matrix is converted
+    x = _as_matrix(x, name)
     was_counts = not is_lognorm(x, name)
     if sp.issparse(x):
         totals = _cell_totals(x) if was_counts else None  # before tocsc: CSR rows are contiguous

@@ -76,13 +76,15 @@ def summarize(screen: Screen, *, with_de: bool, n_threads: int = N_THREADS) -> S
     def one_block(start, stop, rows, cols, vals):
         width = stop - start
         groups = screen.codes[rows]
+        if with_de:  # the Mann-Whitney pass sums the values too
+            block = mwu.block_stats(cols, vals, groups, n, width)
+            sums[:, start:stop], sumsq[:, start:stop], pval[:, start:stop] = block.sums, block.sumsq, block.pval
+            return
         flat = groups * width + cols
         v64 = vals.astype(np.float64)
         shape = (n_groups, width)
         sums[:, start:stop] = np.bincount(flat, weights=v64, minlength=n_groups * width).reshape(shape)
         sumsq[:, start:stop] = np.bincount(flat, weights=v64 * v64, minlength=n_groups * width).reshape(shape)
-        if with_de:
-            pval[:, start:stop] = mwu.mwu_pvalues(cols, vals, groups, n, width)
 
     with concurrent.futures.ThreadPoolExecutor(max(1, n_threads)) as pool:
         pending: collections.deque = collections.deque()

@@ -1,0 +1,88 @@
+"""Read only what an evaluation needs from an .h5ad file: X, one obs column and the gene names.
+
+Scoring needs three elements of the file; `anndata.read_h5ad` reads all of them (layers, obsm, uns) and
+importing anndata alone takes seconds. This reads the three with h5py, following anndata's on-disk
+format (X as a dense dataset or a csr/csc group; the obs column as a categorical or a string array; the
+var index named by its `_index` attribute). Anything else, such as nullable columns or files written by
+old anndata versions, falls back to `anndata.read_h5ad`, so every file anndata reads is still read.
+"""
+
+import pathlib
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from biojepac.errors import InputError
+
+SPARSE = {"csr_matrix": sp.csr_matrix, "csc_matrix": sp.csc_matrix}
+
+
+class _Unsupported(Exception):
+    """An element this reader does not decode; the caller falls back to anndata."""
+
+
+def read_h5ad_parts(fpath: pathlib.Path, pert_col: str) -> tuple[np.ndarray, np.ndarray, sp.spmatrix | np.ndarray]:
+    """(obs[pert_col] as str, gene names as str, X) of one file; X is CSR/CSC or dense, as stored."""
+    if not fpath.is_file():
+        raise InputError(f"{fpath}: file not found")
+    try:
+        with h5py.File(fpath, "r") as f:
+            return _obs_column(f, fpath, pert_col), _var_names(f), _matrix(f)
+    except _Unsupported:
+        return _read_with_anndata(fpath, pert_col)
+    except OSError as e:  # not HDF5 at all, or truncated
+        raise InputError(f"{fpath}: not a readable .h5ad file ({e})") from None
+
+
+def _obs_column(f: h5py.File, fpath: pathlib.Path, pert_col: str) -> np.ndarray:
+    obs = f.get("obs")
+    if not isinstance(obs, h5py.Group) or obs.attrs.get("encoding-type") != "dataframe":
+        raise _Unsupported
+    if pert_col not in obs:
+        columns = [c for c in obs.keys() if c != obs.attrs.get("_index")]
+        raise InputError(f"{fpath}: obs column {pert_col!r} not found (have {columns})")
+    col = obs[pert_col]
+    kind = col.attrs.get("encoding-type")
+    if kind == "categorical":
+        categories = _strings(col["categories"])
+        codes = col["codes"][:]
+        if len(categories) == 0:
+            return np.full(len(codes), "nan")
+        return np.where(codes < 0, "nan", categories[np.clip(codes, 0, None)])  # -1 is a missing value
+    if kind == "string-array" or (kind == "array" and col.dtype.kind in "iufb"):
+        return _strings(col) if kind == "string-array" else col[:].astype(str)
+    raise _Unsupported
+
+
+def _var_names(f: h5py.File) -> np.ndarray:
+    var = f.get("var")
+    if not isinstance(var, h5py.Group) or "_index" not in var.attrs:
+        raise _Unsupported
+    return _strings(var[var.attrs["_index"]])
+
+
+def _matrix(f: h5py.File) -> sp.spmatrix | np.ndarray:
+    x = f.get("X")
+    if isinstance(x, h5py.Dataset):
+        return x[()]
+    kind = x.attrs.get("encoding-type") if isinstance(x, h5py.Group) else None
+    if kind not in SPARSE:
+        raise _Unsupported
+    shape = tuple(int(n) for n in x.attrs["shape"])
+    return SPARSE[kind]((x["data"][:], x["indices"][:], x["indptr"][:]), shape=shape)
+
+
+def _strings(ds: h5py.Dataset) -> np.ndarray:
+    if ds.dtype.kind in "OSU" or h5py.check_string_dtype(ds.dtype) is not None:
+        return np.asarray(ds.asstr()[:], dtype=str)
+    return ds[:].astype(str)
+
+
+def _read_with_anndata(fpath: pathlib.Path, pert_col: str):
+    import anndata as ad  # slow to import; only for files the fast path does not decode
+
+    adata = ad.read_h5ad(fpath)
+    if pert_col not in adata.obs.columns:
+        raise InputError(f"{fpath}: obs column {pert_col!r} not found (have {list(adata.obs.columns)})")
+    return adata.obs[pert_col].astype(str).to_numpy(), np.asarray(adata.var_names.astype(str)), adata.X
