@@ -7,6 +7,7 @@ var index named by its `_index` attribute). Anything else, such as nullable colu
 old anndata versions, falls back to `anndata.read_h5ad`, so every file anndata reads is still read.
 """
 
+import os
 import pathlib
 
 import h5py
@@ -27,8 +28,8 @@ def read_h5ad_parts(fpath: pathlib.Path, pert_col: str) -> tuple[np.ndarray, np.
     if not fpath.is_file():
         raise InputError(f"{fpath}: file not found")
     try:
-        with h5py.File(fpath, "r") as f:
-            return _obs_column(f, fpath, pert_col), _var_names(f), _matrix(f)
+        with h5py.File(fpath, "r") as f, open(fpath, "rb", buffering=0) as raw:
+            return _obs_column(f, fpath, pert_col), _var_names(f), _matrix(f, raw)
     except _Unsupported:
         return _read_with_anndata(fpath, pert_col)
     except OSError as e:  # not HDF5 at all, or truncated
@@ -62,15 +63,54 @@ def _var_names(f: h5py.File) -> np.ndarray:
     return _strings(var[var.attrs["_index"]])
 
 
-def _matrix(f: h5py.File) -> sp.spmatrix | np.ndarray:
+def _matrix(f: h5py.File, raw) -> sp.spmatrix | np.ndarray:
     x = f.get("X")
     if isinstance(x, h5py.Dataset):
-        return x[()]
+        return _array(x, raw)
     kind = x.attrs.get("encoding-type") if isinstance(x, h5py.Group) else None
     if kind not in SPARSE:
         raise _Unsupported
     shape = tuple(int(n) for n in x.attrs["shape"])
-    return SPARSE[kind]((x["data"][:], x["indices"][:], x["indptr"][:]), shape=shape)
+    return SPARSE[kind]((_array(x["data"], raw), _array(x["indices"], raw), _array(x["indptr"], raw)), shape=shape)
+
+
+def _array(ds: h5py.Dataset, raw) -> np.ndarray:
+    """A dataset's values. Unfiltered (uncompressed) storage, as anndata writes by default, is copied from
+    the file straight into the array, chunk by chunk: plain file reads release the GIL, so the real and the
+    predicted file load in parallel, which h5py's global lock does not allow. Anything else goes to h5py."""
+    layout = ds.id.get_create_plist().get_layout()
+    plain = ds.compression is None and not ds.shuffle and not ds.fletcher32 and ds.scaleoffset is None
+    if not plain or ds.dtype.byteorder == ">" or ds.dtype.kind not in "iuf" or ds.size == 0:
+        return ds[()]
+    out = np.empty(ds.shape, ds.dtype)
+    flat = out.reshape(-1).view(np.uint8)
+    if layout == h5py.h5d.CONTIGUOUS:
+        offset = ds.id.get_offset()
+        if offset is None:  # never written: h5py returns the fill value
+            return ds[()]
+        _read_into(raw, offset, flat)
+        return out
+    if layout != h5py.h5d.CHUNKED or ds.ndim != 1:
+        return ds[()]
+    chunks = []
+    ds.id.chunk_iter(lambda info: chunks.append((info.chunk_offset[0], info.byte_offset)))
+    step = ds.chunks[0]
+    if len(chunks) * step < ds.shape[0]:  # unwritten chunks hold the fill value
+        return ds[()]
+    size = ds.dtype.itemsize
+    for start, offset in chunks:
+        stop = min(start + step, ds.shape[0])
+        _read_into(raw, offset, flat[start * size : stop * size])
+    return out
+
+
+def _read_into(raw, offset: int, view: np.ndarray) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(raw.fileno(), [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"unexpected end of file at byte {offset + done}")
+        done += n
 
 
 def _strings(ds: h5py.Dataset) -> np.ndarray:
