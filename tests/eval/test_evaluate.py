@@ -24,8 +24,10 @@ def test_evaluate_writes_everything_and_perfect_prediction_scores_top(tmp_path, 
     assert np.all(per["pds_cosine"] == 1.0) and np.all(per["discrimination_score_l1"] == 1.0)
     has = per["n_real_degs"] > 0
     assert np.all(per["lfc_nmae"][has] == 0) and np.all(per["de_direction"][has] == 1)
-    # The split-half ceiling is below perfect and above the cell-mean baseline for DE Jaccard.
-    assert agg["baseline"]["de_jaccard"] < agg["ceiling"]["de_jaccard"] < 1.0
+    # The split-half ceiling is below perfect and above the cell-mean baseline for DE Jaccard; the
+    # Spearman-Brown full-depth ceiling lies between the split-half value and 1.
+    split_half = agg["ceiling_split_half"]["de_jaccard"]
+    assert agg["baseline"]["de_jaccard"] < split_half < agg["ceiling"]["de_jaccard"] < 1.0
     lo, hi = agg["ci95"]["vcc_score"]
     assert lo <= agg["vcc_score"] <= hi
     assert agg["vcc_score"] > 50 and agg["baseline"]["mae"] > 0
@@ -69,3 +71,12 @@ def test_bootstrap_ci_is_seeded_and_covers_the_mean():
     a = bootstrap.mean_ci(v, bootstrap.resample_idx(200, 500, seed=3))
     b = bootstrap.mean_ci(v, bootstrap.resample_idx(200, 500, seed=3))
     assert a == b and a[0] < v.mean() < a[1] and 0.15 < a[1] - a[0] < 0.4  # ~ 2 * 1.96 / sqrt(200)
+
+
+def test_ceiling_is_spearman_brown_for_agreement_metrics_only():
+    from biojepac.eval import calibrated
+
+    out = calibrated.full_depth_ceiling({"pds_cosine": 0.5, "de_jaccard": -0.2, "de_direction": 0.0, "lfc_nmae": 0.7})
+    assert out["pds_cosine"] == 2.0 * 0.5 / 1.5
+    assert np.isnan(out["de_jaccard"]) and np.isnan(out["de_direction"])
+    assert out["lfc_nmae"] == 0.7

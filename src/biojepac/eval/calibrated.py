@@ -10,7 +10,11 @@
 
 Normalised value = (u - baseline) / (ceiling - baseline): 0 at the baseline, 1 at the ceiling. The ceiling
 is the split-half replicate: the real cells of every group (controls included) split at random into two
-disjoint halves of floor(n/2), one half scored as the prediction of the other.
+disjoint halves of floor(n/2), one half scored as the prediction of the other. Each half has half the
+cells, so its agreement understates what full depth allows; as cell-eval 0.8.2 does for its ceiling, the
+mean r of the agreement metrics is mapped to full depth with the Spearman-Brown formula 2r / (1 + r) (NaN
+when r <= 0: the halves do not agree, so there is no ceiling). `lfc_nmae` is an error, not an agreement,
+so its ceiling stays the uncorrected split-half value.
 """
 
 import numpy as np
@@ -22,6 +26,7 @@ from biojepac.eval.vcc import effects, rank_score, significant
 
 NAMES = ("pds_cosine", "de_jaccard", "de_direction", "lfc_nmae")
 LOWER_IS_BETTER = frozenset({"lfc_nmae"})
+SPEARMAN_BROWN = frozenset({"pds_cosine", "de_jaccard", "de_direction"})
 
 
 def calibrated_metrics(real: Screen, real_s: Summary, pred_s: Summary) -> dict[str, np.ndarray]:
@@ -61,6 +66,18 @@ def split_halves(real: Screen, seed: int) -> tuple[Screen, Screen]:
 
 def _subset(s: Screen, rows: np.ndarray, tag: str) -> Screen:
     return Screen(f"{s.name} (half {tag})", s.x[rows], s.codes[rows], s.perts, s.genes, s.was_counts)
+
+
+def full_depth_ceiling(split_half_means: dict[str, float]) -> dict[str, float]:
+    """The ceiling per metric from the split-half means: Spearman-Brown 2r / (1 + r) for the agreement
+    metrics (NaN where r <= 0), the split-half value as it is for the others."""
+    out = {}
+    for name, r in split_half_means.items():
+        if name in SPEARMAN_BROWN:
+            out[name] = 2.0 * r / (1.0 + r) if r > 0 else float("nan")
+        else:
+            out[name] = r
+    return out
 
 
 def normalise(user: float, base: float, ceiling: float) -> float:

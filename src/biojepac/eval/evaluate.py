@@ -190,7 +190,8 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
 
             agg["ci95"]["vcc_score"] = bootstrap.ci(boot_score, idx)
         if ceiling is not None:
-            agg["ceiling"] = {k: float(np.nanmean(v)) for k, v in ceiling.items()}
+            agg["ceiling_split_half"] = {k: float(np.nanmean(v)) for k, v in ceiling.items()}
+            agg["ceiling"] = calibrated.full_depth_ceiling(agg["ceiling_split_half"])
             if base is not None:
                 agg["normalised"] = {
                     k: calibrated.normalise(agg[k], agg["baseline"][k], agg["ceiling"][k]) for k in calibrated.NAMES
