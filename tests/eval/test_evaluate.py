@@ -80,3 +80,13 @@ def test_ceiling_is_spearman_brown_for_agreement_metrics_only():
     assert out["pds_cosine"] == 2.0 * 0.5 / 1.5
     assert np.isnan(out["de_jaccard"]) and np.isnan(out["de_direction"])
     assert out["lfc_nmae"] == 0.7
+
+
+def test_small_pages_restores_numpys_setting():
+    from biojepac.eval.stats import small_pages
+
+    toggle = np._core.multiarray._set_madvise_hugepage
+    before = toggle(True)
+    with small_pages():
+        assert toggle(False) is False  # off inside
+    assert toggle(before) is True  # back on after

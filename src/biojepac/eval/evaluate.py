@@ -25,7 +25,7 @@ from biojepac.io import write_text_atomic
 from biojepac.eval import bootstrap, calibrated, vcc
 from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
 from biojepac.eval.report_metrics import report_metrics
-from biojepac.eval.stats import Summary, summarize
+from biojepac.eval.stats import Summary, small_pages, summarize
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -73,6 +73,7 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     print(f"wrote {', '.join(out['paths'].values())}  ({out['seconds']:.1f} s)")
 
 
+@small_pages()
 def evaluate(
     pred: ad.AnnData | str | pathlib.Path,
     real: ad.AnnData | str | pathlib.Path,
