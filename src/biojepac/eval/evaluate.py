@@ -126,7 +126,8 @@ def evaluate(
     ceiling = None
     if use_cal:
         half_a, half_b = calibrated.split_halves(real_sc, seed)
-        sa, sb = summarize(half_a, with_de=True), summarize(half_b, with_de=True)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            sa, sb = pool.map(lambda half: summarize(half, with_de=True), (half_a, half_b))
         ceiling = calibrated.calibrated_metrics(half_b, sb, sa)
 
     agg = _aggregate(user, base, ceiling, n_boot, seed)
