@@ -1,5 +1,7 @@
 """Vectorised Mann-Whitney vs scipy's, one (perturbation, gene) at a time, on data full of ties."""
 
+import dataclasses
+
 import numpy as np
 import scipy.stats
 
@@ -31,17 +33,33 @@ def test_mwu_matches_scipy_asymptotic_with_ties_and_zeros():
     np.testing.assert_array_equal(ours64, ours)
 
 
-def test_gene_blocks_and_threads_do_not_change_pvalues(screen_factory, monkeypatch):
-    """Blocks of 16 genes (many blocks, run in 2 threads) give the same p-values, bit for bit, as one block."""
+def test_threads_and_layouts_do_not_change_pvalues(screen_factory):
+    """1 or 3 threads (different gene chunks), CSR, CSC or dense input: the same sums and p-values, bit for bit."""
+    import scipy.sparse as sp
+
     from biojepac.eval import stats
     from biojepac.eval.inputs import read_screen
 
     screen = read_screen(screen_factory(1, n_genes=120), pert_col="target_gene", control="non-targeting")
-    whole = stats.summarize(screen, with_de=True, n_threads=1).pval
-    monkeypatch.setattr(stats, "BLOCK_ENTRIES", 1)  # clipped to the minimum block of 16 genes
-    blocked = stats.summarize(screen, with_de=True, n_threads=2).pval
-    np.testing.assert_array_equal(blocked, whole)
-    assert (whole < 0.01).any() and (whole == 1.0).any()  # real effects and all-zero genes are both present
+    whole = stats.summarize(screen, with_de=True, n_threads=1)
+    for x in (screen.x, sp.csc_matrix(screen.x), screen.x.toarray()):
+        other = stats.summarize(dataclasses.replace(screen, x=x), with_de=True, n_threads=3)
+        np.testing.assert_array_equal(other.pval, whole.pval)
+        np.testing.assert_array_equal(other.mean, whole.mean)
+    without_de = stats.summarize(screen, with_de=False)
+    np.testing.assert_allclose(without_de.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(without_de.var, whole.var, rtol=1e-9, atol=1e-12)
+    assert (whole.pval < 0.01).any() and (whole.pval == 1.0).any()  # real effects and all-zero genes
+
+
+def test_radix_sort_equals_numpy_sort():
+    rng = np.random.default_rng(5)
+    spare, hist = np.empty(5000, np.int64), np.zeros(1 << mwu.RADIX_BITS, np.int64)
+    for n, high in [(0, 2), (1, 2), (20, 2**40), (33, 5), (4000, 2**45), (4000, 2**62)]:
+        key = rng.integers(0, high, n).astype(np.int64)
+        ref = np.sort(key)
+        mwu._radix_sort(key, spare, hist)
+        np.testing.assert_array_equal(key, ref)
 
 
 def test_bh_fdr_equals_scipy_bit_for_bit():

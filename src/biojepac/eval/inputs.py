@@ -13,6 +13,7 @@ import dataclasses
 import pathlib
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -28,8 +29,6 @@ FRACTION_EPS = 1e-3
 """A value counts as fractional when its fractional part exceeds this (cell-eval's `epsilon`)."""
 ROW_CHUNK = 256
 """Cells per chunk when summing counts per cell."""
-VALUE_CHUNK = 1 << 20
-"""Non-zero values per chunk in the normalisation and the counts-vs-log check (bounded temporaries)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +37,10 @@ class Screen:
 
     name: str
     """Where it came from (file path or a label), used in error messages and the report."""
-    x: sp.csc_matrix | np.ndarray | None
-    """Cells x genes, log1p-normalised, float32 or float64; sparse input is held as CSC (gene blocks are then
-    contiguous). Owned by the Screen, never the caller's matrix. None once it is no longer needed."""
+    x: sp.csr_matrix | np.ndarray | None
+    """Cells x genes, log1p-normalised, float32 or float64, CSR or dense, canonical (no duplicate entries).
+    Never modified: it is either the caller's matrix, only read, or our own normalised copy. None once it
+    is no longer needed."""
     codes: np.ndarray
     """Group per cell: 0 = control, 1..P = `perts[code - 1]`."""
     perts: np.ndarray
@@ -76,14 +76,13 @@ def read_screen(
     # Control gets code 0; perturbations keep their sorted order as 1..P.
     codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
     x = _as_matrix(x, name)
+    if sp.issparse(x) and not x.has_canonical_format:  # duplicate entries add up, as in scipy
+        x = x if owned else x.copy()
+        x.sum_duplicates()
+        owned = True
     was_counts = not is_lognorm(x, name)
-    if sp.issparse(x):
-        totals = _cell_totals(x) if was_counts else None  # before tocsc: CSR rows are contiguous
-        x = x.tocsc(copy=not owned)  # a new matrix either way: the caller's is never touched below
-        if was_counts:
-            _normalize_counts_sparse(x, totals)
-        x.eliminate_zeros()
-        x.sort_indices()
+    if was_counts and sp.issparse(x):  # normalised in place on our own copy: the caller's is never touched
+        x = _normalize_counts_sparse(x if owned else x.copy())
     elif was_counts:
         x = _normalize_counts_dense(x, copy=not owned)
     return Screen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
@@ -92,18 +91,31 @@ def read_screen(
 def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
     """cell-eval's rule: no fractional values -> counts; otherwise it must look like log1p."""
     vals = (x.data if sp.issparse(x) else x).reshape(-1)
-    if vals.size and float(vals.min()) < 0:
-        raise InputError(f"{name}: negative expression value {float(vals.min()):.3g}; expected counts or log1p")
-    chunk = VALUE_CHUNK
-    if not any(np.any(np.modf(vals[i : i + chunk])[0] > FRACTION_EPS) for i in range(0, vals.size, chunk)):
+    if vals.size == 0:
         return False
-    vmax = float(vals.max())
+    eps = vals.dtype.type(FRACTION_EPS) if vals.dtype.kind == "f" else FRACTION_EPS  # compare in the data's precision
+    vmin, vmax, fractional = _value_range(vals, eps)
+    if vmin < 0:
+        raise InputError(f"{name}: negative expression value {float(vmin):.3g}; expected counts or log1p")
+    if not fractional:
+        return False
     if vmax >= LOG1P_MAX:
         raise InputError(
-            f"{name}: fractional values up to {vmax:.3g} >= {LOG1P_MAX}; log1p-normalised data must lie in "
+            f"{name}: fractional values up to {float(vmax):.3g} >= {LOG1P_MAX}; log1p-normalised data must lie in "
             f"[0, {LOG1P_MAX}). Pass raw integer counts or log1p(normalised) values, not a mix."
         )
     return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _value_range(vals, eps):
+    """(min, max, whether any value's fractional part exceeds eps) in one pass."""
+    vmin, vmax, fractional = vals[0], vals[0], False
+    for v in vals:
+        vmin = min(vmin, v)
+        vmax = max(vmax, v)
+        fractional |= v - np.floor(v) > eps  # modf's fractional part, for the values >= 0 that count
+    return vmin, vmax, fractional
 
 
 def check_pair(real: Screen, other: Screen) -> None:
@@ -129,30 +141,11 @@ def check_pair(real: Screen, other: Screen) -> None:
         )
 
 
-def gene_blocks(x: sp.csc_matrix | np.ndarray, block: int):
-    """Yield (start, stop, rows, local_cols, values) for the non-zero entries of each block of genes.
-
-    CSC blocks are contiguous slices (no copy of the values); dense input is sliced per block. Either way
-    only one block of entries is alive at a time.
-    """
-    n_genes = x.shape[1]
-    for start in range(0, n_genes, block):
-        stop = min(start + block, n_genes)
-        if sp.issparse(x):
-            lo, hi = x.indptr[start], x.indptr[stop]
-            cols = np.repeat(np.arange(stop - start), np.diff(x.indptr[start : stop + 1]))
-            yield start, stop, x.indices[lo:hi].astype(np.int64), cols, x.data[lo:hi]
-        else:
-            sub = np.asarray(x[:, start:stop])
-            cols, rows = np.nonzero(sub.T)  # grouped by gene, as for CSC
-            yield start, stop, rows, cols, sub[rows, cols]
-
-
 def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
     if x is None:
         raise InputError(f"{name}: X is empty")
     if sp.issparse(x):
-        x = sp.csr_matrix(x) if not isinstance(x, (sp.csr_matrix, sp.csc_matrix)) else x
+        x = x if isinstance(x, sp.csr_matrix) else sp.csr_matrix(x)  # one layout: cells are rows
     else:
         x = np.asarray(x)
     dtype = x.dtype
@@ -161,39 +154,29 @@ def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
     return x
 
 
-def _cell_totals(x: sp.csr_matrix | sp.csc_matrix) -> np.ndarray:
-    """Per-cell sums in float64, each cell's values added in gene order (exact for integer counts).
-
-    CSR is summed a chunk of rows at a time: one bincount over the whole matrix would cast every index and
-    value to 64 bits first, and fresh memory is slow to fault in on a VM.
-    """
-    if isinstance(x, sp.csc_matrix):
-        return np.bincount(x.indices, weights=x.data, minlength=x.shape[0])
-    totals = np.empty(x.shape[0])
-    for lo in range(0, x.shape[0], ROW_CHUNK):
-        hi = min(lo + ROW_CHUNK, x.shape[0])
-        rows = np.repeat(np.arange(hi - lo), np.diff(x.indptr[lo : hi + 1]))
-        totals[lo:hi] = np.bincount(rows, weights=x.data[x.indptr[lo] : x.indptr[hi]], minlength=hi - lo)
-    return totals
-
-
-def _normalize_counts_sparse(x: sp.csc_matrix, totals: np.ndarray) -> None:
-    """scanpy's `normalize_total` (median target) + `log1p`, in place on our own CSC copy.
+def _normalize_counts_sparse(x: sp.csr_matrix) -> sp.csr_matrix:
+    """scanpy's `normalize_total` (median target) + `log1p`, in place on our own CSR copy.
 
     Same float operations as scanpy 1.11's CSR path, so bit-identical to what cell-eval does in place
-    (checked in tests): per-cell totals (`_cell_totals`), target = median over all cells, values divided by
-    total/target in the matrix dtype, then log1p. In place, a chunk at a time (no matrix-sized temporaries).
-    Avoids importing scanpy (slow).
+    (checked in tests): per-cell totals in float64, target = median over all cells, values divided by
+    total/target in the matrix dtype, then log1p. A chunk of cells at a time (no matrix-sized
+    temporaries). Avoids importing scanpy (slow).
     """
     if np.issubdtype(x.dtype, np.integer):
         x.data = x.data.astype(np.float32)
+    chunks = [(lo, min(lo + ROW_CHUNK, x.shape[0])) for lo in range(0, x.shape[0], ROW_CHUNK)]
+    totals = np.empty(x.shape[0])
+    for lo, hi in chunks:
+        rows = np.repeat(np.arange(hi - lo), np.diff(x.indptr[lo : hi + 1]))
+        totals[lo:hi] = np.bincount(rows, weights=x.data[x.indptr[lo] : x.indptr[hi]], minlength=hi - lo)
     totals = totals.astype(x.data.dtype)
     scale = totals / np.median(totals)
     scale = scale + (scale == 0)
-    for lo in range(0, x.nnz, VALUE_CHUNK):
-        vals = x.data[lo : lo + VALUE_CHUNK]
-        np.divide(vals, scale[x.indices[lo : lo + VALUE_CHUNK]], out=vals)
+    for lo, hi in chunks:
+        vals = x.data[x.indptr[lo] : x.indptr[hi]]
+        np.divide(vals, np.repeat(scale[lo:hi], np.diff(x.indptr[lo : hi + 1])), out=vals)
         np.log1p(vals, out=vals)
+    return x
 
 
 def _normalize_counts_dense(x: np.ndarray, copy: bool) -> np.ndarray:

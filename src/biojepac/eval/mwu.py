@@ -1,38 +1,46 @@
-"""Mann-Whitney U of every perturbation against the control, for a block of genes at once, plus BH FDR.
+"""Mann-Whitney U of every perturbation against the control, for every gene at once, plus BH FDR.
 
 Matches pdex (cell-eval's DE library) as cell-eval calls it: two-sided, asymptotic normal approximation,
 tie-corrected variance, continuity correction 0.5, and p = 1 when every value is tied.
 
-How it works. Zeros dominate single-cell data and are all tied, so they are handled in closed form; only
-non-zero entries are sorted, each gene's entries by (value, group) with the control as group 0. One pass
-over that order (`_scan_sorted`, compiled with numba: a plain loop, where numpy needed a dozen passes
-over the block) walks the runs of equal values. A run holding `a` control cells and, per perturbation
-p, `b` cells of p adds to U(p)
+How it works, in three compiled (numba) passes over the non-zero entries; zeros dominate single-cell data
+and are all tied, so they are handled in closed form.
+1. `matrix_keys`: each non-zero entry becomes one int64 key, (value key << group bits) | group, with the
+   control as group 0, written straight into gene-major order (one counting-sort pass over the cells:
+   no transposed copy of the matrix). Non-negative float32 values sort like their bit patterns.
+2. `_sort_and_scan`, per gene: a radix sort of its keys (3.5x faster than numpy's sort on these short
+   runs), so that entries come by (value, group).
+3. In the same loop, one walk over the runs of equal values. A run holding `a` control cells and, per
+   perturbation p, `b` cells of p adds to U(p)
 
-    b * (control non-zeros below the run + a / 2)
+       b * (control non-zeros below the run + a / 2)
 
-and the tie term of pdex's variance, sum over tie groups of (t^3 - t) in (p + control), is
+   and the tie term of pdex's variance, sum over tie groups of (t^3 - t) in (p + control), is
 
-    ties(p) = sum over runs of (a^3 - a) + sum over p's runs of ((a+b)^3 - a^3 - b) + (z^3 - z)
+       ties(p) = sum over runs of (a^3 - a) + sum over p's runs of ((a+b)^3 - a^3 - b) + (z^3 - z)
 
-with z = z_p + z_c the zeros of p and of the control; U(p) gains z_c for each non-zero of p (every
-control zero lies below it) and z_p * z_c / 2 for the tied zeros. All terms are exact integers or halves
-in float64, so U and the tie term equal pdex's bit for bit whatever the summation order. The same pass
-sums each group's values and squares, so the means come with the p-values.
+   with z = z_p + z_c the zeros of p and of the control; U(p) gains z_c for each non-zero of p (every
+   control zero lies below it) and z_p * z_c / 2 for the tied zeros. All terms are exact integers or
+   halves in float64, so U and the tie term equal pdex's bit for bit whatever the summation order. The
+   walk also sums each group's values and squares, so the means come with the p-values.
 """
 
+import concurrent.futures
 import dataclasses
 
-import beartype
 import numba
 import numpy as np
+import scipy.sparse as sp
 import scipy.special
-from jaxtyping import Float, Int, jaxtyped
+from jaxtyping import Float
+
+RADIX_BITS = 11
+"""Bits per radix-sort pass: 2,048 buckets, three passes for a typical gene's span of keys."""
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockStats:
-    """Per (group, gene) results for one block of genes; row 0 is the control."""
+class GroupStats:
+    """Per (group, gene) results; row 0 is the control."""
 
     sums: np.ndarray
     """Sum of the values, (groups x genes), float64."""
@@ -42,64 +50,134 @@ class BlockStats:
     """Two-sided Mann-Whitney p-value of each perturbation vs the control, (perts x genes)."""
 
 
-@jaxtyped(typechecker=beartype.beartype)
-def block_stats(
-    cols: Int[np.ndarray, " nnz"],
-    vals: np.ndarray,
-    groups: Int[np.ndarray, " nnz"],
-    n_per_group: Int[np.ndarray, " groups"],
-    n_cols: int,
-) -> BlockStats:
-    """Sums, sums of squares and p-values of groups 1..P vs group 0, for `n_cols` genes given as non-zero
-    entries. `cols` is each entry's gene (non-decreasing: entries grouped by gene, as
-    `inputs.gene_blocks` yields them), `groups` its cell's group (0 = control).
+def group_bits(n_groups: int) -> int:
+    """Bits that hold a group code 0..n_groups-1 in the low end of a key."""
+    return max(int(n_groups - 1).bit_length(), 1)
+
+
+def matrix_keys(x: sp.spmatrix | np.ndarray, codes: np.ndarray, gbits: int) -> tuple[np.ndarray, ...]:
+    """(keys, gene_ptr, table): the non-zero entries of a cells x genes matrix as keys in gene-major order,
+    gene g's keys at keys[gene_ptr[g]:gene_ptr[g+1]]; `table` maps a value key back to its value (empty:
+    the key is the float32 bit pattern). The matrix is only read."""
+    if sp.issparse(x):
+        x = x if x.format == "csr" else x.tocsr()
+        vkey, table = _value_key(x.data)
+        keys, ptr = _csr_keys(x.indptr, x.indices, x.data, vkey, codes, gbits, x.shape[1])
+    else:
+        vkey, table = _value_key(x.reshape(-1))
+        keys, ptr = _dense_keys(x, vkey.reshape(x.shape), codes, gbits)
+    return keys, ptr, table
+
+
+def group_stats(keys, ptr, table, gbits: int, n_per_group: np.ndarray, n_threads: int = 1) -> GroupStats:
+    """Sums, sums of squares and p-values of groups 1..P vs group 0 from gene-major keys (`matrix_keys`).
+
+    `keys` is sorted in place, gene by gene. Genes are cut into chunks of about equal entries that
+    `n_threads` threads process at once (the compiled loop releases the GIL).
     """
-    n_groups = len(n_per_group)
-    gbits = max(int(n_groups - 1).bit_length(), 1)
-    # One int64 key per entry that sorts by (value, group); non-negative floats sort like their bits.
-    key, table = _value_key(vals)
-    assert int(key.max(initial=0)).bit_length() + gbits <= 63, "too many distinct values to pack"
-    key <<= gbits
-    key |= groups
-    # Each gene's run sorted on its own: cache-resident sorts (numpy's vectorised sort beats numba's).
-    bounds = np.searchsorted(cols, np.arange(n_cols + 1))
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        if hi - lo > 1:
-            key[lo:hi].sort()
-    sums, sumsq, nnz, u_nz, ties_nz, ctrl_ties = _scan_sorted(key, bounds, gbits, n_groups, table)
+    n_groups, n_genes = len(n_per_group), len(ptr) - 1
+    sums, sumsq, nnz, u, ties = (np.zeros((n_groups, n_genes)) for _ in range(5))
+    ctrl_ties = np.zeros(n_genes)
+    n_chunks = max(1, 8 * n_threads)
+    cuts = np.unique(np.searchsorted(ptr, np.linspace(0, ptr[-1], n_chunks + 1)).clip(0, n_genes))
+    cuts[0], cuts[-1] = 0, n_genes
+
+    def run(lo: int, hi: int) -> None:
+        _sort_and_scan(keys, ptr, lo, hi, gbits, table, sums, sumsq, nnz, u, ties, ctrl_ties)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, n_threads)) as pool:
+        list(pool.map(run, cuts[:-1].tolist(), cuts[1:].tolist()))
 
     zeros_ctrl = n_per_group[0] - nnz[0]
     n1 = n_per_group[1:, None].astype(np.float64)
     zeros_pert = n1 - nnz[1:]
     zeros = zeros_pert + zeros_ctrl[None, :]
-    u1 = u_nz[1:] + nnz[1:] * zeros_ctrl[None, :] + 0.5 * zeros_pert * zeros_ctrl[None, :]
-    ties = ctrl_ties[None, :] + ties_nz[1:] + (zeros - 1.0) * zeros * (zeros + 1.0)
-    return BlockStats(sums, sumsq, _pvalue(u1, n1, float(n_per_group[0]), ties))
+    u1 = u[1:] + nnz[1:] * zeros_ctrl[None, :] + 0.5 * zeros_pert * zeros_ctrl[None, :]
+    tie_term = ctrl_ties[None, :] + ties[1:] + (zeros - 1.0) * zeros * (zeros + 1.0)
+    return GroupStats(sums, sumsq, _pvalue(u1, n1, float(n_per_group[0]), tie_term))
 
 
 def mwu_pvalues(cols, vals, groups, n_per_group, n_cols: int) -> np.ndarray:
-    """Only the p-values of `block_stats`, (perts x genes)."""
-    return block_stats(cols, vals, groups, n_per_group, n_cols).pval
+    """p-values (perts x genes) from non-zero entries given as arrays: `cols` each entry's gene
+    (non-decreasing), `vals` its value, `groups` its cell's group (0 = control)."""
+    gbits = group_bits(len(n_per_group))
+    vkey, table = _value_key(vals)
+    keys = (vkey.astype(np.int64) << gbits) | groups
+    ptr = np.searchsorted(cols, np.arange(n_cols + 1))
+    return group_stats(keys, ptr, table, gbits, np.asarray(n_per_group)).pval
+
+
+def _value_key(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An integer key per value that sorts like the (non-negative) values, and the table mapping a key back
+    to its value: float32 bit patterns (empty table), else dense ranks into the unique values."""
+    if vals.dtype != np.float32 and vals.size and np.array_equal(vals.astype(np.float32), vals):
+        vals = vals.astype(np.float32)  # float64 holding float32 values: same order, same values
+    if vals.dtype == np.float32:
+        return vals.view(np.int32), np.zeros(0)
+    uniq, inv = np.unique(vals, return_inverse=True)
+    assert int(len(uniq)).bit_length() <= 40, "too many distinct values to pack into a key"
+    return inv.reshape(vals.shape).astype(np.int64), uniq.astype(np.float64)
 
 
 @numba.njit(nogil=True, cache=True)
-def _scan_sorted(key, bounds, gbits, n_groups, table):
-    """One pass over each gene's sorted keys: per (group, gene) sums, sums of squares and non-zero counts;
-    per perturbation U over its non-zeros and its share of the tie term; per gene the control's ties."""
-    n_cols = len(bounds) - 1
-    sums = np.zeros((n_groups, n_cols))
-    sumsq = np.zeros((n_groups, n_cols))
-    nnz = np.zeros((n_groups, n_cols))
-    u = np.zeros((n_groups, n_cols))
-    ties = np.zeros((n_groups, n_cols))
-    ctrl_ties = np.zeros(n_cols)
+def _csr_keys(indptr, indices, data, vkey, codes, gbits, n_genes):
+    """Keys of a CSR matrix's non-zero entries in gene-major order (a counting sort by gene)."""
+    ptr = np.zeros(n_genes + 1, np.int64)
+    for j in range(len(indices)):
+        if data[j] != 0:  # stored zeros are zeros
+            ptr[indices[j] + 1] += 1
+    for g in range(n_genes):
+        ptr[g + 1] += ptr[g]
+    fill = ptr[:-1].copy()
+    keys = np.empty(ptr[n_genes], np.int64)
+    for r in range(len(indptr) - 1):
+        for j in range(indptr[r], indptr[r + 1]):
+            if data[j] != 0:
+                g = indices[j]
+                keys[fill[g]] = (np.int64(vkey[j]) << gbits) | codes[r]
+                fill[g] += 1
+    return keys, ptr
+
+
+@numba.njit(nogil=True, cache=True)
+def _dense_keys(x, vkey, codes, gbits):
+    """As `_csr_keys`, for a dense cells x genes array."""
+    n_cells, n_genes = x.shape
+    ptr = np.zeros(n_genes + 1, np.int64)
+    for r in range(n_cells):
+        for g in range(n_genes):
+            if x[r, g] != 0:
+                ptr[g + 1] += 1
+    for g in range(n_genes):
+        ptr[g + 1] += ptr[g]
+    fill = ptr[:-1].copy()
+    keys = np.empty(ptr[n_genes], np.int64)
+    for r in range(n_cells):
+        for g in range(n_genes):
+            if x[r, g] != 0:
+                keys[fill[g]] = (np.int64(vkey[r, g]) << gbits) | codes[r]
+                fill[g] += 1
+    return keys, ptr
+
+
+@numba.njit(nogil=True, cache=True)
+def _sort_and_scan(keys, ptr, lo, hi, gbits, table, sums, sumsq, nnz, u, ties, ctrl_ties):
+    """For genes lo..hi-1: sort each gene's keys, then walk its runs of equal values (module docstring),
+    adding into the (groups x genes) outputs' columns of these genes."""
+    longest = 0
+    for g in range(lo, hi):
+        longest = max(longest, ptr[g + 1] - ptr[g])
+    spare = np.empty(longest, np.int64)
+    hist = np.zeros(1 << RADIX_BITS, np.int64)
     bits = np.zeros(1, np.int32)
     as_float = bits.view(np.float32)  # float32 values are keyed by their bit pattern
     gmask = (1 << gbits) - 1
-    for g in range(n_cols):
+    for g in range(lo, hi):
+        key = keys[ptr[g] : ptr[g + 1]]
+        _radix_sort(key, spare, hist)
         below = 0  # control non-zeros below the current run of equal values
-        i, hi = bounds[g], bounds[g + 1]
-        while i < hi:
+        i, n = 0, len(key)
+        while i < n:
             vkey = key[i] >> gbits
             if len(table):
                 value = table[vkey]
@@ -107,7 +185,7 @@ def _scan_sorted(key, bounds, gbits, n_groups, table):
                 bits[0] = vkey
                 value = np.float64(as_float[0])
             a = 0  # control cells holding this value: group 0 sorts first
-            while i < hi and key[i] == vkey << gbits:
+            while i < n and key[i] == vkey << gbits:
                 a += 1
                 i += 1
             if a:
@@ -115,10 +193,10 @@ def _scan_sorted(key, bounds, gbits, n_groups, table):
                 sumsq[0, g] += a * value * value
                 nnz[0, g] += a
                 ctrl_ties[g] += (a - 1) * a * (a + 1)
-            while i < hi and key[i] >> gbits == vkey:
+            while i < n and key[i] >> gbits == vkey:
                 grp = key[i] & gmask
                 start = i
-                while i < hi and key[i] == key[start]:
+                while i < n and key[i] == key[start]:
                     i += 1
                 b = i - start
                 sums[grp, g] += b * value
@@ -127,7 +205,43 @@ def _scan_sorted(key, bounds, gbits, n_groups, table):
                 u[grp, g] += b * (below + 0.5 * a)
                 ties[grp, g] += b * (3 * a * (a + b) + b * b - 1)  # (a+b)^3 - a^3 - b
             below += a
-    return sums, sumsq, nnz, u, ties, ctrl_ties
+
+
+@numba.njit(nogil=True, cache=True)
+def _radix_sort(key, spare, hist):
+    """Sort non-negative int64 keys in place: insertion sort for a few, else LSD radix over the span."""
+    n = len(key)
+    if n <= 32:
+        for i in range(1, n):
+            v = key[i]
+            k = i - 1
+            while k >= 0 and key[k] > v:
+                key[k + 1] = key[k]
+                k -= 1
+            key[k + 1] = v
+        return
+    low, high = key.min(), key.max()
+    src, dst = key, spare[:n]
+    mask = (1 << RADIX_BITS) - 1
+    shift, passes = 0, 0
+    while shift < 63 and (high - low) >> shift:
+        hist[:] = 0
+        for i in range(n):
+            hist[((src[i] - low) >> shift) & mask] += 1
+        total = 0
+        for d in range(mask + 1):
+            count = hist[d]
+            hist[d] = total
+            total += count
+        for i in range(n):
+            d = ((src[i] - low) >> shift) & mask
+            dst[hist[d]] = src[i]
+            hist[d] += 1
+        src, dst = dst, src
+        shift += RADIX_BITS
+        passes += 1
+    if passes % 2:  # the sorted keys ended in the spare buffer
+        key[:] = src
 
 
 def _pvalue(u1: np.ndarray, n1: np.ndarray, n2: float, ties: np.ndarray) -> np.ndarray:
@@ -140,15 +254,6 @@ def _pvalue(u1: np.ndarray, n1: np.ndarray, n2: float, ties: np.ndarray) -> np.n
         z = (u - mu - 0.5) / np.sqrt(s_sq)
         p = 0.5 * scipy.special.erfc(z / np.sqrt(2.0)) * 2.0
     return np.where(s_sq <= 0.0, 1.0, np.clip(p, 0.0, 1.0))
-
-
-def _value_key(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An int64 key that sorts like the (non-negative) values, and the table mapping it back to the value:
-    float32 bit patterns (empty table: the bits are the value), else dense ranks into the unique values."""
-    if vals.dtype == np.float32:
-        return vals.view(np.int32).astype(np.int64), np.zeros(0)
-    uniq, inv = np.unique(vals, return_inverse=True)
-    return inv.astype(np.int64), uniq.astype(np.float64)
 
 
 def bh_fdr(p: Float[np.ndarray, "perts genes"]) -> Float[np.ndarray, "perts genes"]:

@@ -1,12 +1,10 @@
-"""One streaming pass over a file's genes that yields every per-group summary the metrics need.
+"""Every per-group summary the metrics need, from one pass over a file's non-zero entries.
 
-For each block of genes: the group sums and sums of squares (pseudobulk means, t-test variances) and, when
-asked, the Mann-Whitney p-values of every perturbation against this file's own controls. Memory is one
-block of non-zero entries plus (groups x genes) summaries; the dense matrix is never built.
+The group sums and sums of squares (pseudobulk means, t-test variances) and, when asked, the Mann-Whitney
+p-values of every perturbation against this file's own controls (`mwu`). Memory is one int64 key per
+non-zero entry plus (groups x genes) summaries; the dense matrix is never built.
 """
 
-import collections
-import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
@@ -14,17 +12,15 @@ import dataclasses
 import functools
 import os
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
 from biojepac.eval import mwu
-from biojepac.eval.inputs import Screen, gene_blocks
+from biojepac.eval.inputs import Screen
 
-BLOCK_ENTRIES = 300_000
-"""Target number of non-zero entries per gene block: about 25 MB of temporaries per block in flight, small
-enough for malloc to reuse between blocks (fresh memory is slow to fault in, notably on VMs)."""
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
-"""Blocks processed at once (threads; numpy releases the GIL in the heavy parts)."""
+"""Threads for the Mann-Whitney pass (its compiled loop releases the GIL)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,45 +56,45 @@ class Summary:
 
 
 def summarize(screen: Screen, *, with_de: bool, n_threads: int = N_THREADS) -> Summary:
-    """Group means, variances and (optionally) MWU p-values in one pass over blocks of genes.
+    """Group means, variances and (optionally) MWU p-values, each from one compiled pass over the entries.
 
-    Blocks are independent, so `n_threads` of them run at once (numpy's sort and ufuncs release the GIL);
-    at most 2 * n_threads blocks are in flight, which bounds memory.
+    With DE, the Mann-Whitney pass (`mwu.group_stats`) sums the values too, on `n_threads` threads.
     """
-    _reuse_freed_memory()
     n = screen.n_cells_per_group
-    n_groups, n_genes = len(n), screen.x.shape[1]
-    sums = np.zeros((n_groups, n_genes))
-    sumsq = np.zeros((n_groups, n_genes))
-    pval = np.ones((n_groups - 1, n_genes)) if with_de else None
-    nnz = screen.x.nnz if sp.issparse(screen.x) else np.count_nonzero(screen.x)
-    block = int(np.clip(BLOCK_ENTRIES * n_genes // max(nnz, 1), 16, 1 << 16))
-
-    def one_block(start, stop, rows, cols, vals):
-        width = stop - start
-        groups = screen.codes[rows]
-        if with_de:  # the Mann-Whitney pass sums the values too
-            block = mwu.block_stats(cols, vals, groups, n, width)
-            sums[:, start:stop], sumsq[:, start:stop], pval[:, start:stop] = block.sums, block.sumsq, block.pval
-            return
-        flat = groups * width + cols
-        v64 = vals.astype(np.float64)
-        shape = (n_groups, width)
-        sums[:, start:stop] = np.bincount(flat, weights=v64, minlength=n_groups * width).reshape(shape)
-        sumsq[:, start:stop] = np.bincount(flat, weights=v64 * v64, minlength=n_groups * width).reshape(shape)
-
-    with concurrent.futures.ThreadPoolExecutor(max(1, n_threads)) as pool:
-        pending: collections.deque = collections.deque()
-        for args in gene_blocks(screen.x, block):
-            pending.append(pool.submit(one_block, *args))
-            if len(pending) >= 2 * n_threads:
-                pending.popleft().result()
-        for fut in pending:
-            fut.result()
+    if with_de:
+        gbits = mwu.group_bits(len(n))
+        keys, ptr, table = mwu.matrix_keys(screen.x, screen.codes, gbits)
+        stats = mwu.group_stats(keys, ptr, table, gbits, n, n_threads)
+        sums, sumsq, pval = stats.sums, stats.sumsq, stats.pval
+    else:
+        sums, sumsq = _group_sums(screen.x, screen.codes, len(n))
+        pval = None
     mean = sums / n[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         var = np.clip(sumsq - n[:, None] * mean**2, 0.0, None) / (n[:, None] - 1)
     return Summary(n, mean, var, pval)
+
+
+def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per (group, gene) sums and sums of squares, in float64."""
+    if sp.issparse(x):
+        x = x if x.format == "csr" else x.tocsr()
+        return _csr_group_sums(x.indptr, x.indices, x.data, codes, n_groups, x.shape[1])
+    sums = np.stack([x[codes == k].sum(axis=0, dtype=np.float64) for k in range(n_groups)])
+    sumsq = np.stack([np.square(x[codes == k], dtype=np.float64).sum(axis=0) for k in range(n_groups)])
+    return sums, sumsq
+
+
+@numba.njit(nogil=True, cache=True)
+def _csr_group_sums(indptr, indices, data, codes, n_groups, n_genes):
+    sums = np.zeros((n_groups, n_genes))
+    sumsq = np.zeros((n_groups, n_genes))
+    for r in range(len(indptr) - 1):
+        for j in range(indptr[r], indptr[r + 1]):
+            v = np.float64(data[j])
+            sums[codes[r], indices[j]] += v
+            sumsq[codes[r], indices[j]] += v * v
+    return sums, sumsq
 
 
 @contextlib.contextmanager
@@ -119,49 +115,53 @@ def small_pages():
             toggle(previous)
 
 
-@functools.cache
-def _reuse_freed_memory() -> None:
-    """Ask glibc to keep block-sized temporaries in its heap and not hand freed memory back at once.
-
-    By default every block's arrays (a few MB each) are mmapped and unmapped again, so each block pays page
-    faults for fresh memory, which on a VM cost as much as the arithmetic. This keeps up to 256 MB of freed
-    heap per process; matrix-sized arrays (> 32 MB) are still returned to the system when freed.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
-        libc.mallopt(m_mmap_threshold, 32 << 20)
-        libc.mallopt(m_trim_threshold, 256 << 20)
-    except (OSError, AttributeError):  # not glibc: only slower
-        pass
-
-
-def pdex_lfc(screen: Screen, pert_code: int, genes: np.ndarray) -> np.ndarray:
-    """pdex's float32 log2 fold change for a few genes of one perturbation, reproduced bit for bit.
+def pdex_lfc(screen: Screen):
+    """pdex's float32 log2 fold change for a few genes of one perturbation, reproduced bit for bit:
+    returns `lfc(pert_code, genes)`.
 
     Needed only to order genes whose |LFC| may tie at the top-N cut of DES. pdex averages in float32 in
     row order (sparse: scale each value by 1/n, then sum; dense: sum, then divide) and applies the C
-    library's `expm1f`; we do the same on just these columns.
+    library's `expm1f`; we do the same on just these columns. The control cells are taken out once (as
+    CSC, where picking a few genes is cheap), since every perturbation needs them.
     """
-    out = []
-    for code in (pert_code, 0):
-        rows = np.flatnonzero(screen.codes == code)
-        sub = screen.x[:, genes][rows]  # columns first: cheap on CSC
-        dtype = np.float32 if sub.dtype == np.float32 else np.float64
-        acc = np.zeros(len(genes), dtype)
-        if sp.issparse(sub):
-            sub = sp.csc_matrix(sub)
-            sub.sort_indices()  # row order within each gene = pdex's summation order
-            cols = np.repeat(np.arange(len(genes)), np.diff(sub.indptr))
-            np.add.at(acc, cols, sub.data.astype(dtype) * dtype(1.0 / len(rows)))
-        else:
-            for row in np.asarray(sub, dtype=dtype):
-                acc += row
-            acc = (acc.astype(np.float64) / len(rows)).astype(dtype)
-        out.append((_expm1f(acc) if dtype == np.float32 else np.expm1(acc)).astype(np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lfc = np.log2(out[0] / out[1])
-    return np.where(np.isnan(lfc), 0.0, lfc).astype(np.float32)
+    def cells(code: int):
+        return screen.x[np.flatnonzero(screen.codes == code)]
+
+    control = cells(0)
+    control = sp.csc_matrix(control) if sp.issparse(control) else control  # picking genes is cheap in CSC
+
+    def lfc(pert_code: int, genes: np.ndarray) -> np.ndarray:
+        out = [_pdex_expm1_mean(cells(pert_code), genes), _pdex_expm1_mean(control, genes)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.log2(out[0] / out[1])
+        return np.where(np.isnan(ratio), 0.0, ratio).astype(np.float32)
+
+    return lfc
+
+
+def _pdex_expm1_mean(sub: sp.spmatrix | np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """expm1 of the mean over the rows of `sub` for `genes`, in pdex's precision and summation order
+    (each gene's values added in row order)."""
+    n_rows = sub.shape[0]
+    dtype = np.float32 if sub.dtype == np.float32 else np.float64
+    acc = np.zeros(len(genes), dtype)
+    if sp.issparse(sub) and sub.format == "csc":
+        sub = sub[:, genes]
+        sub.sort_indices()
+        cols, vals = np.repeat(np.arange(len(genes)), np.diff(sub.indptr)), sub.data
+    elif sp.issparse(sub):  # CSR: entries already come row by row
+        slot = np.full(sub.shape[1], -1)
+        slot[genes] = np.arange(len(genes))
+        where = slot[sub.indices]
+        keep = where >= 0
+        cols, vals = where[keep], sub.data[keep]
+    if sp.issparse(sub):
+        np.add.at(acc, cols, vals.astype(dtype) * dtype(1.0 / n_rows))
+    else:
+        for row in np.asarray(sub[:, genes], dtype=dtype):
+            acc += row
+        acc = (acc.astype(np.float64) / n_rows).astype(dtype)
+    return (_expm1f(acc) if dtype == np.float32 else np.expm1(acc)).astype(np.float64)
 
 
 def _expm1f(x: np.ndarray) -> np.ndarray:

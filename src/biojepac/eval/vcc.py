@@ -80,9 +80,10 @@ def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: Screen, pred_
     hits = (real_sig & pred_sig).sum(axis=1).astype(np.float64)
     need = np.flatnonzero((n_pred > n_real) & (n_real > 0))
     approx = np.abs(pred_s.lfc[need]).astype(np.float64) if len(need) else None
+    exact_lfc = pdex_lfc(pred) if len(need) else None
     for j, i in enumerate(need):
         genes = np.flatnonzero(pred_sig[i])
-        top = _top_n(genes, approx[j, genes], int(n_real[i]), lambda g: pdex_lfc(pred, i + 1, g))
+        top = _top_n(genes, approx[j, genes], int(n_real[i]), lambda g: exact_lfc(i + 1, g))
         hits[i] = real_sig[i, top].sum()
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(n_real > 0, hits / n_real, 0.0)
