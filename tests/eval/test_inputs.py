@@ -45,3 +45,14 @@ def test_clear_errors(screen_factory):
         read_screen(bad, **kw)
     with pytest.raises(InputError, match="obs column 'perturbation'"):
         read_screen(screen_factory(2), pert_col="perturbation", control="non-targeting")
+
+
+def test_mismatch_messages_name_genes_plainly(tmp_path, screen_factory):
+    """Files read from disk hold numpy strings; messages still show 'G003', not np.str_('G003')."""
+    kw = dict(pert_col="target_gene", control="non-targeting")
+    real, reordered = screen_factory(1), screen_factory(2)
+    real.write_h5ad(tmp_path / "real.h5ad")
+    reordered[:, ::-1].copy().write_h5ad(tmp_path / "pred.h5ad")
+    with pytest.raises(InputError, match=r"position 0: 'G119' vs 'G000'") as err:
+        check_pair(read_screen(tmp_path / "real.h5ad", **kw), read_screen(tmp_path / "pred.h5ad", **kw))
+    assert "np.str_" not in str(err.value)

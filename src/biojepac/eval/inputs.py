@@ -120,22 +120,24 @@ def _value_range(vals, eps):
 
 def check_pair(real: Screen, other: Screen) -> None:
     """Same genes in the same order, and the same perturbation set."""
+
+    def names(values) -> list[str]:  # plain str, so messages read 'G1' and not np.str_('G1')
+        return sorted(map(str, values))[:5]
+
     if len(real.genes) != len(other.genes) or not np.array_equal(real.genes, other.genes):
         if set(real.genes) == set(other.genes):
             i = int(np.flatnonzero(real.genes != other.genes)[0])
             raise InputError(
                 f"{other.name}: genes are in a different order than {real.name} "
-                f"(position {i}: {other.genes[i]!r} vs {real.genes[i]!r}); reorder var to match"
+                f"(position {i}: {str(other.genes[i])!r} vs {str(real.genes[i])!r}); reorder var to match"
             )
-        missing = sorted(set(real.genes) - set(other.genes))[:5]
-        extra = sorted(set(other.genes) - set(real.genes))[:5]
+        missing, extra = names(set(real.genes) - set(other.genes)), names(set(other.genes) - set(real.genes))
         raise InputError(
             f"{other.name}: genes differ from {real.name} ({len(other.genes)} vs {len(real.genes)}; "
             f"missing e.g. {missing}, extra e.g. {extra})"
         )
     if not np.array_equal(real.perts, other.perts):
-        missing = sorted(set(real.perts) - set(other.perts))[:5]
-        extra = sorted(set(other.perts) - set(real.perts))[:5]
+        missing, extra = names(set(real.perts) - set(other.perts)), names(set(other.perts) - set(real.perts))
         raise InputError(
             f"{other.name}: perturbations differ from {real.name} (missing e.g. {missing}, extra e.g. {extra})"
         )
