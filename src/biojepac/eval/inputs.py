@@ -197,13 +197,15 @@ def make_baseline_screen(train_means: np.ndarray, real: Screen) -> Screen:
     (control group included, as cell-eval's `_build_pert_baseline` does) given to every cell of every
     real perturbation, plus the real control cells.
 
-    `train_means` is (groups x genes), log1p, from `stats.summarize(train)`.
+    `train_means` is (groups x genes), log1p, from `stats.summarize(train)`. The matrix is float32 when the
+    real file is (cell-eval's baseline of float32 data is float32 too), which also halves its memory.
     """
-    baseline = train_means.mean(axis=0)
+    dtype = np.float32 if real.x.dtype == np.float32 else np.float64
+    baseline = train_means.mean(axis=0).astype(dtype)
     ctrl_rows = np.flatnonzero(real.codes == 0)
     ctrl_x = real.x[ctrl_rows]
     ctrl_x = ctrl_x.toarray() if sp.issparse(ctrl_x) else np.asarray(ctrl_x)
     n_pert_cells = int((real.codes > 0).sum())
-    x = np.concatenate([ctrl_x.astype(np.float64), np.broadcast_to(baseline, (n_pert_cells, len(baseline)))])
+    x = np.concatenate([ctrl_x.astype(dtype), np.broadcast_to(baseline, (n_pert_cells, len(baseline)))])
     codes = np.concatenate([np.zeros(len(ctrl_rows), np.int64), np.sort(real.codes[real.codes > 0])])
     return Screen("cell-mean baseline", x, codes, real.perts, real.genes, was_counts=False)
