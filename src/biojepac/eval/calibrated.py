@@ -64,7 +64,7 @@ def split_halves(real: Screen, seed: int) -> tuple[Screen, Screen]:
     return tuple(  # type: ignore[return-value]
         Screen(f"{real.name} (half {tag})", real.x[rows], real.codes[rows], real.perts, real.genes, real.was_counts)
         for tag, rows in zip("AB", (np.flatnonzero(half_of == 0), np.flatnonzero(half_of == 1)))
-    )  # rows in file order: slicing sorted rows out of a CSC matrix is cheap
+    )  # each half keeps the file's row order
 
 
 def full_depth_ceiling(split_half_means: dict[str, float]) -> dict[str, float]:
