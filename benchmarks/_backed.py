@@ -84,6 +84,15 @@ def run_measured(code: str, env: dict | None = None, as_limit_bytes: int | None 
     return {"ok": True, **lines[-2], **lines[-1], "wall_s": wall, "loadavg_1m_after": os.getloadavg()[0]}
 
 
+def write_results(name: str, title: str, result, note: str, rows: list[dict], cols: list[str]) -> None:
+    """benchmarks/results/NAME.json (`result`) and NAME.md (title, note, table of `rows`); print the table."""
+    out = REPO_DPATH / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(f"# {title}\n\n" + note + md_table(rows, cols) + "\n")
+    print(note + md_table(rows, cols))
+
+
 def md_table(rows: list[dict], cols: list[str]) -> str:
     def fmt(v):
         if isinstance(v, float):

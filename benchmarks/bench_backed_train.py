@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _backed import REPO_DPATH, SCRATCH_DPATH, md_table, run_measured, write_synthetic  # noqa: E402
+from _backed import REPO_DPATH, SCRATCH_DPATH, run_measured, write_results, write_synthetic  # noqa: E402
 
 N_CELLS, N_GENES, DENSITY = 1_500_000, 2000, 0.125
 CAP_BYTES = int(2.5 * 2**30)
@@ -90,9 +90,6 @@ def main() -> None:
         "same_logged_losses": la == lb, "logged_steps": sorted(la),
         "final_params_bit_identical": _params_bytes(runs["A"]) == _params_bytes(runs["B"]),
     }
-    out = REPO_DPATH / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "backed_train.json").write_text(json.dumps(result, indent=1))
     rows = [
         {"run": "load whole file (control)", "outcome": result["load_whole_file_under_cap"]},
         {"run": f"A: {N_STEPS} steps straight", "outcome": f"{a['step']} steps", "wall_s": a["wall_s"], "peak_rss_mib": a["peak_rss_mb"]},
@@ -105,8 +102,7 @@ def main() -> None:
             f"Resumed run B vs uninterrupted run A: final parameters/optimiser/teacher bit-identical = "
             f"{result['final_params_bit_identical']}; logged losses identical = {result['same_logged_losses']}.\n\n")
     cols = ["run", "outcome", "wall_s", "peak_rss_mib"]
-    (out / "backed_train.md").write_text("# Training on a file larger than memory, with kill and resume\n\n" + note + md_table(rows, cols) + "\n")
-    print(note + md_table(rows, cols))
+    write_results("backed_train", "Training on a file larger than memory, with kill and resume", result, note, rows, cols)
 
 
 if __name__ == "__main__":

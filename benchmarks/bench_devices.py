@@ -7,13 +7,12 @@ overhead, not a speed-up. (No accelerator was lent to the task that wrote these 
     nice .venv/bin/python benchmarks/bench_devices.py           # writes benchmarks/results/devices.{json,md}
 """
 
-import json
 import os
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _backed import REPO_DPATH, SCRATCH_DPATH, md_table, run_measured  # noqa: E402
+from _backed import REPO_DPATH, SCRATCH_DPATH, run_measured, write_results  # noqa: E402
 
 N_CELLS, N_GENES, BATCH, N_TOKENS, WARMUP, STEPS = 20_000, 500, 32, 128, 2, 10
 
@@ -57,16 +56,12 @@ def main() -> None:
         assert r["ok"], r
         rows.append({"devices": f"{n} x cpu (forced)", "global_batch": BATCH, "step_s": r["step_s"], "cells_per_s": r["cells_per_s"], "peak_rss_mib": r["peak_rss_mb"], "load_avg_1m": r["loadavg_1m_after"]})
         print(rows[-1], flush=True)
-    out = REPO_DPATH / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "devices.json").write_text(json.dumps(rows, indent=1))
     cols = ["devices", "global_batch", "step_s", "cells_per_s", "peak_rss_mib", "load_avg_1m"]
     note = (f"BioJEPAC pretrain step, `cpu-small` preset (d=64, 2 layers), top-{N_TOKENS} expressed tokens of {N_GENES} genes, "
             f"global batch {BATCH} split over the devices, streamed from a backed .h5ad; mean of {STEPS} steps after "
             f"{WARMUP} warm-up steps (compilation). Forced host devices share the same 2 CPU cores (nice 10, machine shared), so more devices "
             "cannot be faster here: the table shows the data-parallel step works at each size and what it costs.\n\n")
-    (out / "devices.md").write_text("# Training throughput vs devices\n\n" + note + md_table(rows, cols) + "\n")
-    print(md_table(rows, cols))
+    write_results("devices", "Training throughput vs devices", rows, note, rows, cols)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,11 @@ whether the outputs agree (same HVGs, max |difference| of X and of the pseudobul
     nice .venv/bin/python benchmarks/bench_ooc.py               # writes benchmarks/results/ooc.{json,md}
 """
 
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _backed import REPO_DPATH, SCRATCH_DPATH, md_table, run_measured, write_synthetic  # noqa: E402
+from _backed import SCRATCH_DPATH, run_measured, write_results, write_synthetic  # noqa: E402
 
 N_CELLS, N_GENES, DENSITY, N_TOP = 200_000, 2000, 0.05, 500
 
@@ -64,16 +63,12 @@ def main() -> None:
         {"path": "out-of-core (dask, 8192-cell chunks)", "seconds": ooc["seconds"], "peak_rss_mib": ooc["peak_rss_mb"]},
     ]
     result = {"n_cells": N_CELLS, "n_genes": N_GENES, "density": DENSITY, "n_top_genes": N_TOP, "file_mib": info["bytes"] / 2**20, "rows": rows, **agree}
-    out = REPO_DPATH / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ooc.json").write_text(json.dumps(result, indent=1))
     note = (f"{N_CELLS:,} cells x {N_GENES:,} genes, ~{DENSITY:.0%} non-zero counts ({info['bytes'] / 2**20:.0f} MiB .h5ad): "
             f"normalize_total (median) + log1p + {N_TOP} seurat HVGs + pseudobulk per (context, target_gene). "
             "Fresh process each, 2 shared CPU cores, nice 10.\n\n"
             f"Agreement: same HVG set = {agree['same_hvgs']}, max |dX| = {agree['max_abs_diff_X']:.2e}, "
             f"max |d pseudobulk| = {agree['max_abs_diff_pseudobulk']:.2e}.\n\n")
-    (out / "ooc.md").write_text("# Out-of-core preprocessing\n\n" + note + md_table(rows, ["path", "seconds", "peak_rss_mib"]) + "\n")
-    print(note + md_table(rows, ["path", "seconds", "peak_rss_mib"]))
+    write_results("ooc", "Out-of-core preprocessing", result, note, rows, ["path", "seconds", "peak_rss_mib"])
 
 
 if __name__ == "__main__":

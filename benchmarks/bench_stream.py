@@ -7,12 +7,11 @@ of the loader alone; it should stay flat while the file (and what loading it wou
     nice .venv/bin/python benchmarks/bench_stream.py            # writes benchmarks/results/stream.{json,md}
 """
 
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _backed import REPO_DPATH, SCRATCH_DPATH, md_table, run_measured, write_synthetic  # noqa: E402
+from _backed import SCRATCH_DPATH, run_measured, write_results, write_synthetic  # noqa: E402
 
 SIZES = (100_000, 250_000, 500_000, 1_000_000)
 N_GENES, DENSITY = 2000, 0.05
@@ -49,15 +48,11 @@ def main() -> None:
                    "cells_streamed": r["cells"], "cells_per_s": r["cells_per_s"], "peak_rss_mib": r["peak_rss_mb"]}
             print(row, flush=True)
             rows.append(row)
-    out = REPO_DPATH / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stream.json").write_text(json.dumps(rows, indent=1))
     cols = ["n_cells", "kind", "file_mib", "csr_in_memory_mib", "cells_streamed", "cells_per_s", "peak_rss_mib"]
     note = ("Top-k token batches (k=256, batch 256, 1024-row blocks, 16-block windows) from one backed .h5ad, "
             f"{N_GENES} genes, ~{DENSITY:.0%} non-zero; one fresh process per row, 2 shared CPU cores, nice 10. "
             "`pairs` streams 400 batches of (perturbed, matched control) pairs.\n\n")
-    (out / "stream.md").write_text("# Streaming loader\n\n" + note + md_table(rows, cols) + "\n")
-    print(md_table(rows, cols))
+    write_results("stream", "Streaming loader", rows, note, rows, cols)
 
 
 if __name__ == "__main__":
