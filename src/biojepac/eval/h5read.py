@@ -122,7 +122,11 @@ def _strings(ds: h5py.Dataset) -> np.ndarray:
 def _read_with_anndata(fpath: pathlib.Path, pert_col: str):
     import anndata as ad  # slow to import; only for files the fast path does not decode
 
-    adata = ad.read_h5ad(fpath)
+    return anndata_parts(ad.read_h5ad(fpath), str(fpath), pert_col)
+
+
+def anndata_parts(adata, name: str, pert_col: str) -> tuple[np.ndarray, np.ndarray, sp.spmatrix | np.ndarray]:
+    """The same three parts of an AnnData object in memory (X as it is, not copied)."""
     if pert_col not in adata.obs.columns:
-        raise InputError(f"{fpath}: obs column {pert_col!r} not found (have {list(adata.obs.columns)})")
+        raise InputError(f"{name}: obs column {pert_col!r} not found (have {list(adata.obs.columns)})")
     return adata.obs[pert_col].astype(str).to_numpy(), np.asarray(adata.var_names.astype(str)), adata.X

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from biojepac.errors import InputError
-from biojepac.eval.h5read import read_h5ad_parts
+from biojepac.eval.h5read import anndata_parts, read_h5ad_parts
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -65,9 +65,7 @@ def read_screen(
         owned = True
     else:
         name = name or "<AnnData>"
-        if pert_col not in src.obs.columns:
-            raise InputError(f"{name}: obs column {pert_col!r} not found (have {list(src.obs.columns)})")
-        labels, genes, x = src.obs[pert_col].astype(str).to_numpy(), np.asarray(src.var_names.astype(str)), src.X
+        labels, genes, x = anndata_parts(src, name, pert_col)
         owned = False
     if control not in set(labels):
         raise InputError(f"{name}: no control cells labelled {control!r} in obs[{pert_col!r}]")
