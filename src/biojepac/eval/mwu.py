@@ -162,8 +162,16 @@ def _dense_keys(x, vkey, codes, gbits):
 
 @numba.njit(nogil=True, cache=True)
 def _sort_and_scan(keys, ptr, lo, hi, gbits, table, sums, sumsq, nnz, u, ties, ctrl_ties):
-    """For genes lo..hi-1: sort each gene's keys, then walk its runs of equal values (module docstring),
-    adding into the (groups x genes) outputs' columns of these genes."""
+    """For genes lo..hi-1: sort each gene's keys, then walk them once (module docstring), adding into the
+    (groups x genes) outputs' columns of these genes.
+
+    The walk has no data-dependent branch. Within a run of tied values the control entries come first, so
+    when an entry of p arrives, `below - run_start` is the run's control count a, and the run's earlier
+    entries of p number j. Its U term is (control entries below the run) + a/2, and it raises p's tie term
+    from the run's (a+j)^3 - a^3 - j to (a+j+1)^3 - a^3 - (j+1), by 3m(m+1) with m = a + j. A control
+    entry raises the control's own tie term a^3 - a the same way, with m = the control entries before it.
+    """
+    n_groups = sums.shape[0]
     longest = 0
     for g in range(lo, hi):
         longest = max(longest, ptr[g + 1] - ptr[g])
@@ -171,40 +179,40 @@ def _sort_and_scan(keys, ptr, lo, hi, gbits, table, sums, sumsq, nnz, u, ties, c
     hist = np.zeros(1 << RADIX_BITS, np.int64)
     bits = np.zeros(1, np.int32)
     as_float = bits.view(np.float32)  # float32 values are keyed by their bit pattern
+    acc = np.zeros((n_groups, 5))  # per group: sum, sum of squares, count, U, tie term
     gmask = (1 << gbits) - 1
     for g in range(lo, hi):
         key = keys[ptr[g] : ptr[g + 1]]
         _radix_sort(key, spare, hist)
-        below = 0  # control non-zeros below the current run of equal values
-        i, n = 0, len(key)
-        while i < n:
-            vkey = key[i] >> gbits
+        acc[:] = 0.0
+        below = 0  # control entries sorted before this entry
+        run_start = 0  # control entries sorted before this entry's run of tied values
+        j = 0  # earlier entries of the run with this entry's group
+        prev = np.int64(-1)
+        for k in key:
+            grp = k & gmask
+            run_start = run_start if (k ^ prev) >> gbits == 0 else below
+            j = j + 1 if k == prev else 0
+            prev = k
             if len(table):
-                value = table[vkey]
+                value = table[k >> gbits]
             else:
-                bits[0] = vkey
+                bits[0] = k >> gbits
                 value = np.float64(as_float[0])
-            a = 0  # control cells holding this value: group 0 sorts first
-            while i < n and key[i] == vkey << gbits:
-                a += 1
-                i += 1
-            if a:
-                sums[0, g] += a * value
-                sumsq[0, g] += a * value * value
-                nnz[0, g] += a
-                ctrl_ties[g] += (a - 1) * a * (a + 1)
-            while i < n and key[i] >> gbits == vkey:
-                grp = key[i] & gmask
-                start = i
-                while i < n and key[i] == key[start]:
-                    i += 1
-                b = i - start
-                sums[grp, g] += b * value
-                sumsq[grp, g] += b * value * value
-                nnz[grp, g] += b
-                u[grp, g] += b * (below + 0.5 * a)
-                ties[grp, g] += b * (3 * a * (a + b) + b * b - 1)  # (a+b)^3 - a^3 - b
-            below += a
+            m = below - run_start + (j if grp else 0)
+            acc[grp, 0] += value
+            acc[grp, 1] += value * value
+            acc[grp, 2] += 1.0
+            acc[grp, 3] += 0.5 * (below + run_start)
+            acc[grp, 4] += 3 * m * (m + 1)
+            below += grp == 0
+        ctrl_ties[g] = acc[0, 4]
+        for grp in range(n_groups):
+            sums[grp, g] = acc[grp, 0]
+            sumsq[grp, g] = acc[grp, 1]
+            nnz[grp, g] = acc[grp, 2]
+            u[grp, g] = acc[grp, 3]
+            ties[grp, g] = acc[grp, 4]
 
 
 @numba.njit(nogil=True, cache=True)
