@@ -111,7 +111,7 @@ def floor(real: str, pred: str) -> None:
         keys = list(pool.map(lambda sc, b: mwu.matrix_keys(sc.x, sc.codes, b), screens, gbits))
         keys_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        list(pool.map(lambda sc, k, b: mwu.group_stats(*k, b, sc.n_cells_per_group), screens, keys, gbits))
+        list(pool.map(lambda sc, k: mwu.group_stats(k, sc.n_cells_per_group), screens, keys))
         mwu_s = time.perf_counter() - t0
     print(json.dumps({"read_s": read_s, "keys_s": keys_s, "mwu_s": mwu_s}))
 

@@ -67,8 +67,8 @@ def summarize(screen: Screen, *, with_de: bool, n_threads: int = N_THREADS) -> S
         gbits = mwu.group_bits(len(n))
         parts = []
         for genes in _gene_blocks(screen.x):
-            keys, ptr, table = mwu.matrix_keys(screen.x[:, genes] if genes else screen.x, screen.codes, gbits)
-            parts.append(mwu.group_stats(keys, ptr, table, gbits, n, n_threads))
+            keys = mwu.matrix_keys(screen.x[:, genes] if genes else screen.x, screen.codes, gbits)
+            parts.append(mwu.group_stats(keys, n, n_threads))
             del keys
         sums, sumsq, pval = (np.concatenate([getattr(p, f) for p in parts], axis=1) for f in ("sums", "sumsq", "pval"))
     else:
