@@ -135,47 +135,46 @@ def pdex_lfc(screen: Screen):
 
     Needed only to order genes whose |LFC| may tie at the top-N cut of DES. pdex averages in float32 in
     row order (sparse: scale each value by 1/n, then sum; dense: sum, then divide) and applies the C
-    library's `expm1f`; we do the same on just these columns. The control cells are taken out once (as
-    CSC, where picking a few genes is cheap), since every perturbation needs them.
+    library's `expm1f`; we do the same, for the control once over every gene (every perturbation needs
+    it), and for a perturbation over just the genes asked for.
     """
-    def cells(code: int):
-        return screen.x[np.flatnonzero(screen.codes == code)]
-
-    control = cells(0)
-    control = sp.csc_matrix(control) if sp.issparse(control) else control  # picking genes is cheap in CSC
+    order = np.argsort(screen.codes, kind="stable")  # each group's cells, in file order
+    starts = np.searchsorted(screen.codes[order], np.arange(screen.codes.max() + 2))
+    control = _pdex_expm1_mean(screen.x, order[starts[0] : starts[1]], np.arange(screen.x.shape[1]))
 
     def lfc(pert_code: int, genes: np.ndarray) -> np.ndarray:
-        out = [_pdex_expm1_mean(cells(pert_code), genes), _pdex_expm1_mean(control, genes)]
+        pert = _pdex_expm1_mean(screen.x, order[starts[pert_code] : starts[pert_code + 1]], genes)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.log2(out[0] / out[1])
+            ratio = np.log2(pert / control[genes])
         return np.where(np.isnan(ratio), 0.0, ratio).astype(np.float32)
 
     return lfc
 
 
-def _pdex_expm1_mean(sub: sp.spmatrix | np.ndarray, genes: np.ndarray) -> np.ndarray:
-    """expm1 of the mean over the rows of `sub` for `genes`, in pdex's precision and summation order
-    (each gene's values added in row order)."""
-    n_rows = sub.shape[0]
-    dtype = np.float32 if sub.dtype == np.float32 else np.float64
+def _pdex_expm1_mean(x: sp.csr_matrix | np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """expm1 of the mean over `rows` of x for `genes`, in pdex's precision and summation order (each
+    gene's values added in row order)."""
+    dtype = np.float32 if x.dtype == np.float32 else np.float64
     acc = np.zeros(len(genes), dtype)
-    if sp.issparse(sub) and sub.format == "csc":
-        sub = sub[:, genes]
-        sub.sort_indices()
-        cols, vals = np.repeat(np.arange(len(genes)), np.diff(sub.indptr)), sub.data
-    elif sp.issparse(sub):  # CSR: entries already come row by row
-        slot = np.full(sub.shape[1], -1)
+    if sp.issparse(x):
+        slot = np.full(x.shape[1], -1, np.int64)
         slot[genes] = np.arange(len(genes))
-        where = slot[sub.indices]
-        keep = where >= 0
-        cols, vals = where[keep], sub.data[keep]
-    if sp.issparse(sub):
-        np.add.at(acc, cols, vals.astype(dtype) * dtype(1.0 / n_rows))
+        _csr_scaled_sums(x.indptr, x.indices, x.data, rows, slot, dtype(1.0 / len(rows)), acc)
     else:
-        for row in np.asarray(sub[:, genes], dtype=dtype):
-            acc += row
-        acc = (acc.astype(np.float64) / n_rows).astype(dtype)
+        for row in rows:
+            acc += x[row, genes].astype(dtype)
+        acc = (acc.astype(np.float64) / len(rows)).astype(dtype)
     return (_expm1f(acc) if dtype == np.float32 else np.expm1(acc)).astype(np.float64)
+
+
+@numba.njit(nogil=True, cache=True)
+def _csr_scaled_sums(indptr, indices, data, rows, slot, scale, acc):
+    """acc[slot[gene]] += value * scale over the entries of `rows`, in row order (genes with slot -1 skipped)."""
+    for r in rows:
+        for j in range(indptr[r], indptr[r + 1]):
+            s = slot[indices[j]]
+            if s >= 0:
+                acc[s] += data[j] * scale
 
 
 def _expm1f(x: np.ndarray) -> np.ndarray:
