@@ -34,8 +34,8 @@ def test_mwu_matches_scipy_asymptotic_with_ties_and_zeros():
 
 
 def test_threads_and_layouts_do_not_change_pvalues(screen_factory, monkeypatch):
-    """1 or 3 threads (different gene chunks), CSR, CSC or dense input (in blocks of 7 genes): the same sums
-    and p-values, bit for bit."""
+    """1 or 3 threads, one range of genes or many small ones, blocks of 1 or 8 genes, CSR, CSC or dense
+    input: the same sums and p-values, bit for bit."""
     import scipy.sparse as sp
 
     from biojepac.eval import stats
@@ -43,11 +43,13 @@ def test_threads_and_layouts_do_not_change_pvalues(screen_factory, monkeypatch):
 
     screen = read_screen(screen_factory(1, n_genes=120), pert_col="target_gene", control="non-targeting")
     whole = stats.summarize(screen, with_de=True, n_threads=1)
-    monkeypatch.setattr(stats, "DENSE_BLOCK_BYTES", 8 * screen.x.shape[0] * 7)
-    for x in (screen.x, sp.csc_matrix(screen.x), screen.x.toarray()):
-        other = stats.summarize(dataclasses.replace(screen, x=x), with_de=True, n_threads=3)
-        np.testing.assert_array_equal(other.pval, whole.pval)
-        np.testing.assert_array_equal(other.mean, whole.mean)
+    for range_keys, block_keys in ((500, 1), (2000, 4000)):
+        monkeypatch.setattr(mwu, "RANGE_KEYS", range_keys)
+        monkeypatch.setattr(mwu, "BLOCK_KEYS", block_keys)
+        for x in (screen.x, sp.csc_matrix(screen.x).tocsr(), screen.x.toarray()):
+            other = stats.summarize(dataclasses.replace(screen, x=x), with_de=True, n_threads=3)
+            np.testing.assert_array_equal(other.pval, whole.pval)
+            np.testing.assert_array_equal(other.mean, whole.mean)
     without_de = stats.summarize(screen, with_de=False)
     np.testing.assert_allclose(without_de.mean, whole.mean, rtol=1e-12)
     np.testing.assert_allclose(without_de.var, whole.var, rtol=1e-9, atol=1e-12)
@@ -108,3 +110,19 @@ def test_pdex_lfc_is_float32_row_order_mean():
             with np.errstate(divide="ignore", invalid="ignore"):
                 want = np.log2(reference(sparse, code)[genes] / reference(sparse, 0)[genes])
             np.testing.assert_array_equal(lfc(code, genes), np.where(np.isnan(want), 0.0, want).astype(np.float32))
+
+
+def test_bh_significant_equals_full_bh_cut():
+    """The shortcut that sorts only small p-values gives exactly `bh_fdr(p) as float32 < 0.05`, including
+    p-values whose BH value lands next to the cut."""
+    rng = np.random.default_rng(8)
+    alpha = np.float32(0.05)
+    p = rng.random((40, 500)) ** rng.uniform(1, 12, (40, 1))
+    p[:, :30] = p[:, :1]  # ties
+    p[0] = 1.0
+    p[1] = 0.0
+    m = p.shape[1]
+    p[2, :10] = 0.05 * np.arange(1, 11) / m * np.array([1 - 1e-9, 1, 1 + 1e-9, 1, 1, 1, 1, 1, 1, 1])  # at the cut
+    full = mwu.bh_fdr(p).astype(np.float32) < alpha
+    assert full.any() and not full.all()
+    np.testing.assert_array_equal(mwu.bh_significant(p, alpha), full)

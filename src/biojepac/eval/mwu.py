@@ -38,28 +38,8 @@ RADIX_BITS = 11
 """Bits per radix-sort pass (2,048 buckets)."""
 BLOCK_KEYS = 1 << 16
 """Aim for about this many keys (512 KiB) per block of genes, so that a block is sorted within the cache."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Keys:
-    """A matrix's non-zero entries as int64 keys (`matrix_keys`), grouped by blocks of 2**lbits genes.
-
-    A key is (gene within its block, value key, group) packed from high bits to low, so sorting a block's
-    keys puts them gene by gene, and within a gene by value, the control first among equal values.
-    """
-
-    keys: np.ndarray
-    """Block-major keys; a block's keys are sorted in place by `group_stats`."""
-    gene_ptr: np.ndarray
-    """Gene g's keys lie at keys[gene_ptr[g]:gene_ptr[g+1]] once its block is sorted."""
-    table: np.ndarray
-    """Maps a value key back to its value; empty when the value key is the float32 bit pattern."""
-    gbits: int
-    """Low bits holding the group."""
-    vbits: int
-    """Bits holding the value key, above the group."""
-    lbits: int
-    """log2 of the genes per block; the gene within its block sits above the value key."""
+RANGE_KEYS = 1 << 22
+"""Keys per range of genes (32 MiB): the memory each thread writes keys into, reused range after range."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,56 +54,50 @@ class GroupStats:
     """Two-sided Mann-Whitney p-value of each perturbation vs the control, (perts x genes)."""
 
 
-def group_bits(n_groups: int) -> int:
-    """Bits that hold a group code 0..n_groups-1 in the low end of a key."""
-    return max(int(n_groups - 1).bit_length(), 1)
+def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.ndarray, n_threads: int = 1) -> GroupStats:
+    """Sums, sums of squares and p-values of groups 1..P vs group 0 for a cells x genes matrix (CSR with
+    sorted indices, or dense), which is only read.
 
-
-def matrix_keys(x: sp.spmatrix | np.ndarray, codes: np.ndarray, gbits: int) -> Keys:
-    """The non-zero entries of a cells x genes matrix as `Keys`. The matrix is only read.
-
-    One pass over the cells writes each key into its block of genes: a few hundred places to write to
-    rather than one per gene (18,080 pages in flight thrash the TLB; the genes of a block are separated
-    later, inside the cache, by the sort).
+    Genes are cut into ranges of about RANGE_KEYS non-zero entries, dealt to `n_threads` threads (the
+    compiled loops release the GIL). For each range a thread writes the range's keys into its own buffer,
+    then sorts and walks them (`_sort_and_scan`), so memory is a buffer per thread, never a key per entry.
     """
+    n_groups, n_genes = len(n_per_group), x.shape[1]
     csr = sp.issparse(x)
     if csr:
         x = x if x.format == "csr" else x.tocsr()
+        x = x if x.has_sorted_indices else x.sorted_indices()  # a copy: the caller's matrix is only read
     vkey, table = _value_key(x.data if csr else x.reshape(-1))
+    vkey = vkey if csr else vkey.reshape(x.shape)
+    gbits = max(int(n_groups - 1).bit_length(), 1)
     vbits = 31 if not len(table) else max(int(len(table) - 1).bit_length(), 1)
-    n_genes = x.shape[1]
-    per_gene = (x.nnz if csr else x.size) / max(n_genes, 1)
-    lbits = min(int(np.log2(max(BLOCK_KEYS / max(per_gene, 1.0), 1.0))), 10, 62 - vbits - gbits)
-    lbits = max(lbits, 0)
-    if csr:
-        keys, ptr = _csr_keys(x.indptr, x.indices, x.data, vkey, codes, gbits, vbits, lbits, n_genes)
-    else:
-        keys, ptr = _dense_keys(x, vkey.reshape(x.shape), codes, gbits, vbits, lbits)
-    return Keys(keys, ptr, table, gbits, vbits, lbits)
+    ptr = _csr_gene_counts(x.indices, x.data, n_genes) if csr else _dense_gene_counts(x)
+    per_gene = ptr[-1] / max(n_genes, 1)
+    lbits = max(min(int(np.log2(max(BLOCK_KEYS / max(per_gene, 1.0), 1.0))), 10, 62 - vbits - gbits), 0)
+    bounds = np.unique(np.r_[np.searchsorted(ptr, np.arange(0, ptr[-1], RANGE_KEYS), side="right") - 1, n_genes])
+    bounds[0] = 0
+    starts = _row_starts(x.indptr, x.indices, bounds) if csr else None
+    out = [np.zeros((n_groups, n_genes)) for _ in range(5)] + [np.zeros(n_genes)]
 
+    def run(ks: list[int]) -> None:
+        buffer = np.empty(max([ptr[bounds[k + 1]] - ptr[bounds[k]] for k in ks], default=0), np.int64)
+        for k in ks:
+            lo, hi = bounds[k], bounds[k + 1]
+            local = ptr[lo : hi + 1] - ptr[lo]
+            keys = buffer[: local[-1]]
+            if csr:
+                _csr_range_keys(x.indptr, x.indices, x.data, vkey, codes, starts[k], starts[k + 1], lo, local, gbits, vbits, lbits, keys)
+            else:
+                _dense_range_keys(x, vkey, codes, lo, local, gbits, vbits, lbits, keys)
+            _sort_and_scan(keys, local, lo, gbits, vbits, lbits, table, *out)
 
-def group_stats(keys: Keys, n_per_group: np.ndarray, n_threads: int = 1) -> GroupStats:
-    """Sums, sums of squares and p-values of groups 1..P vs group 0 from `matrix_keys`.
+    n_ranges = len(bounds) - 1
+    share = np.searchsorted(ptr[bounds[1:]], np.linspace(0, ptr[-1], max(n_threads, 1) + 1)[1:-1])
+    jobs = [ks.tolist() for ks in np.split(np.arange(n_ranges), share) if len(ks)]
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(jobs))) as pool:
+        list(pool.map(run, jobs))
 
-    The keys are sorted in place, block by block. Blocks are dealt into chunks of about equal entries that
-    `n_threads` threads process at once (the compiled loop releases the GIL).
-    """
-    n_groups, n_genes = len(n_per_group), len(keys.gene_ptr) - 1
-    sums, sumsq, nnz, u, ties = (np.zeros((n_groups, n_genes)) for _ in range(5))
-    ctrl_ties = np.zeros(n_genes)
-    starts = np.arange(0, n_genes, 1 << keys.lbits)
-    n_chunks = max(1, 8 * n_threads)
-    cuts = np.unique(starts[np.searchsorted(keys.gene_ptr[starts], np.linspace(0, keys.gene_ptr[-1], n_chunks + 1))
-                            .clip(0, len(starts) - 1)])
-    cuts = np.r_[0, cuts[cuts > 0], n_genes] if n_genes else np.zeros(1, np.int64)
-
-    def run(lo: int, hi: int) -> None:
-        _sort_and_scan(keys.keys, keys.gene_ptr, lo, hi, keys.gbits, keys.vbits, keys.lbits, keys.table,
-                       sums, sumsq, nnz, u, ties, ctrl_ties)
-
-    with concurrent.futures.ThreadPoolExecutor(max(1, n_threads)) as pool:
-        list(pool.map(run, cuts[:-1].tolist(), cuts[1:].tolist()))
-
+    sums, sumsq, nnz, u, ties, ctrl_ties = out
     zeros_ctrl = n_per_group[0] - nnz[0]
     n1 = n_per_group[1:, None].astype(np.float64)
     zeros_pert = n1 - nnz[1:]
@@ -134,14 +108,10 @@ def group_stats(keys: Keys, n_per_group: np.ndarray, n_threads: int = 1) -> Grou
 
 
 def mwu_pvalues(cols, vals, groups, n_per_group, n_cols: int) -> np.ndarray:
-    """p-values (perts x genes) from non-zero entries given as arrays: `cols` each entry's gene
-    (non-decreasing), `vals` its value, `groups` its cell's group (0 = control)."""
-    gbits = group_bits(len(n_per_group))
-    vkey, table = _value_key(vals)
-    keys = (vkey.astype(np.int64) << gbits) | groups
-    ptr = np.searchsorted(cols, np.arange(n_cols + 1))
-    vbits = 31 if not len(table) else max(int(len(table) - 1).bit_length(), 1)
-    return group_stats(Keys(keys, ptr, table, gbits, vbits, 0), np.asarray(n_per_group)).pval
+    """p-values (perts x genes) from non-zero entries given as arrays: `cols` each entry's gene, `vals` its
+    value, `groups` its cell's group (0 = control). Each entry becomes a one-entry row of a CSR matrix."""
+    x = sp.csr_matrix((vals, cols, np.arange(len(vals) + 1)), shape=(len(vals), n_cols))
+    return group_stats(x, np.asarray(groups, np.int64), np.asarray(n_per_group)).pval
 
 
 def _value_key(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,29 +127,19 @@ def _value_key(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(nogil=True, cache=True)
-def _csr_keys(indptr, indices, data, vkey, codes, gbits, vbits, lbits, n_genes):
-    """Keys of a CSR matrix's non-zero entries, block-major (a counting sort by block of genes)."""
+def _csr_gene_counts(indices, data, n_genes):
+    """ptr with gene g's non-zero entries counted in ptr[g+1] - ptr[g] (stored zeros are zeros)."""
     ptr = np.zeros(n_genes + 1, np.int64)
     for j in range(len(indices)):
-        if data[j] != 0:  # stored zeros are zeros
+        if data[j] != 0:
             ptr[indices[j] + 1] += 1
     for g in range(n_genes):
         ptr[g + 1] += ptr[g]
-    fill = ptr[: n_genes : 1 << lbits].copy()
-    keys = np.empty(ptr[n_genes], np.int64)
-    lmask, lshift = (1 << lbits) - 1, gbits + vbits
-    for r in range(len(indptr) - 1):
-        for j in range(indptr[r], indptr[r + 1]):
-            if data[j] != 0:
-                g = indices[j]
-                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | (np.int64(vkey[j]) << gbits) | codes[r]
-                fill[g >> lbits] += 1
-    return keys, ptr
+    return ptr
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_keys(x, vkey, codes, gbits, vbits, lbits):
-    """As `_csr_keys`, for a dense cells x genes array."""
+def _dense_gene_counts(x):
     n_cells, n_genes = x.shape
     ptr = np.zeros(n_genes + 1, np.int64)
     for r in range(n_cells):
@@ -188,21 +148,54 @@ def _dense_keys(x, vkey, codes, gbits, vbits, lbits):
                 ptr[g + 1] += 1
     for g in range(n_genes):
         ptr[g + 1] += ptr[g]
-    fill = ptr[: n_genes : 1 << lbits].copy()
-    keys = np.empty(ptr[n_genes], np.int64)
-    lmask, lshift = (1 << lbits) - 1, gbits + vbits
-    for r in range(n_cells):
-        for g in range(n_genes):
-            if x[r, g] != 0:
-                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | (np.int64(vkey[r, g]) << gbits) | codes[r]
-                fill[g >> lbits] += 1
-    return keys, ptr
+    return ptr
 
 
 @numba.njit(nogil=True, cache=True)
-def _sort_and_scan(keys, ptr, lo, hi, gbits, vbits, lbits, table, sums, sumsq, nnz, u, ties, ctrl_ties):
-    """For the blocks of genes lo..hi-1: sort each block's keys, then walk each gene's once (module
-    docstring), adding into the (groups x genes) outputs' columns of these genes.
+def _row_starts(indptr, indices, bounds):
+    """starts[k, r]: the first entry of row r whose gene is >= bounds[k] (indices sorted within rows)."""
+    n_rows = len(indptr) - 1
+    starts = np.empty((len(bounds), n_rows), np.int64)
+    for r in range(n_rows):
+        row = indices[indptr[r] : indptr[r + 1]]
+        for k in range(len(bounds)):
+            starts[k, r] = indptr[r] + np.searchsorted(row, bounds[k])
+    return starts
+
+
+@numba.njit(nogil=True, cache=True)
+def _csr_range_keys(indptr, indices, data, vkey, codes, first, stop, lo, ptr, gbits, vbits, lbits, keys):
+    """Keys of genes lo.. (the entries first[r]:stop[r] of each row r) into `keys`, block-major: one
+    counting-sort pass over the cells by block of 2**lbits genes, few enough places to write to that they
+    stay in the cache. A key packs (gene within its block, value key, group) from high bits to low, so
+    sorting a block orders it by gene, then value, control first among equal values."""
+    fill = ptr[:-1 : 1 << lbits].copy()
+    lmask, lshift = (1 << lbits) - 1, gbits + vbits
+    for r in range(len(first)):
+        for j in range(first[r], stop[r]):
+            if data[j] != 0:
+                g = indices[j] - lo
+                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | (np.int64(vkey[j]) << gbits) | codes[r]
+                fill[g >> lbits] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _dense_range_keys(x, vkey, codes, lo, ptr, gbits, vbits, lbits, keys):
+    """As `_csr_range_keys`, for the genes lo..lo+len(ptr)-2 of a dense cells x genes array."""
+    fill = ptr[:-1 : 1 << lbits].copy()
+    lmask, lshift = (1 << lbits) - 1, gbits + vbits
+    for r in range(x.shape[0]):
+        for g in range(len(ptr) - 1):
+            if x[r, lo + g] != 0:
+                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | (np.int64(vkey[r, lo + g]) << gbits) | codes[r]
+                fill[g >> lbits] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _sort_and_scan(keys, ptr, lo, gbits, vbits, lbits, table, sums, sumsq, nnz, u, ties, ctrl_ties):
+    """For the genes lo..lo+len(ptr)-2, whose keys lie block-major in `keys` (gene g at ptr[g]:ptr[g+1]
+    once sorted, g counted from lo): sort each block's keys, then walk each gene's once (module
+    docstring), writing the (groups x genes) outputs' columns of these genes.
 
     The walk has no data-dependent branch. Within a run of tied values the control entries come first, so
     when an entry of p arrives, `below - run_start` is the run's control count a, and the run's earlier
@@ -210,19 +203,19 @@ def _sort_and_scan(keys, ptr, lo, hi, gbits, vbits, lbits, table, sums, sumsq, n
     from the run's (a+j)^3 - a^3 - j to (a+j+1)^3 - a^3 - (j+1), by 3m(m+1) with m = a + j. A control
     entry raises the control's own tie term a^3 - a the same way, with m = the control entries before it.
     """
-    n_groups, width = sums.shape[0], 1 << lbits
+    n_groups, width, n_genes = sums.shape[0], 1 << lbits, len(ptr) - 1
     longest = 0
-    for b in range(lo, hi, width):
-        longest = max(longest, ptr[min(b + width, hi)] - ptr[b])
+    for b in range(0, n_genes, width):
+        longest = max(longest, ptr[min(b + width, n_genes)] - ptr[b])
     spare = np.empty(longest, np.int64)
     hist = np.zeros((64 // RADIX_BITS + 1, 1 << RADIX_BITS), np.int64)
     bits = np.zeros(1, np.int32)
     as_float = bits.view(np.float32)  # float32 values are keyed by their bit pattern
     acc = np.zeros((n_groups, 5))  # per group: sum, sum of squares, count, U, tie term
     gmask, vmask = (1 << gbits) - 1, (1 << vbits) - 1
-    for b in range(lo, hi, width):
-        _radix_sort(keys[ptr[b] : ptr[min(b + width, hi)]], spare, hist)
-        for g in range(b, min(b + width, hi)):
+    for b in range(0, n_genes, width):
+        _radix_sort(keys[ptr[b] : ptr[min(b + width, n_genes)]], spare, hist)
+        for g in range(b, min(b + width, n_genes)):
             acc[:] = 0.0
             below = 0  # control entries sorted before this entry
             run_start = 0  # control entries sorted before this entry's run of tied values
@@ -245,13 +238,13 @@ def _sort_and_scan(keys, ptr, lo, hi, gbits, vbits, lbits, table, sums, sumsq, n
                 acc[grp, 3] += 0.5 * (below + run_start)
                 acc[grp, 4] += 3 * m * (m + 1)
                 below += grp == 0
-            ctrl_ties[g] = acc[0, 4]
+            ctrl_ties[lo + g] = acc[0, 4]
             for grp in range(n_groups):
-                sums[grp, g] = acc[grp, 0]
-                sumsq[grp, g] = acc[grp, 1]
-                nnz[grp, g] = acc[grp, 2]
-                u[grp, g] = acc[grp, 3]
-                ties[grp, g] = acc[grp, 4]
+                sums[grp, lo + g] = acc[grp, 0]
+                sumsq[grp, lo + g] = acc[grp, 1]
+                nnz[grp, lo + g] = acc[grp, 2]
+                u[grp, lo + g] = acc[grp, 3]
+                ties[grp, lo + g] = acc[grp, 4]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -326,3 +319,25 @@ def bh_fdr(p: Float[np.ndarray, "perts genes"]) -> Float[np.ndarray, "perts gene
     out = np.empty_like(ps)
     np.put_along_axis(out, order, ps, axis=-1)
     return np.clip(out, 0.0, 1.0)
+
+
+def bh_significant(p: Float[np.ndarray, "perts genes"], alpha: np.float32) -> np.ndarray:
+    """`bh_fdr(p).astype(np.float32) < alpha`, bit for bit, sorting only the p-values that can pass.
+
+    A BH value is a minimum of terms p_(j) * m / j >= p_(j), so p-values at or above 1.2 * alpha give
+    terms that can never pass, and the passing minimum, when there is one, comes from the smaller
+    p-values alone; those are also the first in sorted order, so their ranks j are the same.
+    """
+    m = p.shape[-1]
+    out = np.zeros(p.shape, bool)
+    if m <= 1:
+        return p.astype(np.float32) < alpha
+    for row, pr in zip(out, p):
+        cand = np.flatnonzero(pr < 1.2 * float(alpha))
+        if not len(cand):
+            continue
+        order = cand[np.argsort(pr[cand])]
+        ps = pr[order] * (m / np.arange(1, len(order) + 1, dtype=pr.dtype))
+        np.minimum.accumulate(ps[::-1], out=ps[::-1])
+        row[order] = np.clip(ps, 0.0, 1.0).astype(np.float32) < alpha
+    return out

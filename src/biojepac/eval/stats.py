@@ -21,8 +21,6 @@ from biojepac.eval.inputs import Screen
 
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
 """Threads for the Mann-Whitney pass (its compiled loop releases the GIL)."""
-DENSE_BLOCK_BYTES = 256 << 20
-"""Keys in flight for a dense matrix, which is summarised a block of genes at a time."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +62,8 @@ def summarize(screen: Screen, *, with_de: bool, n_threads: int = N_THREADS) -> S
     """
     n = screen.n_cells_per_group
     if with_de:
-        gbits = mwu.group_bits(len(n))
-        parts = []
-        for genes in _gene_blocks(screen.x):
-            keys = mwu.matrix_keys(screen.x[:, genes] if genes else screen.x, screen.codes, gbits)
-            parts.append(mwu.group_stats(keys, n, n_threads))
-            del keys
-        sums, sumsq, pval = (np.concatenate([getattr(p, f) for p in parts], axis=1) for f in ("sums", "sumsq", "pval"))
+        res = mwu.group_stats(screen.x, screen.codes, n, n_threads)
+        sums, sumsq, pval = res.sums, res.sumsq, res.pval
     else:
         sums, sumsq = _group_sums(screen.x, screen.codes, len(n))
         pval = None
@@ -78,15 +71,6 @@ def summarize(screen: Screen, *, with_de: bool, n_threads: int = N_THREADS) -> S
     with np.errstate(divide="ignore", invalid="ignore"):
         var = np.clip(sumsq - n[:, None] * mean**2, 0.0, None) / (n[:, None] - 1)
     return Summary(n, mean, var, pval)
-
-
-def _gene_blocks(x: sp.spmatrix | np.ndarray) -> list[slice | None]:
-    """Column blocks whose keys fit in about DENSE_BLOCK_BYTES; None = the whole matrix. A sparse matrix
-    has a key per stored entry, a dense one per cell and gene (a dense baseline is all non-zero)."""
-    if sp.issparse(x):
-        return [None]
-    width = max(1, DENSE_BLOCK_BYTES // (8 * max(x.shape[0], 1)))
-    return [slice(lo, min(lo + width, x.shape[1])) for lo in range(0, x.shape[1], width)]
 
 
 def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
