@@ -14,17 +14,17 @@ are taken against that file's own controls, as cell-eval does (so a prediction's
   clipped below at 0, averaged, reported x100.
 """
 
+import numba
 import numpy as np
 from jaxtyping import Bool, Float
 import beartype
 
 from biojepac.eval.inputs import Screen
+from biojepac.eval.mwu import bh_significant
 from biojepac.eval.stats import Summary, pdex_lfc
 
 FDR = np.float32(0.05)
 """Significance cut. cell-eval casts FDRs to float32 before comparing, so we compare in float32 too."""
-PDS_CHUNK_BYTES = 16 << 20
-"""Temporary memory for one chunk of the (perts x perts x genes) L1 differences (small: reused, not faulted in)."""
 
 
 def mae(real: Summary, pred: Summary) -> np.ndarray:
@@ -50,16 +50,24 @@ def discrimination_l1(
 ) -> Float[np.ndarray, " perts"]:
     """PDS: 1 - rank of the true perturbation among real effects by L1 distance to the predicted one."""
     assert real_eff.shape == pred_eff.shape == exclude.shape, (real_eff.shape, pred_eff.shape, exclude.shape)
-    n_perts, n_genes = real_eff.shape
-    dist = np.empty((n_perts, n_perts))
-    chunk = max(1, PDS_CHUNK_BYTES // (8 * n_perts * n_genes))
-    keep = ~exclude
-    for lo in range(0, n_perts, chunk):
-        hi = min(lo + chunk, n_perts)
-        diff = np.abs(pred_eff[lo:hi, None, :] - real_eff[None, :, :])
-        diff *= keep[lo:hi, None, :]
-        dist[lo:hi] = diff.sum(axis=2)
-    return rank_score(dist)
+    return rank_score(_l1_distances(pred_eff, real_eff, exclude))
+
+
+@numba.njit(nogil=True, cache=True)
+def _l1_distances(pred_eff, real_eff, exclude):
+    """dist[i, j] = sum over the genes not excluded for i of |pred_eff[i] - real_eff[j]|, added in gene
+    order in float64 (cell-eval gets the same sums from scikit-learn's `pairwise_distances`, up to the
+    order of additions)."""
+    n_pred, n_genes = pred_eff.shape
+    dist = np.empty((n_pred, real_eff.shape[0]))
+    for i in range(n_pred):
+        for j in range(real_eff.shape[0]):
+            total = 0.0
+            for g in range(n_genes):
+                if not exclude[i, g]:
+                    total += abs(real_eff[j, g] - pred_eff[i, g])
+            dist[i, j] = total
+    return dist
 
 
 def rank_score(dist: Float[np.ndarray, "perts perts"]) -> Float[np.ndarray, " perts"]:
@@ -71,7 +79,7 @@ def rank_score(dist: Float[np.ndarray, "perts perts"]) -> Float[np.ndarray, " pe
 
 def significant(s: Summary) -> np.ndarray:
     """(perts x genes) FDR < 0.05, compared in float32."""
-    return s.fdr.astype(np.float32) < FDR
+    return bh_significant(s.pval, FDR)
 
 
 def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: Screen, pred_s: Summary) -> np.ndarray:
