@@ -34,8 +34,10 @@ import scipy.sparse as sp
 import scipy.special
 from jaxtyping import Float
 
-RADIX_BITS = 11
-"""Bits per radix-sort pass (2,048 buckets)."""
+RADIX_BITS = 12
+"""Bits per radix-sort pass (4,096 buckets)."""
+SORT_BITS = 3 * RADIX_BITS
+"""Key bits that three radix passes sort; blocks are made narrow enough for keys to fit when they can."""
 BLOCK_KEYS = 1 << 16
 """Aim for about this many keys (512 KiB) per block of genes, so that a block is sorted within the cache."""
 RANGE_KEYS = 1 << 22
@@ -70,10 +72,11 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     vkey, table = _value_key(x.data if csr else x.reshape(-1))
     vkey = vkey if csr else vkey.reshape(x.shape)
     gbits = max(int(n_groups - 1).bit_length(), 1)
-    vbits = 31 if not len(table) else max(int(len(table) - 1).bit_length(), 1)
-    ptr = _csr_gene_counts(x.indices, x.data, n_genes) if csr else _dense_gene_counts(x)
+    ptr, vmin, vmax = _csr_gene_counts(x.indices, x.data, vkey, n_genes) if csr else _dense_gene_counts(x, vkey)
+    vbits = max(int(vmax - vmin).bit_length(), 1)  # value keys are stored less the smallest
     per_gene = ptr[-1] / max(n_genes, 1)
-    lbits = max(min(int(np.log2(max(BLOCK_KEYS / max(per_gene, 1.0), 1.0))), 10, 62 - vbits - gbits), 0)
+    lbits = min(int(np.log2(max(BLOCK_KEYS / max(per_gene, 1.0), 1.0))), 10, SORT_BITS - vbits - gbits)
+    lbits = max(lbits, 0)
     bounds = np.unique(np.r_[np.searchsorted(ptr, np.arange(0, ptr[-1], RANGE_KEYS), side="right") - 1, n_genes])
     bounds[0] = 0
     starts = _row_starts(x.indptr, x.indices, bounds) if csr else None
@@ -86,10 +89,11 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
             local = ptr[lo : hi + 1] - ptr[lo]
             keys = buffer[: local[-1]]
             if csr:
-                _csr_range_keys(x.indptr, x.indices, x.data, vkey, codes, starts[k], starts[k + 1], lo, local, gbits, vbits, lbits, keys)
+                _csr_range_keys(x.indptr, x.indices, x.data, vkey, vmin, codes, starts[k], starts[k + 1], lo, local,
+                                gbits, vbits, lbits, keys)
             else:
-                _dense_range_keys(x, vkey, codes, lo, local, gbits, vbits, lbits, keys)
-            _sort_and_scan(keys, local, lo, gbits, vbits, lbits, table, *out)
+                _dense_range_keys(x, vkey, vmin, codes, lo, local, gbits, vbits, lbits, keys)
+            _sort_and_scan(keys, local, lo, gbits, vbits, vmin, lbits, table, *out)
 
     n_ranges = len(bounds) - 1
     share = np.searchsorted(ptr[bounds[1:]], np.linspace(0, ptr[-1], max(n_threads, 1) + 1)[1:-1])
@@ -127,28 +131,35 @@ def _value_key(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(nogil=True, cache=True)
-def _csr_gene_counts(indices, data, n_genes):
-    """ptr with gene g's non-zero entries counted in ptr[g+1] - ptr[g] (stored zeros are zeros)."""
+def _csr_gene_counts(indices, data, vkey, n_genes):
+    """(ptr, smallest value key, largest): gene g's non-zero entries number ptr[g+1] - ptr[g] (stored
+    zeros are zeros)."""
     ptr = np.zeros(n_genes + 1, np.int64)
+    vmin, vmax = np.int64(1) << 62, np.int64(0)
     for j in range(len(indices)):
         if data[j] != 0:
             ptr[indices[j] + 1] += 1
+            vmin = min(vmin, np.int64(vkey[j]))
+            vmax = max(vmax, np.int64(vkey[j]))
     for g in range(n_genes):
         ptr[g + 1] += ptr[g]
-    return ptr
+    return ptr, min(vmin, vmax), vmax
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_gene_counts(x):
+def _dense_gene_counts(x, vkey):
     n_cells, n_genes = x.shape
     ptr = np.zeros(n_genes + 1, np.int64)
+    vmin, vmax = np.int64(1) << 62, np.int64(0)
     for r in range(n_cells):
         for g in range(n_genes):
             if x[r, g] != 0:
                 ptr[g + 1] += 1
+                vmin = min(vmin, np.int64(vkey[r, g]))
+                vmax = max(vmax, np.int64(vkey[r, g]))
     for g in range(n_genes):
         ptr[g + 1] += ptr[g]
-    return ptr
+    return ptr, min(vmin, vmax), vmax
 
 
 @numba.njit(nogil=True, cache=True)
@@ -164,7 +175,7 @@ def _row_starts(indptr, indices, bounds):
 
 
 @numba.njit(nogil=True, cache=True)
-def _csr_range_keys(indptr, indices, data, vkey, codes, first, stop, lo, ptr, gbits, vbits, lbits, keys):
+def _csr_range_keys(indptr, indices, data, vkey, vmin, codes, first, stop, lo, ptr, gbits, vbits, lbits, keys):
     """Keys of genes lo.. (the entries first[r]:stop[r] of each row r) into `keys`, block-major: one
     counting-sort pass over the cells by block of 2**lbits genes, few enough places to write to that they
     stay in the cache. A key packs (gene within its block, value key, group) from high bits to low, so
@@ -175,24 +186,24 @@ def _csr_range_keys(indptr, indices, data, vkey, codes, first, stop, lo, ptr, gb
         for j in range(first[r], stop[r]):
             if data[j] != 0:
                 g = indices[j] - lo
-                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | (np.int64(vkey[j]) << gbits) | codes[r]
+                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | ((vkey[j] - vmin) << gbits) | codes[r]
                 fill[g >> lbits] += 1
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_range_keys(x, vkey, codes, lo, ptr, gbits, vbits, lbits, keys):
+def _dense_range_keys(x, vkey, vmin, codes, lo, ptr, gbits, vbits, lbits, keys):
     """As `_csr_range_keys`, for the genes lo..lo+len(ptr)-2 of a dense cells x genes array."""
     fill = ptr[:-1 : 1 << lbits].copy()
     lmask, lshift = (1 << lbits) - 1, gbits + vbits
     for r in range(x.shape[0]):
         for g in range(len(ptr) - 1):
             if x[r, lo + g] != 0:
-                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | (np.int64(vkey[r, lo + g]) << gbits) | codes[r]
+                keys[fill[g >> lbits]] = (np.int64(g & lmask) << lshift) | ((vkey[r, lo + g] - vmin) << gbits) | codes[r]
                 fill[g >> lbits] += 1
 
 
 @numba.njit(nogil=True, cache=True)
-def _sort_and_scan(keys, ptr, lo, gbits, vbits, lbits, table, sums, sumsq, nnz, u, ties, ctrl_ties):
+def _sort_and_scan(keys, ptr, lo, gbits, vbits, vmin, lbits, table, sums, sumsq, nnz, u, ties, ctrl_ties):
     """For the genes lo..lo+len(ptr)-2, whose keys lie block-major in `keys` (gene g at ptr[g]:ptr[g+1]
     once sorted, g counted from lo): sort each block's keys, then walk each gene's once (module
     docstring), writing the (groups x genes) outputs' columns of these genes.
@@ -227,9 +238,9 @@ def _sort_and_scan(keys, ptr, lo, gbits, vbits, lbits, table, sums, sumsq, nnz, 
                 j = j + 1 if k == prev else 0
                 prev = k
                 if len(table):
-                    value = table[(k >> gbits) & vmask]
+                    value = table[((k >> gbits) & vmask) + vmin]
                 else:
-                    bits[0] = (k >> gbits) & vmask
+                    bits[0] = ((k >> gbits) & vmask) + vmin
                     value = np.float64(as_float[0])
                 m = below - run_start + (j if grp else 0)
                 acc[grp, 0] += value
