@@ -90,3 +90,16 @@ def test_small_pages_restores_numpys_setting():
     with small_pages():
         assert toggle(False) is False  # off inside
     assert toggle(before) is True  # back on after
+
+
+def test_csv_is_what_pandas_writes():
+    """The per-perturbation CSV is written without pandas, byte for byte as `DataFrame.to_csv` writes it."""
+    import numpy as np
+    import pandas as pd
+
+    from biojepac.eval.evaluate import _csv_text
+
+    perts = np.array(["G1", "a,b", 'q"t'])
+    columns = {"mae": np.array([0.1, np.nan, 1e-12]), "r2": np.array([-np.inf, 3.0, 2 / 3]), "n": np.array([5.0, 0.0, 12.0])}
+    ref = pd.DataFrame(columns, index=pd.Index(perts, name="perturbation")).to_csv()
+    assert _csv_text(perts, columns) == ref

@@ -9,7 +9,9 @@ it; with `--baseline`, a baseline prediction file is scored the same way. Inputs
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import dataclasses
+import io
 import json
 import pathlib
 import time
@@ -17,8 +19,6 @@ import warnings
 from typing import Literal, TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-
 from biojepac.data import schema
 from biojepac.errors import InputError
 from biojepac.io import write_text_atomic
@@ -62,7 +62,7 @@ class EvaluateConfig:
 
 
 def run_evaluate(cfg: EvaluateConfig) -> None:
-    out = evaluate(
+    out = _score(  # no DataFrame needed: pandas is not even imported without the report
         cfg.pred, cfg.real, baseline=cfg.baseline, train=cfg.train, profile=cfg.profile, out_dpath=cfg.out_dpath,
         pert_col=cfg.pert_col, control=cfg.control, n_boot=cfg.n_boot, seed=cfg.seed, plots=cfg.plots,
     )
@@ -73,7 +73,6 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     print(f"wrote {', '.join(out['paths'].values())}  ({out['seconds']:.1f} s)")
 
 
-@small_pages()
 def evaluate(
     pred: ad.AnnData | str | pathlib.Path,
     real: ad.AnnData | str | pathlib.Path,
@@ -92,6 +91,18 @@ def evaluate(
 
     Writes nothing when `out_dpath` is None; `plots=False` writes the CSV and JSON but no report.
     """
+    import pandas as pd
+
+    out = _score(pred, real, baseline=baseline, train=train, profile=profile, out_dpath=out_dpath, pert_col=pert_col,
+                 control=control, n_boot=n_boot, seed=seed, plots=plots)
+    per = pd.DataFrame(out.pop("columns"), index=pd.Index(out.pop("perts"), name="perturbation"))
+    return {"per_perturbation": per, **out}
+
+
+@small_pages()
+def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col: str, control: str, n_boot: int,
+           seed: int, plots: bool) -> dict:
+    """`evaluate` with the per-perturbation table as {"perts": labels, "columns": {name: values}}."""
     if profile not in ("vcc", "report", "calibrated", "all"):
         raise InputError(f"profile {profile!r} is not one of vcc, report, calibrated, all")
     if baseline is not None and train is not None:
@@ -131,9 +142,7 @@ def evaluate(
         ceiling = calibrated.calibrated_metrics(half_b, sb, sa)
 
     agg = _aggregate(user, base, ceiling, n_boot, seed)
-    per = pd.DataFrame(user, index=pd.Index(real_sc.perts, name="perturbation"))
-    if base is not None:
-        per = per.join(pd.DataFrame(base, index=per.index).add_prefix("baseline_"))
+    columns = user | {f"baseline_{k}": v for k, v in (base or {}).items()}
     agg["seconds"] = time.perf_counter() - t0
     agg["n_perturbations"] = len(real_sc.perts)
     agg["inputs"] = {"pred": pred_sc.name, "real": real_sc.name, "pred_was_counts": pred_sc.was_counts,
@@ -141,8 +150,8 @@ def evaluate(
                      "profile": profile}
     paths = {}
     if out_dpath is not None:
-        paths = _write(pathlib.Path(out_dpath), per, agg, real_sc, real_s, pred_s, plots)
-    return {"per_perturbation": per, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
+        paths = _write(pathlib.Path(out_dpath), real_sc.perts, columns, agg, real_sc, real_s, pred_s, plots)
+    return {"perts": real_sc.perts, "columns": columns, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
 
 
 def _read_and_summarize(src, kw: dict, with_de: bool) -> tuple[Screen, Summary]:
@@ -201,16 +210,29 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
     return agg
 
 
-def _write(out_dpath: pathlib.Path, per: pd.DataFrame, agg: dict, real_sc, real_s, pred_s, plots: bool) -> dict[str, str]:
+def _write(out_dpath: pathlib.Path, perts, columns: dict, agg: dict, real_sc, real_s, pred_s, plots: bool) -> dict[str, str]:
     out_dpath.mkdir(parents=True, exist_ok=True)
     csv_fpath, json_fpath = out_dpath / "per_perturbation.csv", out_dpath / "aggregates.json"
-    write_text_atomic(csv_fpath, per.to_csv())
+    write_text_atomic(csv_fpath, _csv_text(perts, columns))
     write_text_atomic(json_fpath, json.dumps(agg, indent=2, default=float))
     paths = {"per_perturbation": str(csv_fpath), "aggregates": str(json_fpath)}
     if plots:
+        import pandas as pd
+
         from biojepac.eval import report  # matplotlib is slow to import; only load it when plotting
 
+        per = pd.DataFrame(columns, index=pd.Index(perts, name="perturbation"))
         paths["report"] = str(report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, write_text_atomic))
     return paths
+
+
+def _csv_text(perts, columns: dict) -> str:
+    """The table as pandas' `to_csv` writes it: shortest round-trip floats, NaN as an empty field."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["perturbation", *columns])
+    cells = [[("" if np.isnan(v) else repr(float(v))) for v in values] for values in columns.values()]
+    out.writerows([str(p), *row] for p, row in zip(perts, zip(*cells)))
+    return buf.getvalue()
 
 
