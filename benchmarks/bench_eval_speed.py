@@ -65,6 +65,8 @@ def worker(which: str, real: str, pred: str, out_dpath: str) -> None:
     """Runs in a subprocess: score, write per-perturbation metrics, print timing + peak RSS as JSON."""
 
     if which == "ours":
+        import pandas  # noqa: F401  (evaluate() builds its DataFrame with it; cell-eval's import loads it too)
+
         from biojepac.eval.evaluate import evaluate
 
         t0 = time.perf_counter()
