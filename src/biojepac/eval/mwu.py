@@ -3,15 +3,16 @@
 Matches pdex (cell-eval's DE library) as cell-eval calls it: two-sided, asymptotic normal approximation,
 tie-corrected variance, continuity correction 0.5, and p = 1 when every value is tied.
 
-How it works, in three compiled (numba) passes over the non-zero entries; zeros dominate single-cell data
-and are all tied, so they are handled in closed form.
-1. `matrix_keys`: each non-zero entry becomes one int64 key, (value key << group bits) | group, with the
-   control as group 0, written straight into gene-major order (one counting-sort pass over the cells:
-   no transposed copy of the matrix). Non-negative float32 values sort like their bit patterns.
-2. `_sort_and_scan`, per gene: a radix sort of its keys (3.5x faster than numpy's sort on these short
-   runs), so that entries come by (value, group).
-3. In the same loop, one walk over the runs of equal values. A run holding `a` control cells and, per
-   perturbation p, `b` cells of p adds to U(p)
+How it works (`group_stats`), in compiled (numba) passes over the non-zero entries; zeros dominate
+single-cell data and are all tied, so they are handled in closed form.
+1. Genes are cut into ranges of about RANGE_KEYS entries. For one range, `_csr_range_keys` turns each
+   entry into one int64 key, (gene within its block, value key, group) from high bits to low, the control
+   being group 0, and writes it into its block of 2**lbits genes (a counting sort over the cells: no
+   transposed copy of the matrix). Non-negative float32 values sort like their bit patterns.
+2. `_sort_and_scan`: a radix sort of each block's keys (three passes where the keys fit in 36 bits), so
+   that a gene's entries come by (value, group).
+3. In the same loop, one walk over each gene's sorted entries. A run of equal values holding `a` control
+   cells and, per perturbation p, `b` cells of p adds to U(p)
 
        b * (control non-zeros below the run + a / 2)
 
@@ -20,9 +21,9 @@ and are all tied, so they are handled in closed form.
        ties(p) = sum over runs of (a^3 - a) + sum over p's runs of ((a+b)^3 - a^3 - b) + (z^3 - z)
 
    with z = z_p + z_c the zeros of p and of the control; U(p) gains z_c for each non-zero of p (every
-   control zero lies below it) and z_p * z_c / 2 for the tied zeros. All terms are exact integers or
-   halves in float64, so U and the tie term equal pdex's bit for bit whatever the summation order. The
-   walk also sums each group's values and squares, so the means come with the p-values.
+   control zero lies below it) and z_p * z_c / 2 for the tied zeros. All terms are integers or halves, so
+   U and the tie term equal pdex's bit for bit whatever the summation order. The walk also sums each
+   group's values and squares, so the means come with the p-values.
 """
 
 import concurrent.futures
@@ -213,6 +214,7 @@ def _sort_and_scan(keys, ptr, lo, gbits, vbits, vmin, lbits, table, sums, sumsq,
     entries of p number j. Its U term is (control entries below the run) + a/2, and it raises p's tie term
     from the run's (a+j)^3 - a^3 - j to (a+j+1)^3 - a^3 - (j+1), by 3m(m+1) with m = a + j. A control
     entry raises the control's own tie term a^3 - a the same way, with m = the control entries before it.
+    Counts, U (doubled) and tie terms add up as int64, so they are exact whatever the order.
     """
     n_groups, width, n_genes = sums.shape[0], 1 << lbits, len(ptr) - 1
     longest = 0
@@ -222,12 +224,14 @@ def _sort_and_scan(keys, ptr, lo, gbits, vbits, vmin, lbits, table, sums, sumsq,
     hist = np.zeros((64 // RADIX_BITS + 1, 1 << RADIX_BITS), np.int64)
     bits = np.zeros(1, np.int32)
     as_float = bits.view(np.float32)  # float32 values are keyed by their bit pattern
-    acc = np.zeros((n_groups, 5))  # per group: sum, sum of squares, count, U, tie term
+    acc = np.zeros((n_groups, 2))  # per group: sum, sum of squares
+    counts = np.zeros((n_groups, 3), np.int64)  # per group: count, 2U, tie term (integers: exact)
     gmask, vmask = (1 << gbits) - 1, (1 << vbits) - 1
     for b in range(0, n_genes, width):
         _radix_sort(keys[ptr[b] : ptr[min(b + width, n_genes)]], spare, hist)
         for g in range(b, min(b + width, n_genes)):
             acc[:] = 0.0
+            counts[:] = 0
             below = 0  # control entries sorted before this entry
             run_start = 0  # control entries sorted before this entry's run of tied values
             j = 0  # earlier entries of the run with this entry's group
@@ -245,17 +249,17 @@ def _sort_and_scan(keys, ptr, lo, gbits, vbits, vmin, lbits, table, sums, sumsq,
                 m = below - run_start + (j if grp else 0)
                 acc[grp, 0] += value
                 acc[grp, 1] += value * value
-                acc[grp, 2] += 1.0
-                acc[grp, 3] += 0.5 * (below + run_start)
-                acc[grp, 4] += 3 * m * (m + 1)
+                counts[grp, 0] += 1
+                counts[grp, 1] += below + run_start
+                counts[grp, 2] += 3 * m * (m + 1)
                 below += grp == 0
-            ctrl_ties[lo + g] = acc[0, 4]
+            ctrl_ties[lo + g] = counts[0, 2]
             for grp in range(n_groups):
                 sums[grp, lo + g] = acc[grp, 0]
                 sumsq[grp, lo + g] = acc[grp, 1]
-                nnz[grp, lo + g] = acc[grp, 2]
-                u[grp, lo + g] = acc[grp, 3]
-                ties[grp, lo + g] = acc[grp, 4]
+                nnz[grp, lo + g] = counts[grp, 0]
+                u[grp, lo + g] = 0.5 * counts[grp, 1]
+                ties[grp, lo + g] = counts[grp, 2]
 
 
 @numba.njit(nogil=True, cache=True)
