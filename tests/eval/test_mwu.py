@@ -34,7 +34,7 @@ def test_mwu_matches_scipy_asymptotic_with_ties_and_zeros():
 
 
 def test_threads_and_layouts_do_not_change_pvalues(screen_factory, monkeypatch):
-    """1 or 3 threads, one range of genes or many small ones, blocks of 1 or 8 genes, CSR, CSC or dense
+    """1 or 3 worker threads, one range of genes or many small ones, blocks of 1 or 8 genes, CSR, CSC or dense
     input: the same sums and p-values, bit for bit."""
     import scipy.sparse as sp
 
@@ -42,12 +42,12 @@ def test_threads_and_layouts_do_not_change_pvalues(screen_factory, monkeypatch):
     from biojepac.eval.inputs import read_screen
 
     screen = read_screen(screen_factory(1, n_genes=120), pert_col="target_gene", control="non-targeting")
-    whole = stats.summarize(screen, with_de=True, n_threads=1)
+    whole = stats.summarize(screen, with_de=True, workers=1)
     for range_keys, block_keys in ((500, 1), (2000, 4000)):
         monkeypatch.setattr(mwu, "RANGE_KEYS", range_keys)
         monkeypatch.setattr(mwu, "BLOCK_KEYS", block_keys)
         for x in (screen.x, sp.csc_matrix(screen.x).tocsr(), screen.x.toarray()):
-            other = stats.summarize(dataclasses.replace(screen, x=x), with_de=True, n_threads=3)
+            other = stats.summarize(dataclasses.replace(screen, x=x), with_de=True, workers=3)
             np.testing.assert_array_equal(other.pval, whole.pval)
             np.testing.assert_array_equal(other.mean, whole.mean)
     without_de = stats.summarize(screen, with_de=False)

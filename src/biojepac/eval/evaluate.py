@@ -25,7 +25,8 @@ from biojepac.io import write_text_atomic
 from biojepac.eval import bootstrap, calibrated, vcc
 from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
 from biojepac.eval.report_metrics import report_metrics
-from biojepac.eval.stats import Summary, small_pages, summarize
+from biojepac.eval.mwu import Workers
+from biojepac.eval.stats import N_THREADS, Summary, small_pages, summarize
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -113,8 +114,9 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     need_de = use_vcc or use_cal
     # The real and the predicted file are read and summarised at the same time: reading and transposing
     # one file is mostly single-threaded work that the other file's statistics can overlap.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        jobs = [pool.submit(_read_and_summarize, src, kw, need_de) for src in (real, pred)]
+    # Their Mann-Whitney ranges go to one set of workers, one thread per core.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool, Workers(N_THREADS) as workers:
+        jobs = [pool.submit(_read_and_summarize, src, kw, need_de, workers) for src in (real, pred)]
         (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
     check_pair(real_sc, pred_sc)
     base_sc = _baseline_screen(baseline, train, real_sc, kw)
@@ -137,8 +139,8 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     ceiling = None
     if use_cal:
         half_a, half_b = calibrated.split_halves(real_sc, seed)
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            sa, sb = pool.map(lambda half: summarize(half, with_de=True), (half_a, half_b))
+        with concurrent.futures.ThreadPoolExecutor(2) as pool, Workers(N_THREADS) as workers:
+            sa, sb = pool.map(lambda half: summarize(half, with_de=True, workers=workers), (half_a, half_b))
         ceiling = calibrated.calibrated_metrics(half_b, sb, sa)
 
     agg = _aggregate(user, base, ceiling, n_boot, seed)
@@ -154,9 +156,9 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     return {"perts": real_sc.perts, "columns": columns, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
 
 
-def _read_and_summarize(src, kw: dict, with_de: bool) -> tuple[Screen, Summary]:
+def _read_and_summarize(src, kw: dict, with_de: bool, workers: Workers) -> tuple[Screen, Summary]:
     screen = read_screen(src, **kw)
-    return screen, summarize(screen, with_de=with_de)
+    return screen, summarize(screen, with_de=with_de, workers=workers)
 
 
 def _baseline_screen(baseline, train, real_sc: Screen, kw: dict) -> Screen | None:

@@ -28,6 +28,7 @@ single-cell data and are all tied, so they are handled in closed form.
 
 import concurrent.futures
 import dataclasses
+import threading
 
 import numba
 import numpy as np
@@ -57,14 +58,40 @@ class GroupStats:
     """Two-sided Mann-Whitney p-value of each perturbation vs the control, (perts x genes)."""
 
 
-def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.ndarray, n_threads: int = 1) -> GroupStats:
+class Workers:
+    """Threads that sort ranges of genes, each with its own key buffer. One set can serve several files
+    summarised at the same time, so that their ranges share the cores instead of oversubscribing them."""
+
+    def __init__(self, n_threads: int):
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, n_threads))
+        self.local = threading.local()
+
+    def buffer(self, size: int) -> np.ndarray:
+        """This thread's key buffer, grown to at least `size` keys."""
+        if getattr(self.local, "keys", None) is None or len(self.local.keys) < size:
+            self.local.keys = np.empty(size, np.int64)
+        return self.local.keys[:size]
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown()
+
+
+def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.ndarray,
+                workers: Workers | int = 1) -> GroupStats:
     """Sums, sums of squares and p-values of groups 1..P vs group 0 for a cells x genes matrix (CSR with
     sorted indices, or dense), which is only read.
 
-    Genes are cut into ranges of about RANGE_KEYS non-zero entries, dealt to `n_threads` threads (the
-    compiled loops release the GIL). For each range a thread writes the range's keys into its own buffer,
-    then sorts and walks them (`_sort_and_scan`), so memory is a buffer per thread, never a key per entry.
+    Genes are cut into ranges of about RANGE_KEYS non-zero entries, each a task for `workers` (threads of
+    their own if a number; the compiled loops release the GIL). A task writes its range's keys into its
+    thread's buffer, then sorts and walks them (`_sort_and_scan`), so memory is a buffer per thread, never
+    a key per entry.
     """
+    if isinstance(workers, int):
+        with Workers(workers) as own:
+            return group_stats(x, codes, n_per_group, own)
     n_groups, n_genes = len(n_per_group), x.shape[1]
     csr = sp.issparse(x)
     if csr:
@@ -81,28 +108,23 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     bounds = np.unique(np.r_[np.searchsorted(ptr, np.arange(0, ptr[-1], RANGE_KEYS), side="right") - 1, n_genes])
     bounds[0] = 0
     starts = _row_starts(x.indptr, x.indices, bounds) if csr else None
-    out = [np.zeros((n_groups, n_genes)) for _ in range(5)] + [np.zeros(n_genes)]
+    sums, sumsq, nnz, u, ties = (np.zeros((n_groups, n_genes)) for _ in range(5))
+    ctrl_ties = np.zeros(n_genes)
 
-    def run(ks: list[int]) -> None:
-        buffer = np.empty(max([ptr[bounds[k + 1]] - ptr[bounds[k]] for k in ks], default=0), np.int64)
-        for k in ks:
-            lo, hi = bounds[k], bounds[k + 1]
-            local = ptr[lo : hi + 1] - ptr[lo]
-            keys = buffer[: local[-1]]
-            if csr:
-                _csr_range_keys(x.indptr, x.indices, x.data, vkey, vmin, codes, starts[k], starts[k + 1], lo, local,
-                                gbits, vbits, lbits, keys)
-            else:
-                _dense_range_keys(x, vkey, vmin, codes, lo, local, gbits, vbits, lbits, keys)
-            _sort_and_scan(keys, local, lo, gbits, vbits, vmin, lbits, table, *out)
+    def run(k: int) -> None:
+        lo, hi = bounds[k], bounds[k + 1]
+        local = ptr[lo : hi + 1] - ptr[lo]
+        keys = workers.buffer(int(local[-1]))
+        if csr:
+            _csr_range_keys(x.indptr, x.indices, x.data, vkey, vmin, codes, starts[k], starts[k + 1], lo, local,
+                            gbits, vbits, lbits, keys)
+        else:
+            _dense_range_keys(x, vkey, vmin, codes, lo, local, gbits, vbits, lbits, keys)
+        _sort_and_scan(keys, local, lo, gbits, vbits, vmin, lbits, table, sums, sumsq, nnz, u, ties, ctrl_ties)
 
-    n_ranges = len(bounds) - 1
-    share = np.searchsorted(ptr[bounds[1:]], np.linspace(0, ptr[-1], max(n_threads, 1) + 1)[1:-1])
-    jobs = [ks.tolist() for ks in np.split(np.arange(n_ranges), share) if len(ks)]
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(jobs))) as pool:
-        list(pool.map(run, jobs))
+    for job in [workers.pool.submit(run, k) for k in range(len(bounds) - 1)]:
+        job.result()
 
-    sums, sumsq, nnz, u, ties, ctrl_ties = out
     zeros_ctrl = n_per_group[0] - nnz[0]
     n1 = n_per_group[1:, None].astype(np.float64)
     zeros_pert = n1 - nnz[1:]

@@ -55,14 +55,15 @@ class Summary:
         return np.nan_to_num(lfc, nan=0.0, posinf=np.inf, neginf=-np.inf).astype(np.float32)
 
 
-def summarize(screen: Screen, *, with_de: bool, n_threads: int = N_THREADS) -> Summary:
+def summarize(screen: Screen, *, with_de: bool, workers: mwu.Workers | int = N_THREADS) -> Summary:
     """Group means, variances and (optionally) MWU p-values, each from one compiled pass over the entries.
 
-    With DE, the Mann-Whitney pass (`mwu.group_stats`) sums the values too, on `n_threads` threads.
+    With DE, the Mann-Whitney pass (`mwu.group_stats`) sums the values too, on `workers` (a number of
+    threads, or `mwu.Workers` shared with other files summarised at the same time).
     """
     n = screen.n_cells_per_group
     if with_de:
-        res = mwu.group_stats(screen.x, screen.codes, n, n_threads)
+        res = mwu.group_stats(screen.x, screen.codes, n, workers)
         sums, sumsq, pval = res.sums, res.sumsq, res.pval
     else:
         sums, sumsq = _group_sums(screen.x, screen.codes, len(n))
