@@ -26,7 +26,7 @@ from biojepac.eval import bootstrap, calibrated, vcc
 from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
 from biojepac.eval.report_metrics import report_metrics
 from biojepac.eval.mwu import Workers
-from biojepac.eval.stats import N_THREADS, Summary, small_pages, summarize
+from biojepac.eval.stats import N_THREADS, Summary, small_pages, summarize, warm_up
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -117,6 +117,7 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     # Their Mann-Whitney ranges go to one set of workers, one thread per core.
     with concurrent.futures.ThreadPoolExecutor(2) as pool, Workers(N_THREADS) as workers:
         jobs = [pool.submit(_read_and_summarize, src, kw, need_de, workers) for src in (real, pred)]
+        warm_up()  # numba's first call (~0.25 s) overlaps the reads here instead of stalling both files after
         (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
     check_pair(real_sc, pred_sc)
     base_sc = _baseline_screen(baseline, train, real_sc, kw)
