@@ -90,7 +90,7 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
     if vals.size == 0:
         return False
     eps = vals.dtype.type(FRACTION_EPS) if vals.dtype.kind == "f" else FRACTION_EPS  # compare in the data's precision
-    vmin, vmax, fractional = _value_range(vals, eps)
+    vmin, vmax, fractional = value_range(vals, eps)
     if vmin < 0:
         raise InputError(f"{name}: negative expression value {float(vmin):.3g}; expected counts or log1p")
     if not fractional:
@@ -104,7 +104,7 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
 
 
 @numba.njit(nogil=True, cache=True)
-def _value_range(vals, eps):
+def value_range(vals, eps):
     """(min, max, whether any value's fractional part exceeds eps) in one pass."""
     vmin, vmax, fractional = vals[0], vals[0], False
     for v in vals:

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from biojepac.eval import mwu
-from biojepac.eval.inputs import Screen, _value_range
+from biojepac.eval.inputs import Screen, value_range
 
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
 """Threads for the Mann-Whitney pass (its compiled loop releases the GIL)."""
@@ -78,7 +78,7 @@ def warm_up() -> None:
     """Make numba load its runtime now, with a tiny call: the first compiled call in a process spends about
     0.25 s importing numba's internals (holding the GIL), which overlaps well with file reads (system calls
     that release it) and stalls every thread waiting for compiled code otherwise."""
-    _value_range(np.zeros(1, np.float32), np.float32(0.5))  # the first compiled call a read makes
+    value_range(np.zeros(1, np.float32), np.float32(0.5))  # the first compiled call a read makes
 
 
 def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
