@@ -109,8 +109,10 @@ def _top_n(genes: np.ndarray, approx: np.ndarray, n: int, exact_lfc) -> np.ndarr
     above = genes[approx > cut + tol] if np.isfinite(cut) else np.array([], np.int64)
     with np.errstate(invalid="ignore"):  # inf - inf when the cut falls among genes absent from controls
         near = genes[(np.abs(approx - cut) <= tol) | (approx == cut)]
-    exact = np.abs(exact_lfc(near))
-    pick = near[np.argsort(-exact, kind="stable")[: n - len(above)]]
+    room = n - len(above)
+    if room <= 0 or room >= len(near):  # all or none of the genes at the cut are in: no order needed
+        return np.concatenate([above, near[: max(room, 0)]])
+    pick = near[np.argsort(-np.abs(exact_lfc(near)), kind="stable")[:room]]
     return np.concatenate([above, pick])
 
 
