@@ -243,14 +243,14 @@ def _sort_and_scan(keys, ptr, lo, gbits, vbits, vmin, lbits, table, sums, sumsq,
     for b in range(0, n_genes, width):
         longest = max(longest, ptr[min(b + width, n_genes)] - ptr[b])
     spare = np.empty(longest, np.int64)
-    hist = np.zeros((64 // RADIX_BITS + 1, 1 << RADIX_BITS), np.int64)
+    hist = np.zeros(((lbits + vbits + gbits) // RADIX_BITS + 1, 1 << RADIX_BITS), np.int64)
     bits = np.zeros(1, np.int32)
     as_float = bits.view(np.float32)  # float32 values are keyed by their bit pattern
     acc = np.zeros((n_groups, 2))  # per group: sum, sum of squares
     counts = np.zeros((n_groups, 3), np.int64)  # per group: count, 2U, tie term (integers: exact)
     gmask, vmask = (1 << gbits) - 1, (1 << vbits) - 1
     for b in range(0, n_genes, width):
-        _radix_sort(keys[ptr[b] : ptr[min(b + width, n_genes)]], spare, hist)
+        block = _radix_sort(keys[ptr[b] : ptr[min(b + width, n_genes)]], spare, hist, lbits + vbits + gbits)
         for g in range(b, min(b + width, n_genes)):
             acc[:] = 0.0
             counts[:] = 0
@@ -258,7 +258,7 @@ def _sort_and_scan(keys, ptr, lo, gbits, vbits, vmin, lbits, table, sums, sumsq,
             run_start = 0  # control entries sorted before this entry's run of tied values
             j = 0  # earlier entries of the run with this entry's group
             prev = np.int64(-1)
-            for k in keys[ptr[g] : ptr[g + 1]]:
+            for k in block[ptr[g] - ptr[b] : ptr[g + 1] - ptr[b]]:
                 grp = k & gmask
                 run_start = run_start if (k ^ prev) >> gbits == 0 else below
                 j = j + 1 if k == prev else 0
@@ -285,10 +285,11 @@ def _sort_and_scan(keys, ptr, lo, gbits, vbits, vmin, lbits, table, sums, sumsq,
 
 
 @numba.njit(nogil=True, cache=True)
-def _radix_sort(key, spare, hist):
-    """Sort non-negative int64 keys in place: insertion sort for a few, else LSD radix over the span, with
-    every pass's histogram counted in one read (`hist`: passes x buckets) and passes on a digit that all
-    keys share skipped."""
+def _radix_sort(key, spare, hist, bits):
+    """Sort non-negative int64 keys below 2**bits; returns the sorted keys, which lie in `key` or in the
+    front of `spare` (no copy back). Insertion sort for a few; else LSD radix in as few passes of at most
+    RADIX_BITS bits as `bits` needs, every pass's histogram counted in one read (`hist`: passes x
+    buckets), and a pass on a digit that all keys share skipped."""
     n = len(key)
     if n <= 32:
         for i in range(1, n):
@@ -298,22 +299,18 @@ def _radix_sort(key, spare, hist):
                 key[k + 1] = key[k]
                 k -= 1
             key[k + 1] = v
-        return
-    low, high = key.min(), key.max()
-    passes = 0
-    while passes * RADIX_BITS < 63 and (high - low) >> (passes * RADIX_BITS):
-        passes += 1
-    mask = (1 << RADIX_BITS) - 1
-    hist[:passes] = 0
+        return key
+    passes = max((bits + RADIX_BITS - 1) // RADIX_BITS, 1)
+    width = (bits + passes - 1) // passes
+    mask = (1 << width) - 1
+    hist[:passes, : mask + 1] = 0
     for i in range(n):
-        d = key[i] - low
         for p in range(passes):
-            hist[p, (d >> (p * RADIX_BITS)) & mask] += 1
+            hist[p, (key[i] >> (p * width)) & mask] += 1
     src, dst = key, spare[:n]
-    done = 0
     for p in range(passes):
-        shift = p * RADIX_BITS
-        if hist[p, ((key[0] - low) >> shift) & mask] == n:
+        shift = p * width
+        if hist[p, (key[0] >> shift) & mask] == n:
             continue  # every key has this digit
         total = 0
         for d in range(mask + 1):
@@ -321,13 +318,11 @@ def _radix_sort(key, spare, hist):
             hist[p, d] = total
             total += count
         for i in range(n):
-            d = ((src[i] - low) >> shift) & mask
+            d = (src[i] >> shift) & mask
             dst[hist[p, d]] = src[i]
             hist[p, d] += 1
         src, dst = dst, src
-        done += 1
-    if done % 2:  # the sorted keys ended in the spare buffer
-        key[:] = src
+    return src
 
 
 def _pvalue(u1: np.ndarray, n1: np.ndarray, n2: float, ties: np.ndarray) -> np.ndarray:
