@@ -40,8 +40,8 @@ RADIX_BITS = 12
 """Bits per radix-sort pass (4,096 buckets)."""
 SORT_BITS = 3 * RADIX_BITS
 """Key bits that three radix passes sort; blocks are made narrow enough for keys to fit when they can."""
-BLOCK_KEYS = 1 << 16
-"""Aim for about this many keys (512 KiB) per block of genes, so that a block is sorted within the cache."""
+BLOCK_KEYS = 1 << 15
+"""Aim for about this many keys (256 KiB) per block of genes, so that a block is sorted within the cache."""
 RANGE_KEYS = 1 << 22
 """Keys per range of genes (32 MiB): the memory each thread writes keys into, reused range after range."""
 
