@@ -1,8 +1,8 @@
 """Every per-group summary the metrics need, from one pass over a file's non-zero entries.
 
 The group sums and sums of squares (pseudobulk means, t-test variances) and, when asked, the Mann-Whitney
-p-values of every perturbation against this file's own controls (`mwu`). Memory is one int64 key per
-non-zero entry plus (groups x genes) summaries; the dense matrix is never built.
+p-values of every perturbation against this file's own controls (`mwu`). Memory is a key buffer per
+worker thread (`mwu.RANGE_KEYS` keys) plus (groups x genes) summaries; the dense matrix is never built.
 """
 
 import contextlib
