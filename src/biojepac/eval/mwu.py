@@ -102,6 +102,7 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     gbits = max(int(n_groups - 1).bit_length(), 1)
     ptr, vmin, vmax = _csr_gene_counts(x.indices, x.data, vkey, n_genes) if csr else _dense_gene_counts(x, vkey)
     vbits = max(int(vmax - vmin).bit_length(), 1)  # value keys are stored less the smallest
+    assert vbits + gbits <= 62, "too many distinct values and groups to pack into a 64-bit key"
     per_gene = ptr[-1] / max(n_genes, 1)
     lbits = min(int(np.log2(max(BLOCK_KEYS / max(per_gene, 1.0), 1.0))), 10, SORT_BITS - vbits - gbits)
     lbits = max(lbits, 0)
