@@ -117,7 +117,7 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
         local = ptr[lo : hi + 1] - ptr[lo]
         keys = workers.buffer(int(local[-1]))
         if csr:
-            _csr_range_keys(x.indptr, x.indices, x.data, vkey, vmin, codes, starts[k], starts[k + 1], lo, local,
+            _csr_range_keys(x.indices, x.data, vkey, vmin, codes, starts[k], starts[k + 1], lo, local,
                             gbits, vbits, lbits, keys)
         else:
             _dense_range_keys(x, vkey, vmin, codes, lo, local, gbits, vbits, lbits, keys)
@@ -193,7 +193,7 @@ def _row_starts(indptr, indices, bounds):
 
 
 @numba.njit(nogil=True, cache=True)
-def _csr_range_keys(indptr, indices, data, vkey, vmin, codes, first, stop, lo, ptr, gbits, vbits, lbits, keys):
+def _csr_range_keys(indices, data, vkey, vmin, codes, first, stop, lo, ptr, gbits, vbits, lbits, keys):
     """Keys of genes lo.. (the entries first[r]:stop[r] of each row r) into `keys`, block-major: one
     counting-sort pass over the cells by block of 2**lbits genes, few enough places to write to that they
     stay in the cache. A key packs (gene within its block, value key, group) from high bits to low, so
@@ -357,24 +357,10 @@ def _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group):
     return arg, flat
 
 
-def bh_fdr(p: Float[np.ndarray, "perts genes"]) -> Float[np.ndarray, "perts genes"]:
-    """Benjamini-Hochberg within each perturbation (row), as pdex does with scipy's
-    `false_discovery_control(method="bh")`: the same operations, so the same bits (scipy.stats is slow to
-    import, so it is not used here)."""
-    m = p.shape[-1]
-    if m <= 1:
-        return p
-    order = np.argsort(p, axis=-1)
-    ps = np.take_along_axis(p, order, axis=-1)
-    ps *= m / np.arange(1, m + 1, dtype=ps.dtype)
-    np.minimum.accumulate(ps[..., ::-1], out=ps[..., ::-1], axis=-1)  # reject every p below a rejected one
-    out = np.empty_like(ps)
-    np.put_along_axis(out, order, ps, axis=-1)
-    return np.clip(out, 0.0, 1.0)
-
-
 def bh_significant(p: Float[np.ndarray, "perts genes"], alpha: np.float32) -> np.ndarray:
-    """`bh_fdr(p).astype(np.float32) < alpha`, bit for bit, sorting only the p-values that can pass.
+    """Benjamini-Hochberg significance within each perturbation (row), as pdex computes it with scipy's
+    `false_discovery_control(method="bh")` and cell-eval compares it in float32: `fdr.astype(float32) <
+    alpha`, bit for bit, but sorting only the p-values that can pass (scipy.stats is slow to import).
 
     A BH value is a minimum of terms p_(j) * m / j >= p_(j), so p-values at or above 1.2 * alpha give
     terms that can never pass, and the passing minimum, when there is one, comes from the smaller

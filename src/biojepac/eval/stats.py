@@ -37,10 +37,6 @@ class Summary:
     """Mann-Whitney p-value of each perturbation vs control, (perts x genes); None if not computed."""
 
     @property
-    def fdr(self) -> np.ndarray:
-        return mwu.bh_fdr(self.pval)
-
-    @property
     def lfc(self) -> np.ndarray:
         """pdex's log2 fold change of pseudobulks: log2(expm1(mean_pert) / expm1(mean_ctrl)), float32.
 
