@@ -29,8 +29,9 @@ N_STEPS, CKPT_EVERY, KILL_AFTER = 30, 10, 15
 
 TRAIN = """
 import json, sys
-from biojepac.train.streamed import StreamedPretrainConfig, pretrain_streamed
-st = pretrain_streamed(StreamedPretrainConfig(shard_fpaths=({fpath!r},), run_dpath={run!r}, preset="tiny", n_steps={n_steps},
+from biojepac.models.jepa.config import get_preset
+from biojepac.models.jepa.streamed import StreamedPretrainConfig, pretrain_streamed
+st = pretrain_streamed(StreamedPretrainConfig(shards=({fpath!r},), run_dpath={run!r}, preset="tiny", steps_scale={n_steps} / get_preset("tiny").pretrain.n_steps,
                                               batch_size=32, n_tokens=64, ckpt_every={ckpt}, progress=False))
 print(json.dumps({{"step": int(st.step)}}))
 """

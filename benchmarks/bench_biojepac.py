@@ -56,7 +56,8 @@ def bench_throughput(n_steps=20) -> list[dict]:
     """Steady-state training cells/s per stage at `cpu-small` on a 500-gene synthetic screen (compile excluded)."""
     from biojepac.data.normalize import normalize_log1p
     from biojepac.data.synthetic import get_preset as synth_preset, make_synthetic_screen
-    from biojepac.train import biojepac as tb, loop
+    from biojepac.models.jepa import trainer as tb
+    from biojepac.train import loop
 
     adata = normalize_log1p(make_synthetic_screen(synth_preset("demo", n_contexts=1, cells_per_pert=20), seed=0), 1e4)
     cfg = get_preset("cpu-small")

@@ -18,10 +18,11 @@ N_CELLS, N_GENES, BATCH, N_TOKENS, WARMUP, STEPS = 20_000, 500, 32, 128, 2, 10
 
 CHILD = """
 import json, tempfile, pathlib, jax
-from biojepac.train.streamed import StreamedPretrainConfig, pretrain_streamed
+from biojepac.models.jepa.config import get_preset
+from biojepac.models.jepa.streamed import StreamedPretrainConfig, pretrain_streamed
 with tempfile.TemporaryDirectory() as d:
-    pretrain_streamed(StreamedPretrainConfig(shard_fpaths=({fpath!r},), run_dpath=d, preset="cpu-small", batch_size={batch},
-                                             n_tokens={n_tokens}, n_steps={warmup} + {steps}, progress=False, ckpt_every=10**6))
+    pretrain_streamed(StreamedPretrainConfig(shards=({fpath!r},), run_dpath=d, preset="cpu-small", batch_size={batch},
+                                             n_tokens={n_tokens}, steps_scale=({warmup} + {steps}) / get_preset("cpu-small").pretrain.n_steps, progress=False, ckpt_every=10**6))
     rows = [json.loads(r) for r in (pathlib.Path(d) / "metrics.jsonl").read_text().splitlines()]
 # run_loop logs every step here (wall clock since the loop started, synchronised by reading the loss);
 # time the steps after the first {warmup}, which include compilation.

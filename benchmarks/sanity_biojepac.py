@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from biojepac.models.jepa.config import get_preset
-from biojepac.train.biojepac import fit_biojepac
+from biojepac.models.jepa.model import BioJepacModel
 
 CONTROL = "non-targeting"
 
@@ -70,7 +70,7 @@ def bench_sanity(seed: int = 0) -> list[dict]:
     for name, data, feats in [("biojepac (features)", train, None), ("biojepac (learned ID)", train, onehot),
                               ("biojepac (shuffled labels)", shuffled, None), ("biojepac (control->control)", c2c, None)]:
         t0 = time.perf_counter()
-        model = fit_biojepac(data, feats, cfg)
+        model = BioJepacModel(cfg, feats).fit(data)
         pred = np.stack([model.predict(ctrl, p, "ctx0", 0).mean(0) - ctrl.mean(0) for p in test])
         rows.append({"model": name, **_score(pred, obs), "fit_s": round(time.perf_counter() - t0, 1)})
         print(rows[-1], flush=True)

@@ -28,8 +28,8 @@ fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 # shellcheck disable=SC2086
 exec .venv/bin/python -m biojepac.cli train stream-pretrain \
-  --shard-fpaths $SHARDS \
+  --shards $SHARDS \
   --run-dpath "$RUN_DPATH" \
-  --preset report \
+  --preset paper \
   --bf16 \
   "$@"

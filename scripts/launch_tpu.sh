@@ -22,9 +22,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC2086
 exec .venv/bin/python -m biojepac.cli train stream-pretrain \
-  --shard-fpaths $SHARDS \
+  --shards $SHARDS \
   --run-dpath "$RUN_DPATH" \
-  --preset report \
+  --preset paper \
   --bf16 \
   --dist.auto-detect \
   "$@"

@@ -66,42 +66,26 @@ COMMANDS: dict = {
     "train": {
         "biojepac": (
             "Train BioJEPAC: --stage pretrain|compose|predict|decode|all, --preset tiny|cpu-small|report.",
-            "biojepac.train.biojepac:TrainBiojepacConfig",
-            "biojepac.train.biojepac:train_biojepac",
+            "biojepac.models.jepa.model:TrainBiojepacConfig",
+            "biojepac.models.jepa.model:train_biojepac",
         ),
         "state": (
             "Train the state-transition (STATE-like) model on a log1p screen and save it.",
-            "biojepac.train.state:TrainStateConfig",
-            "biojepac.train.state:train",
+            "biojepac.models.state.model:TrainStateConfig",
+            "biojepac.models.state.model:train",
         ),
         "stream-pretrain": (
             "BioJEPAC stage-1 pretraining streamed from backed shards (larger than memory; multi-host, bf16, grad accumulation).",
-            "biojepac.train.streamed:StreamedPretrainConfig",
-            "biojepac.train.streamed:pretrain_streamed",
+            "biojepac.models.jepa.streamed:StreamedPretrainConfig",
+            "biojepac.models.jepa.streamed:pretrain_streamed",
         ),
     },
     "bench": (
         "Run models x tasks, record per-perturbation metrics in SQLite and write the leaderboard.",
-        "biojepac.bench:BenchConfig",
-        "biojepac.bench:run_bench",
+        "biojepac.bench.grid:BenchConfig",
+        "biojepac.bench.grid:run_bench",
     ),
 }
-
-
-def command_line(prog: str, cfg) -> str:
-    """An equivalent command line for a config, recorded in provenance so any output can be re-made
-    (sys.argv is useless for that under the Python API or pytest)."""
-    import dataclasses
-
-    parts = [prog]
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(value, tuple):
-            parts += [flag, *map(str, value)] if value else []
-        elif value is not None:
-            parts += [flag, str(value)]
-    return " ".join(parts)
 
 
 def _load(ref: str):

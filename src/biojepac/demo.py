@@ -23,6 +23,8 @@ from biojepac.data.normalize import normalize_log1p
 from biojepac.data.pairing import pseudobulk_deltas
 from biojepac.eval.evaluate import evaluate
 from biojepac.io import write_h5ad_atomic, write_text_atomic
+from biojepac.models import registry
+from biojepac.models.base import Preset
 from biojepac.predict import predict_cells
 
 ModelName = typing.Literal["control-mean", "cell-mean", "linear", "knn", "state", "biojepac"]
@@ -38,10 +40,10 @@ class DemoConfig:
     """Models to fit and compare."""
     features: str = "varm:network_features"
     """Perturbation features for linear/knn/state/biojepac: the synthetic screen's per-gene network features."""
-    state_preset: str = "tiny"
-    """STATE-style transition preset (tiny | cpu-small | paper)."""
-    biojepac_preset: str = "tiny"
-    """BioJEPAC preset (tiny | cpu-small | report)."""
+    model_preset: Preset = "tiny"
+    """Preset of the neural models (state, biojepac): tiny | cpu-small | paper."""
+    steps_scale: float = 1.0
+    """Multiply the neural models' training steps (quick runs: 0.1)."""
     seed: int = 0
     """Seeds the screen, the split, control sampling and every model."""
     n_boot: int = 200
@@ -77,7 +79,8 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
     for i, name in enumerate(cfg.models):
         print(f"[2/5] fit {name}")
         t_fit = time.perf_counter()
-        model = make_model(name, cfg, train)
+        model, _ = registry.build(name, features=cfg.features, preset=cfg.model_preset, seed=cfg.seed,
+                                  run_dpath=cfg.out_dpath / "runs" / name, steps_scale=cfg.steps_scale)
         model.fit(train)
         fit_s = time.perf_counter() - t_fit
         print(f"[3/5] predict {name}")
@@ -106,31 +109,6 @@ def get_real(norm: ad.AnnData, context: str, test_perts: list[str]) -> ad.AnnDat
     real = norm[keep].copy()
     real.obs[schema.PERT_COL] = real.obs[schema.PERT_COL].astype(str).astype("category")
     return real
-
-
-def make_model(name: str, cfg: DemoConfig, train: ad.AnnData):
-    from biojepac.features import make_provider
-
-    if name in ("control-mean", "cell-mean", "linear", "knn"):
-        from biojepac.models.baselines import MODELS, BaselineConfig
-
-        return MODELS[name](BaselineConfig(features=cfg.features))
-    features = make_provider(cfg.features, train)
-    if name == "state":
-        from biojepac.models.state import StateModel
-        from biojepac.train.state import PRESETS
-
-        model_cfg, fit_cfg = PRESETS[cfg.state_preset]
-        fit_cfg = dataclasses.replace(fit_cfg, seed=cfg.seed, progress=False,
-                                      run_dpath=cfg.out_dpath / "runs" / "state")
-        return StateModel(model_cfg, features=features, train_cfg=fit_cfg)
-    if name == "biojepac":
-        from biojepac.models.jepa.config import get_preset
-        from biojepac.models.jepa.model import BioJepacModel
-
-        bcfg = dataclasses.replace(get_preset(cfg.biojepac_preset), seed=cfg.seed)
-        return BioJepacModel(bcfg, features=features, run_dpath=cfg.out_dpath / "runs" / "biojepac")
-    typing.assert_never(name)
 
 
 HEADLINE = {

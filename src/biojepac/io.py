@@ -29,6 +29,32 @@ def atomic_write(fpath: str | os.PathLike, write: Callable[[pathlib.Path], objec
     return fpath
 
 
+def write_dir_atomic(dpath: str | os.PathLike, write: Callable[[pathlib.Path], object]) -> pathlib.Path:
+    """Call `write(tmp_dpath)` on a fresh folder beside `dpath`, then rename it to `dpath`, replacing a
+    previous folder of that name only once the new one is complete. A failed or killed write leaves
+    the previous folder (and, when killed, a hidden `.NAME.tmp*` folder that the next write removes)."""
+    import shutil
+    import tempfile
+
+    dpath = pathlib.Path(dpath)
+    dpath.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dpath.parent.glob(f".{dpath.name}.tmp*"):  # left by a killed earlier write
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=dpath.parent, prefix=f".{dpath.name}.tmp"))
+    try:
+        write(tmp)
+        if dpath.exists():
+            old = dpath.with_name(f".{dpath.name}.tmp-old{os.getpid()}")
+            os.replace(dpath, old)
+            os.replace(tmp, dpath)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dpath)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dpath
+
+
 def write_text_atomic(fpath: str | os.PathLike, text: str | bytes) -> pathlib.Path:
     if isinstance(text, bytes):
         return atomic_write(fpath, lambda tmp: tmp.write_bytes(text))
@@ -38,3 +64,19 @@ def write_text_atomic(fpath: str | os.PathLike, text: str | bytes) -> pathlib.Pa
 def write_h5ad_atomic(adata: ad.AnnData, fpath: str | os.PathLike, **kwargs) -> pathlib.Path:
     """`adata.write_h5ad`, atomically; `kwargs` go to it (e.g. `compression="gzip"`)."""
     return atomic_write(fpath, lambda tmp: adata.write_h5ad(tmp, **kwargs))
+
+
+def command_line(prog: str, cfg) -> str:
+    """An equivalent command line for a config, recorded in provenance so any output can be re-made
+    (sys.argv is useless for that under the Python API or pytest)."""
+    import dataclasses
+
+    parts = [prog]
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, tuple):
+            parts += [flag, *map(str, value)] if value else []
+        elif value is not None:
+            parts += [flag, str(value)]
+    return " ".join(parts)

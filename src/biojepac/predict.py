@@ -7,12 +7,10 @@ predicted cells, as the VCC expects. Provenance (model, split, features, seed, c
 `uns["biojepac"]`; the file is written atomically.
 
 `--model` is either a baseline kind (fitted here on the training cells of `--split`) or a saved model
-directory whose `model.json` names its `kind` (dispatched through `LOADERS`; a `loader` field
-`"module:function"` in model.json also works for kinds this table does not know yet).
+folder, rebuilt by `models.registry.load` from its `model.json` kind.
 """
 
 import dataclasses
-import importlib
 import json
 import pathlib
 from typing import Literal
@@ -22,19 +20,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from biojepac.cli import command_line
 from biojepac.data import schema
+from biojepac.data.load import read_training_screen
 from biojepac.errors import InputError
-from biojepac.io import write_h5ad_atomic
-from biojepac.models.baselines import MODELS, BaselineConfig
-
-LOADERS: dict[str, str] = {
-    **{kind: "biojepac.models.baselines:load" for kind in MODELS},
-    "state": "biojepac.models.state:load",
-    "biojepac": "biojepac.models.jepa.model:BioJepacModel.load",
-}
-"""model.json `kind` -> "module:callable" that rebuilds the saved model from its directory."""
-
+from biojepac.io import command_line, write_h5ad_atomic
+from biojepac.models import registry
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
@@ -65,7 +55,7 @@ class PredictConfig:
 
 
 def run_predict(cfg: PredictConfig) -> pathlib.Path:
-    train = read_screen(cfg.train)
+    train = read_training_screen(cfg.train)
     perts = read_requests(cfg)
     model, model_prov = get_model(cfg, train)
     out = predict_cells(model, train, perts, cfg.context, cfg.seed, cfg.max_controls)
@@ -86,24 +76,6 @@ def run_predict(cfg: PredictConfig) -> pathlib.Path:
     print(f"wrote {cfg.out}: {n_pred} predicted cells for {len(perts)} perturbations + "
           f"{out.n_obs - n_pred} real controls ({out.n_vars} genes)")
     return cfg.out
-
-
-def read_screen(fpath: pathlib.Path) -> ad.AnnData:
-    """A canonical screen, log1p (counts are normalised with `normalize_log1p`, median target)."""
-    from biojepac.data.normalize import detect_counts, normalize_log1p
-
-    if not pathlib.Path(fpath).is_file():
-        raise InputError(f"{fpath}: file not found")
-    adata = ad.read_h5ad(fpath)
-    for col in (schema.PERT_COL, schema.CONTEXT_COL):
-        if col not in adata.obs.columns:
-            raise InputError(f"{fpath}: obs has no column {col!r} (load the screen with `biojepac data` first)")
-    if schema.BATCH_COL not in adata.obs.columns:
-        adata.obs[schema.BATCH_COL] = schema.DEFAULT_BATCH
-    adata.obs[schema.PERT_COL] = adata.obs[schema.PERT_COL].astype(str)
-    adata.obs[schema.CONTEXT_COL] = adata.obs[schema.CONTEXT_COL].astype(str)
-    adata.uns[schema.UNS_KEY] = {**adata.uns.get(schema.UNS_KEY, {}), "file": str(fpath)}
-    return normalize_log1p(adata) if detect_counts(adata.X) else adata
 
 
 def read_requests(cfg: PredictConfig) -> pd.DataFrame:
@@ -131,32 +103,20 @@ def read_requests(cfg: PredictConfig) -> pd.DataFrame:
 
 
 def get_model(cfg: PredictConfig, train: ad.AnnData):
-    """(fitted model, provenance dict): a saved directory is loaded, a baseline kind is fitted here."""
+    """(fitted model, provenance dict): a saved folder is loaded, a baseline kind is fitted here."""
     path = pathlib.Path(cfg.model)
     if path.is_dir():
-        return load_model(path), {"path": str(path), "kind": json.loads((path / "model.json").read_text())["kind"]}
-    if cfg.model not in MODELS:
-        raise InputError(f"--model {cfg.model!r}: not a saved model directory nor a baseline kind {sorted(MODELS)}")
+        model = registry.load(path)
+        return model, {"path": str(path), "kind": model.name}
+    if cfg.model in registry.NEURAL:
+        raise InputError(f"--model {cfg.model}: train it first (`biojepac train {cfg.model.split('-')[0]}`) and "
+                         "pass the saved model folder it prints")
+    if cfg.model not in registry.baseline_kinds():
+        raise InputError(f"--model {cfg.model!r}: not a saved model folder nor a baseline kind {sorted(registry.baseline_kinds())}")
     fit_cells = train[train_mask(train, cfg.split, cfg.train)].copy()
-    bcfg = BaselineConfig(features=cfg.features, feature_fallback=cfg.feature_fallback)
-    model = MODELS[cfg.model](bcfg).fit(fit_cells)
-    return model, {"kind": cfg.model, "config": dataclasses.asdict(bcfg), "fit_cells": int(fit_cells.n_obs)}
-
-
-def load_model(dpath: pathlib.Path):
-    """Any saved model: `model.json` kind -> `LOADERS` (or the file's own `loader` field)."""
-    meta_fpath = pathlib.Path(dpath) / "model.json"
-    if not meta_fpath.is_file():
-        raise InputError(f"{dpath}: no model.json; not a saved model directory")
-    meta = json.loads(meta_fpath.read_text())
-    ref = LOADERS.get(meta.get("kind", "")) or meta.get("loader")
-    if ref is None:
-        raise InputError(f"{meta_fpath}: unknown model kind {meta.get('kind')!r}; known: {sorted(LOADERS)}")
-    module, attr = ref.split(":")
-    fn = importlib.import_module(module)
-    for part in attr.split("."):
-        fn = getattr(fn, part)
-    return fn(pathlib.Path(dpath))
+    model, prov = registry.build(cfg.model, features=cfg.features, fallback=cfg.feature_fallback, seed=cfg.seed)
+    model.fit(fit_cells)
+    return model, {**prov, "fit_cells": int(fit_cells.n_obs)}
 
 
 def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath) -> np.ndarray:

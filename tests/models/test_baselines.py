@@ -14,7 +14,8 @@ import scipy.sparse as sp
 
 from biojepac.errors import InputError
 from biojepac.models.base import PerturbationModel
-from biojepac.models.baselines import MODELS, BaselineConfig, CellMean, load
+from biojepac.models.baselines import MODELS, BaselineConfig, CellMean
+from biojepac.models.registry import load
 from random_screen import build_random_screen
 
 N_GENES = 30

@@ -7,6 +7,7 @@ import pytest
 
 from biojepac.models.base import PerturbationModel
 from biojepac.models.jepa.config import get_preset
+from biojepac.models import registry
 from biojepac.models.jepa.model import BioJepacModel
 
 
@@ -52,7 +53,7 @@ def test_save_load_roundtrip_and_uncertainty(fitted, tmp_path):
     adata, model = fitted
     model.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "model.json").read_text())["kind"] == "biojepac"
-    again = BioJepacModel.load(tmp_path / "m")
+    again = registry.load(tmp_path / "m")
     ctrl = adata.X.toarray()[:70]
     p = adata.obs["target_gene"].iloc[-1]
     np.testing.assert_allclose(again.predict(ctrl, p, "ctx0", 0), model.predict(ctrl, p, "ctx0", 0), rtol=1e-5, atol=1e-6)

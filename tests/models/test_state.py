@@ -13,9 +13,12 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from biojepac.models import state as st
+from biojepac.features import resolve_features
+from biojepac.models import registry
+from biojepac.models.state import model as st
+from biojepac.models.state import trainer
+from biojepac.models.state.network import StateTransition
 from biojepac.models.energy import energy_distance
-from biojepac.train import state as trainer
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
 
 
@@ -72,7 +75,7 @@ def test_tiny_model_learns_the_shifts_and_round_trips(tmp_path):
 
     model.save(tmp_path / "model")
     assert json.loads((tmp_path / "model" / "model.json").read_text())["kind"] == "state"
-    again = st.load(tmp_path / "model")
+    again = registry.load(tmp_path / "model")
     np.testing.assert_allclose(again.predict(ctrl, "A", "c1", 3), model.predict(ctrl, "A", "c1", 3), atol=1e-6)
     # An unseen context falls back to the "unknown" row instead of failing; a gene without features fails.
     assert again.predict(ctrl, "A", "never-seen", 0).shape == ctrl.shape
@@ -82,7 +85,7 @@ def test_tiny_model_learns_the_shifts_and_round_trips(tmp_path):
 
 def test_resume_gives_the_same_parameters(tmp_path):
     adata = make_shift_screen(n_genes=6)
-    features = trainer.get_features("onehot", adata)
+    features = resolve_features("onehot", adata)
     x = np.asarray(adata.X)
     sampler = trainer.SentenceSampler(x, x, adata.obs, features.vectors(["A", "B"]), 8, 2, seed=1)
     cfg = dataclasses.replace(TINY, set_size=8)
@@ -91,7 +94,7 @@ def test_resume_gives_the_same_parameters(tmp_path):
     step_fn = make_train_step(trainer.make_loss_fn(cfg), optim)
 
     def fresh():
-        net = st.StateTransition(cfg, 6, 6, features.dim, 1, 1, key=jax.random.PRNGKey(0))
+        net = StateTransition(cfg, 6, 6, features.dim, 1, 1, key=jax.random.PRNGKey(0))
         return make_state(net, optim, jax.random.PRNGKey(1))
 
     loop_cfg = LoopConfig(n_steps=6, ckpt_every=2, log_every=1, progress=False)
@@ -123,13 +126,15 @@ def test_sampler_pairs_controls_of_the_same_context():
 def test_latent_input_runs_on_the_biojepac_encoder_and_round_trips(tmp_path):
     """A (random, untrained) BioJEPAC encoder supplies the cell tokens; the saved model carries it along."""
     from biojepac.models.jepa.config import get_preset
-    from biojepac.models.jepa.model import BioJepacModel, make_modules
-    from biojepac.models.state_latent import JepaCellEncoder
+    from biojepac.features.base import GeneTable
+    from biojepac.models.jepa.model import BioJepacModel
+    from biojepac.models.jepa.network import make_modules
+    from biojepac.models.state.latent import JepaCellEncoder
 
     adata = make_shift_screen(n_genes=8)
     jepa = BioJepacModel(get_preset("tiny"))
     jepa.genes, jepa.mode = list(map(str, adata.var_names)), 0
-    jepa.gene_table = {"A": np.ones(4, np.float32), "B": -np.ones(4, np.float32)}
+    jepa.features = GeneTable(name="ab", keys=("A", "B"), matrix=np.stack([np.ones(4), -np.ones(4)]))
     jepa.mods = make_modules(8, 4, jepa.cfg, jax.random.PRNGKey(0))
     jepa.save(tmp_path / "jepa")
     encoder = JepaCellEncoder(tmp_path / "jepa")
@@ -143,7 +148,7 @@ def test_latent_input_runs_on_the_biojepac_encoder_and_round_trips(tmp_path):
     rows = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "energy_latent" in rows and np.isfinite(rows["loss"])
     model.save(tmp_path / "model")
-    again = st.load(tmp_path / "model")  # default loader restores the copied encoder
+    again = registry.load(tmp_path / "model")  # the copied encoder comes back with it
     pred = again.predict(x, "A", "c1", 0)
     assert pred.shape == x.shape and (pred >= 0).all()
     np.testing.assert_allclose(pred, model.predict(x, "A", "c1", 0), atol=1e-5)

@@ -17,6 +17,7 @@ import optax
 
 from biojepac.data.stream import CellStream, StreamConfig
 from biojepac.train import distributed as dist
+from biojepac.train import loop
 from biojepac.train.loop import make_state, make_train_step
 
 N_GENES, DIM, BATCH = 30, 8, 8
@@ -83,7 +84,7 @@ def main() -> None:
         spec = sharded.params.emb.sharding.spec
         st, got, _ = run(sharded, plain, data, lambda b: dist.global_batch(b, mesh))
         got_emb = np.asarray(jax.device_get(st.params.emb))
-        accum = dist.make_accum_step(loss_fn, optim, n_micro=4)
+        accum = loop.make_accum_step(loss_fn, optim, n_micro=4)
         _, acc, acc_emb = run(state, accum, data, lambda b: dist.global_batch(b, mesh))
         bf16 = make_train_step(dist.mixed_precision(loss_fn), optim)
         st16, lo16, _ = run(state, bf16, data, lambda b: dist.global_batch(b, mesh))

@@ -8,7 +8,6 @@ task's training cells, predicts every test item from that context's real control
 timings. External peers (STATE, GEARS) are run by `biojepac.bench.peers` instead.
 """
 
-import dataclasses
 import json
 import pathlib
 import sys
@@ -18,36 +17,15 @@ import anndata as ad
 
 from biojepac.bench import tasks as tasklib
 from biojepac.data import schema
-
-OURS = ("state-st", "state-st-pb", "biojepac")
-"""Our trained models; anything else must be a `biojepac.models.baselines.MODELS` kind."""
-
+from biojepac.io import write_h5ad_atomic, write_text_atomic
 
 def make_model(name: str, task: tasklib.Task, spec: dict):
-    """A fresh, unfitted model for `name` on `task` (returns the model and its config for the DB)."""
-    if name.startswith("state-st"):
-        from biojepac.models.state import StateModel
-        from biojepac.train.state import PRESETS
+    """A fresh, unfitted model for `name` on `task` and its config for the DB (`models.registry.build`)."""
+    from biojepac.models import registry
 
-        model_cfg, fit_cfg = PRESETS[spec.get("state_preset", "cpu-small")]
-        model_cfg = dataclasses.replace(model_cfg, pseudobulk_weight=1.0 if name == "state-st-pb" else 0.0)
-        fit_cfg = dataclasses.replace(fit_cfg, n_steps=spec.get("state_steps") or fit_cfg.n_steps, seed=spec["seed"],
-                                      run_dpath=pathlib.Path(spec["work_dpath"]) / "run", progress=False)
-        cfg = {"model": dataclasses.asdict(model_cfg), "fit": dataclasses.asdict(fit_cfg), "features": task.features.name}
-        return StateModel(model_cfg, task.features, fit_cfg), cfg
-    if name == "biojepac":
-        from biojepac.models.jepa.config import get_preset
-        from biojepac.models.jepa.model import BioJepacModel
-
-        cfg = get_preset(spec.get("biojepac_preset", "tiny"))
-        return BioJepacModel(cfg, task.features, pathlib.Path(spec["work_dpath"]) / "run"), {
-            "preset": spec.get("biojepac_preset", "tiny"), "features": task.features.name}
-    from biojepac.models.baselines import MODELS, BaselineConfig
-
-    features_fpath = pathlib.Path(spec["work_dpath"]) / "features.npz"
-    task.features.save(features_fpath)
-    bcfg = BaselineConfig(features=f"file:{features_fpath}", feature_fallback="cell-mean", combo_fallback="cell-mean")
-    return MODELS[name](bcfg), {"baseline": dataclasses.asdict(bcfg), "features": task.features.name}
+    preset = spec.get("state_preset", "cpu-small") if name.startswith("state") else spec.get("biojepac_preset", "tiny")
+    return registry.build(name, features=task.features, preset=preset, seed=spec["seed"], fallback="cell-mean",
+                          run_dpath=pathlib.Path(spec["work_dpath"]) / "run", steps_scale=spec.get("steps_scale", 1.0))
 
 
 def run(spec: dict) -> dict:
@@ -71,9 +49,7 @@ def run(spec: dict) -> dict:
     pred.obs_names_make_unique()
     pred.uns = {}
     out_fpath = pathlib.Path(spec["out_fpath"])
-    tmp = out_fpath.with_name(f".{out_fpath.name}.tmp.h5ad")
-    pred.write_h5ad(tmp)
-    tmp.replace(out_fpath)
+    write_h5ad_atomic(pred, out_fpath)
     return {"train_s": train_s, "predict_s": predict_s, "config": cfg,
             "n_pred_cells": int((pred.obs[schema.PERT_COL] != schema.CONTROL).sum())}
 
@@ -81,4 +57,4 @@ def run(spec: dict) -> dict:
 if __name__ == "__main__":
     spec = json.loads(pathlib.Path(sys.argv[1]).read_text())
     info = run(spec)
-    pathlib.Path(spec["info_fpath"]).write_text(json.dumps(info, default=str))
+    write_text_atomic(spec["info_fpath"], json.dumps(info, default=str))

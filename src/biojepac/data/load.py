@@ -18,16 +18,12 @@ import numpy as np
 import pandas as pd
 
 from biojepac.data import schema
-from biojepac.data.values import scan_values
+from biojepac.data.normalize import normalize_log1p
+from biojepac.data.values import MAX_LOG1P, Expect, scan_values
 from biojepac.errors import InputError
-
-Expect = typing.Literal["auto", "counts", "log1p"]
 
 CONTROL_ALIASES = ("control", "ctrl")
 """Other control spellings some datasets use; accepted only when listed in `ScreenColumns.control_labels`."""
-
-MAX_LOG1P = 15.0
-"""Decimal data with values at or above this is neither counts nor log1p (cell-eval uses the same bound)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +33,9 @@ class ScreenColumns:
     pert: str = schema.PERT_COL
     """obs column with the perturbation label (combinations written `A+B`)."""
     context: str | None = None
-    """obs column with the cell line / cell type; None: every cell gets `default_context`."""
+    """obs column with the cell line / cell type; None: the file's `context` column, else `default_context`."""
     batch: str | None = None
-    """obs column with the batch / gem group; None: every cell gets `schema.DEFAULT_BATCH`."""
+    """obs column with the batch / gem group; None: the file's `batch` column, else `schema.DEFAULT_BATCH`."""
     guide: str | None = None
     """obs column with the guide identifier; None: the screen has no guide column."""
     pert_type: str = "CRISPRi"
@@ -85,6 +81,14 @@ def load_screen(
     return adata
 
 
+def read_training_screen(fpath: str | pathlib.Path) -> ad.AnnData:
+    """The one reader of a training screen, for every command that fits or applies a model: `load_screen`
+    (canonical schema, validated), then raw counts normalised to log1p (median target; recorded in
+    `uns["biojepac"]["transform"]`). The file is never written."""
+    adata = load_screen(fpath)
+    return normalize_log1p(adata) if adata.uns[schema.UNS_KEY]["values"] == "counts" else adata
+
+
 def canonical_obs(obs: pd.DataFrame, columns: ScreenColumns, source: str) -> pd.DataFrame:
     """A copy of `obs` with the canonical columns added (other columns are kept; canonical names win)."""
     for role in ("pert", "context", "batch", "guide"):
@@ -105,8 +109,11 @@ def canonical_obs(obs: pd.DataFrame, columns: ScreenColumns, source: str) -> pd.
             raise InputError(f"{source}: perturbation {unused[0]!r} in obs column {columns.pert!r} has zero cells ({len(unused)} such)")
     out = obs.copy()
     out[schema.PERT_COL] = _canonical_labels(src, columns.control_labels, columns.pert, source)
-    out[schema.CONTEXT_COL] = _str_column(obs, columns.context, columns.default_context, source)
-    out[schema.BATCH_COL] = _str_column(obs, columns.batch, schema.DEFAULT_BATCH, source)
+    # A file that already has the canonical column keeps it unless another column is named.
+    context_col = columns.context or (schema.CONTEXT_COL if schema.CONTEXT_COL in obs.columns else None)
+    batch_col = columns.batch or (schema.BATCH_COL if schema.BATCH_COL in obs.columns else None)
+    out[schema.CONTEXT_COL] = _str_column(obs, context_col, columns.default_context, source)
+    out[schema.BATCH_COL] = _str_column(obs, batch_col, schema.DEFAULT_BATCH, source)
     if columns.guide is not None:
         out[schema.GUIDE_COL] = _str_column(obs, columns.guide, "", source)
     if pert_type_is_col:

@@ -13,8 +13,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from biojepac.data import schema
-from biojepac.data.load import Expect
-from biojepac.data.values import scan_values
+from biojepac.data.values import Expect, scan_values
 from biojepac.errors import InputError
 
 

@@ -25,7 +25,8 @@ import tyro
 from biojepac.data import schema
 from biojepac.data.download import RemoteFile, download, verify
 from biojepac.data.genes import GeneTable, harmonize_genes, harmonize_labels
-from biojepac.data.load import CONTROL_ALIASES, Expect, ScreenColumns, check_same_genes, load_screen
+from biojepac.data.load import CONTROL_ALIASES, ScreenColumns, check_same_genes, load_screen
+from biojepac.data.values import Expect
 from biojepac.errors import InputError
 from biojepac.io import write_h5ad_atomic
 

@@ -6,12 +6,19 @@ values (`.data`) are looked at, because implicit zeros are always valid.
 """
 
 import dataclasses
+import typing
 
 import numpy as np
 import scipy.sparse as sp
 
+Expect = typing.Literal["auto", "counts", "log1p"]
+"""What a caller says X holds; "auto" detects it (`ValueScan.kind`)."""
+
 FRACTION_EPS = 1e-3
 """A value is 'non-integer' when its fractional part exceeds this (the same tolerance cell-eval uses)."""
+
+MAX_LOG1P = 15.0
+"""Decimal data with values at or above this is neither counts nor log1p (cell-eval uses the same bound)."""
 
 
 @dataclasses.dataclass(frozen=True)

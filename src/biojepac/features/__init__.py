@@ -86,4 +86,20 @@ def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
     return BUILDERS[kind](arg, train)
 
 
-__all__ = ["FeatureProvider", "GeneTable", "make_provider"]
+def resolve_features(features, train: ad.AnnData, default: str | None = None) -> GeneTable | None:
+    """What a model's `features` argument may be, as a provider: a spec string (built on `train`), a
+    provider (kept), a dict gene -> vector, or None (the `default` spec; None stays None)."""
+    import numpy as np
+
+    if features is None:
+        return None if default is None else make_provider(default, train)
+    if isinstance(features, str):
+        return make_provider(features, train)
+    if isinstance(features, dict):
+        keys = tuple(features)
+        return GeneTable(name=f"dict{len(keys)}", keys=keys, matrix=np.stack([np.asarray(features[k]) for k in keys]),
+                         source="in-memory dict")
+    return features
+
+
+__all__ = ["FeatureProvider", "GeneTable", "make_provider", "resolve_features"]

@@ -6,10 +6,21 @@ predicted delta to the controls, which keeps realistic cell-to-cell variance for
 """
 
 import pathlib
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import anndata as ad
 import numpy as np
+
+
+Preset = Literal["tiny", "cpu-small", "paper"]
+PRESETS: tuple[str, ...] = ("tiny", "cpu-small", "paper")
+"""The neural models' preset names. `tiny`: seconds, for tests; `cpu-small`: minutes on 2 CPU cores;
+`paper`: the published size, for accelerators."""
+
+
+def scale_steps(n_steps: int, steps_scale: float) -> int:
+    """A preset's step count times the user's `--steps-scale` (at least one step)."""
+    return max(1, int(round(n_steps * steps_scale)))
 
 
 @runtime_checkable

@@ -22,11 +22,7 @@ treated like any other context).
 """
 
 import dataclasses
-import json
-import os
 import pathlib
-import shutil
-import tempfile
 import warnings
 from typing import ClassVar, Literal
 
@@ -38,6 +34,7 @@ from biojepac.data.pairing import pseudobulk
 from biojepac.errors import InputError
 from biojepac.features.base import GeneTable
 from biojepac.models.base import shift_controls
+from biojepac.models.saved import save_model_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +63,11 @@ class MeanShift:
 
     kind: ClassVar[str] = ""
 
-    def __init__(self, cfg: BaselineConfig = BaselineConfig()):
+    def __init__(self, cfg: BaselineConfig = BaselineConfig(), features: GeneTable | None = None):
+        """`features`: a provider to use instead of building `cfg.features` from the training screen."""
         self.cfg = cfg
         self.s: dict[str, np.ndarray] = {}  # fitted state: arrays only, so save/load needs no pickle
+        self.given_features = features
         self.features: GeneTable | None = None
 
     @property
@@ -126,7 +125,7 @@ class MeanShift:
         """Feature rows of the training conditions that have features (others dropped when allowed)."""
         from biojepac.features import make_provider
 
-        self.features = make_provider(self.cfg.features, train)
+        self.features = self.given_features or make_provider(self.cfg.features, train)
         labels = self.s["labels"]
         miss = set(self.features.missing(labels))
         keep = np.asarray([not (set(schema.split_combo(lab)) & miss) for lab in labels])
@@ -157,30 +156,15 @@ class MeanShift:
         return None if phi is None else phi - self.s["p_mean"]
 
     # ---- persistence: model.json (kind + config) and state.npz (+ features.npz)
-    def save(self, dpath: pathlib.Path) -> None:
+    def save(self, dpath: pathlib.Path) -> pathlib.Path:
         assert self.s, f"{self.kind}: fit the model before saving it"
-        dpath = pathlib.Path(dpath)
-        dpath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(dir=dpath.parent, prefix=f".{dpath.name}."))
-        np.savez(tmp / "state.npz", **self.s)
-        if self.features is not None:
-            self.features.save(tmp / "features.npz")
-        meta = {"kind": self.kind, "format": 1, "config": dataclasses.asdict(self.cfg)}
-        (tmp / "model.json").write_text(json.dumps(meta, indent=1))
-        if dpath.exists():
-            shutil.rmtree(dpath)
-        os.replace(tmp, dpath)
 
-    @classmethod
-    def load(cls, dpath: pathlib.Path) -> "MeanShift":
-        dpath = pathlib.Path(dpath)
-        meta = json.loads((dpath / "model.json").read_text())
-        model = MODELS[meta["kind"]](BaselineConfig(**meta["config"]))
-        with np.load(dpath / "state.npz", allow_pickle=False) as npz:
-            model.s = {k: npz[k] for k in npz.files}
-        if (dpath / "features.npz").exists():
-            model.features = GeneTable.load(dpath / "features.npz")
-        return model
+        def write(tmp: pathlib.Path) -> None:
+            np.savez(tmp / "state.npz", **self.s)
+            if self.features is not None:
+                self.features.save(tmp / "features.npz")
+
+        return save_model_dir(dpath, self.kind, dataclasses.asdict(self.cfg), self.s["genes"].tolist(), write)
 
 
 class ControlMean(MeanShift):
@@ -354,6 +338,12 @@ MODELS: dict[str, type[MeanShift]] = {
 """kind -> class; `biojepac predict --model KIND` fits one of these."""
 
 
-def load(dpath: pathlib.Path) -> MeanShift:
-    """Rebuild any saved baseline from its `model.json` kind."""
-    return MeanShift.load(dpath)
+def load(dpath: pathlib.Path, meta: dict) -> MeanShift:
+    """Rebuild a saved baseline from its folder and `model.json` (`meta`, read by `registry.load`)."""
+    dpath = pathlib.Path(dpath)
+    model = MODELS[meta["kind"]](BaselineConfig(**meta["config"]))
+    with np.load(dpath / "state.npz", allow_pickle=False) as npz:
+        model.s = {k: npz[k] for k in npz.files}
+    if (dpath / "features.npz").exists():
+        model.features = GeneTable.load(dpath / "features.npz")
+    return model

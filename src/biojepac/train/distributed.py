@@ -9,8 +9,6 @@ What this adds to `train.mesh` (one host, data parallel):
 - `global_batch()`: each host passes only the rows it streamed (`CellStream(process_index=...)`) and gets
   one global `jax.Array`, so every host runs the same jitted step on the same logical batch.
 - `mixed_precision()`: bf16 compute with float32 master weights, gradients and optimiser state.
-- `make_accum_step()`: gradient accumulation over micro-batches inside one jitted step (`lax.scan`),
-  a drop-in for `loop.make_train_step`.
 """
 
 import dataclasses
@@ -21,10 +19,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from biojepac.train.mesh import DATA_AXIS
+from biojepac.train.mesh import DATA_AXIS, place as _place, replicate  # noqa: F401 (replicate: re-exported)
 
 MODEL_AXIS = "model"
 
@@ -70,21 +67,6 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
-def replicate(tree, mesh: Mesh):
-    """Every array leaf replicated on all devices of all hosts (each host holds the same values,
-    e.g. from the same seed or checkpoint); `device_put` alone cannot target other hosts' devices."""
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: _place(x, sharding) if eqx.is_array(x) else x, tree)
-
-
-def _place(x, sharding: NamedSharding) -> jax.Array:
-    """A host-identical value laid out as `sharding` over possibly non-local devices."""
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys travel as their raw key data
-        return jax.random.wrap_key_data(_place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
-    host = np.asarray(jax.device_get(x))
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-
 def is_gene_table(min_rows: int) -> Callable[[jax.Array], bool]:
     """Selects 2-D float leaves with at least `min_rows` rows: the per-gene embedding tables."""
     return lambda x: eqx.is_inexact_array(x) and x.ndim == 2 and x.shape[0] >= min_rows
@@ -122,35 +104,3 @@ def mixed_precision(loss_fn: Callable, compute_dtype=jnp.bfloat16) -> Callable:
         return loss.astype(jnp.float32), jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
 
     return wrapped
-
-
-def make_accum_step(loss_fn: Callable, optim: optax.GradientTransformation, n_micro: int, update_extra: Callable | None = None):
-    """Like `loop.make_train_step`, but the batch is split into `n_micro` micro-batches whose gradients
-    (and losses, metrics) are averaged before one optimiser update: the step of an `n_micro`-times
-    larger batch at the activation memory of one micro-batch, for losses that are batch means.
-    """
-    from biojepac.train.loop import TrainState, apply_grads
-
-    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
-
-    @eqx.filter_jit
-    def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        key, loss_key = jax.random.split(state.key)
-        keys = jax.random.split(loss_key, n_micro)
-        # Micro-batch m takes rows m, m + n_micro, ...: each device's rows split evenly, no resharding.
-        micro = {k: jnp.swapaxes(v.reshape(v.shape[0] // n_micro, n_micro, *v.shape[1:]), 0, 1) for k, v in batch.items()}
-
-        def micro_grads(i):
-            mb = jax.tree.map(lambda v: v[i], micro)
-            (loss, metrics), grads = grad_fn(state.params, state.extra, mb, keys[i])
-            return loss, metrics, grads
-
-        def body(acc, i):
-            return jax.tree.map(jnp.add, acc, micro_grads(i)), None
-
-        # The first micro-batch seeds the sums, which fixes their structure and dtypes for the scan.
-        total, _ = jax.lax.scan(body, micro_grads(0), jnp.arange(1, n_micro))
-        loss, metrics, grads = jax.tree.map(lambda t: t / n_micro, total)
-        return apply_grads(state, grads, optim, update_extra, key, loss, metrics)
-
-    return step_fn

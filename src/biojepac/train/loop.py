@@ -172,3 +172,33 @@ def run_loop(
     if wandb_run is not None:
         wandb_run.finish()
     return state
+
+
+def make_accum_step(loss_fn: Callable, optim: optax.GradientTransformation, n_micro: int, update_extra: Callable | None = None):
+    """Like `make_train_step`, but the batch is split into `n_micro` micro-batches whose gradients
+    (and losses, metrics) are averaged before one optimiser update: the step of an `n_micro`-times
+    larger batch at the activation memory of one micro-batch, for losses that are batch means.
+    """
+    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
+
+    @eqx.filter_jit
+    def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key, loss_key = jax.random.split(state.key)
+        keys = jax.random.split(loss_key, n_micro)
+        # Micro-batch m takes rows m, m + n_micro, ...: each device's rows split evenly, no resharding.
+        micro = {k: jnp.swapaxes(v.reshape(v.shape[0] // n_micro, n_micro, *v.shape[1:]), 0, 1) for k, v in batch.items()}
+
+        def micro_grads(i):
+            mb = jax.tree.map(lambda v: v[i], micro)
+            (loss, metrics), grads = grad_fn(state.params, state.extra, mb, keys[i])
+            return loss, metrics, grads
+
+        def body(acc, i):
+            return jax.tree.map(jnp.add, acc, micro_grads(i)), None
+
+        # The first micro-batch seeds the sums, which fixes their structure and dtypes for the scan.
+        total, _ = jax.lax.scan(body, micro_grads(0), jnp.arange(1, n_micro))
+        loss, metrics, grads = jax.tree.map(lambda t: t / n_micro, total)
+        return apply_grads(state, grads, optim, update_extra, key, loss, metrics)
+
+    return step_fn

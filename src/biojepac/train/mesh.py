@@ -6,7 +6,9 @@ four forced host devices, a GPU node or a TPU slice. Multi-host (`jax.distribute
 `make_mesh` already spans `jax.devices()`, which includes every host's devices once initialised.
 """
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -20,13 +22,20 @@ def make_mesh(devices: list | None = None) -> Mesh:
 
 
 def replicate(tree, mesh: Mesh):
-    """Place every array leaf of `tree` on all devices of `mesh` (non-arrays pass through)."""
-    if jax.process_count() > 1:  # device_put cannot reach other hosts' devices
-        from biojepac.train.distributed import replicate as replicate_global
-
-        return replicate_global(tree, mesh)
+    """Place every array leaf of `tree` on all devices of `mesh` (non-arrays pass through). Under
+    `jax.distributed` every host must hold the same values (same seed or checkpoint)."""
     sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() > 1:  # device_put cannot reach other hosts' devices
+        return jax.tree.map(lambda x: place(x, sharding) if eqx.is_array(x) else x, tree)
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if isinstance(x, (jax.Array, np.ndarray)) else x, tree)
+
+
+def place(x, sharding: NamedSharding) -> jax.Array:
+    """A host-identical value laid out as `sharding` over possibly non-local devices."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys travel as their raw key data
+        return jax.random.wrap_key_data(place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

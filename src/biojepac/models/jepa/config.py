@@ -1,6 +1,7 @@
 """Every BioJEPAC size and weight, defaulting to the BioJEPAC report, plus named presets.
 
-`report` is the report's architecture; `cpu-small` trains on 2 CPU cores in minutes; `tiny` is for tests.
+`paper` is the BioJEPAC report's architecture; `cpu-small` trains on 2 CPU cores in minutes; `tiny` is for
+tests (the same three names as the state-transition model's presets, `models.registry.PRESETS`).
 """
 
 import dataclasses
@@ -132,7 +133,7 @@ class BioJepacConfig:
 def get_preset(name: str) -> BioJepacConfig:
     r = dataclasses.replace
     base = BioJepacConfig()
-    if name == "report":
+    if name == "paper":
         return base
     if name == "cpu-small":
         # ~2 s per pretrain/predict step of 32 cells x 500 genes on 2 busy CPU cores (benchmarks/results).
@@ -152,4 +153,9 @@ def get_preset(name: str) -> BioJepacConfig:
             predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=1500, batch_size=32, lr=1e-2),
             decode=r(base.decode, n_steps=600, batch_size=16, lr=1e-2),
         )
-    raise ValueError(f"unknown preset {name!r}; choose tiny, cpu-small or report")
+    raise ValueError(f"unknown preset {name!r}; choose tiny, cpu-small or paper")
+
+
+def config_from_dict(d: dict) -> BioJepacConfig:
+    subs = {"encoder": EncoderConfig, "pretrain": PretrainConfig, "compose": ComposeConfig, "predict": PredictConfig, "decode": DecodeConfig}
+    return BioJepacConfig(**{k: subs[k](**v) if k in subs else v for k, v in d.items()})

@@ -5,8 +5,8 @@ by default as a residual against the same pipeline with the control action (see 
 """
 
 import dataclasses
-import json
 import pathlib
+from typing import Literal
 
 import anndata as ad
 import equinox as eqx
@@ -14,39 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biojepac.data.schema import CONTROL, PERT_TYPES, split_combo
 from biojepac.errors import InputError
-from biojepac.io import atomic_write, write_text_atomic
-from biojepac.models.jepa.action_predictor import ActionPredictor
-from biojepac.models.jepa.composer import Composer
-from biojepac.models.jepa.config import BioJepacConfig, get_preset
-from biojepac.models.jepa.decoder import Decoder
-from biojepac.models.jepa.encoder import Encoder
-from biojepac.train import checkpoint
+from biojepac.features.base import GeneTable
+from biojepac.models.jepa import trainer
+from biojepac.models.jepa.config import BioJepacConfig, config_from_dict, get_preset
+from biojepac.models.jepa.network import Modules, log_library, make_modules
+from biojepac.models.base import Preset
+from biojepac.models.saved import save_model_dir
+
+KIND = "biojepac"
 
 CHUNK = 64  # cells per jitted prediction call; padded so every call has one shape
-
-
-class Modules(eqx.Module):
-    student: Encoder
-    composer: Composer
-    predictor: ActionPredictor
-    decoder: Decoder
-
-
-def make_modules(n_genes: int, feat_dim: int, cfg: BioJepacConfig, key: jax.Array) -> Modules:
-    k = jax.random.split(key, 4)
-    return Modules(
-        Encoder(n_genes, cfg.encoder, k[0]),
-        Composer({"gene": feat_dim}, cfg.compose, k[1]),
-        ActionPredictor(cfg.encoder.d, cfg.compose.d_content, cfg.predict, k[2], cfg.encoder.attention),
-        Decoder(n_genes, cfg.encoder.d, k[3]),
-    )
-
-
-def log_library(x_cg: np.ndarray) -> np.ndarray:
-    """Scaled log library size per cell, from log1p expression (the only thing a predict call has)."""
-    return (np.log1p(np.expm1(np.asarray(x_cg, dtype=np.float64)).sum(1)) / 10.0).astype(np.float32)
 
 
 @eqx.filter_jit
@@ -64,35 +42,26 @@ def _predict_chunk(mods: Modules, x_bg, lib_b, f_pert, f_ctrl, mode):
 
 
 class BioJepacModel:
-    name = "biojepac"
+    name = KIND
 
-    def __init__(self, cfg: BioJepacConfig | None = None, features=None, run_dpath: pathlib.Path | None = None):
+    def __init__(self, cfg: BioJepacConfig | None = None, features: GeneTable | None = None,
+                 run_dpath: pathlib.Path | None = None, steps_scale: float = 1.0):
+        """`features`: the perturbation feature table (None: `trainer.default_features` of the screen)."""
         self.cfg = cfg or get_preset("cpu-small")
-        self.features, self.run_dpath = features, run_dpath
+        self.features, self.run_dpath, self.steps_scale = features, run_dpath, steps_scale
         self.mods: Modules | None = None
         self.genes: list[str] = []
-        self.gene_table: dict[str, np.ndarray] = {}
         self.mode = 0
 
-    def fit(self, train: ad.AnnData) -> "BioJepacModel":
-        from biojepac.train.biojepac import fit_biojepac  # the trainer imports this module
-
-        fitted = fit_biojepac(train, self.features, self.cfg, run_dpath=self.run_dpath)
-        self.__dict__.update({k: v for k, v in fitted.__dict__.items() if k not in ("features", "run_dpath")})
+    def fit(self, train: ad.AnnData, only_stage: str | None = None, progress: bool = False,
+            wandb_project: str = "") -> "BioJepacModel | None":
+        """Train every stage (or up to `only_stage`; then None is returned, the stages stay in run_dpath)."""
+        fitted = trainer.fit_biojepac(train, self.features, self.cfg, self.run_dpath, only_stage, progress,
+                                      wandb_project, self.steps_scale)
+        if fitted is None:
+            return None
+        self.mods, self.genes, self.features, self.mode = fitted.mods, fitted.genes, fitted.features, fitted.mode
         return self
-
-    def pert_vector(self, label: str) -> np.ndarray:
-        """Sum of the target genes' feature vectors (`A+B` combos add); the control is the zero vector.
-
-        A gene without features raises: a silent zero would quietly predict "no effect"."""
-        dim = next(iter(self.gene_table.values())).shape[0]
-        genes = [g for g in split_combo(label) if g != CONTROL]
-        missing = [g for g in genes if g not in self.gene_table]
-        if missing:
-            raise InputError(f"BioJEPAC: no perturbation features for {missing} (perturbation {label!r}); "
-                             f"the model's feature table has {len(self.gene_table)} genes")
-        parts = [self.gene_table[g] for g in genes]
-        return np.sum(parts, axis=0).astype(np.float32) if parts else np.zeros(dim, np.float32)
 
     def predict_distribution(self, controls: np.ndarray, target_gene: str) -> tuple[np.ndarray, np.ndarray]:
         """(predicted log1p expression, per-gene variance from the predictor's σ²) for each control cell."""
@@ -103,7 +72,7 @@ class BioJepacModel:
         pad = (-n) % CHUNK
         x_pad = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)])
         lib = log_library(x_pad)
-        f_pert = jnp.asarray(self.pert_vector(target_gene))
+        f_pert = jnp.asarray(self.features.vectors([target_gene])[0])
         f_ctrl = jnp.zeros_like(f_pert)
         outs = [
             _predict_chunk(self.mods, x_pad[i : i + CHUNK], lib[i : i + CHUNK], f_pert, f_ctrl, jnp.asarray(self.mode))
@@ -117,35 +86,69 @@ class BioJepacModel:
     def predict(self, controls: np.ndarray, target_gene: str, context: str, seed: int) -> np.ndarray:
         return self.predict_distribution(controls, target_gene)[0]
 
-    def save(self, dpath: pathlib.Path) -> None:
-        dpath = pathlib.Path(dpath)
-        dpath.mkdir(parents=True, exist_ok=True)
-        names = sorted(self.gene_table)
-        matrix = np.stack([self.gene_table[g] for g in names])
-        atomic_write(dpath / "features.npz", lambda tmp: np.savez(tmp, labels=np.asarray(names), matrix=matrix))
-        header = {"cfg": dataclasses.asdict(self.cfg), "genes": self.genes, "mode": self.mode}
-        checkpoint.save(dpath / "model.eqx", self.mods, header)
-        # `biojepac predict --model DIR` dispatches on model.json's kind.
-        write_text_atomic(dpath / "model.json",
-                          json.dumps({"kind": self.name, "preset_cfg": dataclasses.asdict(self.cfg)}, indent=1))
+    def save(self, dpath: pathlib.Path) -> pathlib.Path:
+        assert self.mods is not None, "fit the model before saving it"
+
+        def write(tmp: pathlib.Path) -> dict:
+            self.features.save(tmp / "features.npz")
+            eqx.tree_serialise_leaves(tmp / "weights.eqx", self.mods)
+            return {"mode": self.mode}
+
+        return save_model_dir(dpath, KIND, dataclasses.asdict(self.cfg), self.genes, write)
 
     @classmethod
-    def load(cls, dpath: pathlib.Path) -> "BioJepacModel":
-        from biojepac.train.biojepac import config_from_dict
-
+    def load(cls, dpath: pathlib.Path, meta: dict) -> "BioJepacModel":
+        """Rebuild from a folder whose `model.json` (`meta`, read by `registry.load`) has kind `biojepac`."""
         dpath = pathlib.Path(dpath)
-        header = checkpoint.load_header(dpath / "model.eqx")
-        cfg = config_from_dict(header["cfg"])
-        feats = np.load(dpath / "features.npz")
-        model = cls(cfg)
-        model.genes, model.mode = header["genes"], header["mode"]
-        model.gene_table = dict(zip(feats["labels"].tolist(), feats["matrix"].astype(np.float32)))
-        like = make_modules(len(model.genes), feats["matrix"].shape[1], cfg, jax.random.PRNGKey(0))
-        model.mods, _ = checkpoint.load(dpath / "model.eqx", like)
+        cfg = config_from_dict(meta["config"])
+        model = cls(cfg, GeneTable.load(dpath / "features.npz"))
+        model.genes, model.mode = list(meta["genes"]), int(meta["mode"])
+        like = make_modules(len(model.genes), model.features.dim, cfg, jax.random.PRNGKey(0))
+        model.mods = eqx.tree_deserialise_leaves(dpath / "weights.eqx", like)
         return model
 
 
-def mode_index(pert_type: str) -> int:
-    return PERT_TYPES.index(pert_type) if pert_type in PERT_TYPES else 0
+@dataclasses.dataclass(frozen=True)
+class TrainBiojepacConfig:
+    screen: pathlib.Path = pathlib.Path("train.h5ad")
+    """Training screen (.h5ad, canonical schema; raw counts are normalised to log1p, recorded)."""
+    run_dpath: pathlib.Path = pathlib.Path("runs/biojepac")
+    """Run folder: one checkpoint + metrics.jsonl per stage, and the final model in `model/`."""
+    stage: Literal["pretrain", "compose", "predict", "decode", "all"] = "all"
+    """Which stage to train (earlier stages must be finished in run_dpath)."""
+    preset: Preset = "cpu-small"
+    """Model sizes and step counts: tiny | cpu-small | paper."""
+    features: str = ""
+    """Perturbation features (a `biojepac.features.make_provider` spec, e.g. go, expr, file:EMB.npz).
+    Empty: `varm['network_features']` when the screen has them, else control-cell PCA loadings."""
+    steps_scale: float = 1.0
+    """Multiply every stage's step count (quick runs: 0.1)."""
+    seed: int = 0
+    """Seeds initialisation, masks, batch order and pairing."""
+    progress: bool = True
+    """Show progress bars."""
+    wandb_project: str = ""
+    """Also log to this wandb project (needs the wandb extra)."""
+    params_only: bool = False
+    """Only print parameter counts for the preset (paper preset: vs the report's) and exit."""
 
 
+def train_biojepac(cfg: TrainBiojepacConfig) -> None:
+    from biojepac.data.load import read_training_screen
+
+    model_cfg = dataclasses.replace(get_preset(cfg.preset), seed=cfg.seed)
+    if cfg.params_only:
+        n_genes, feat_dim = (5000, 5120) if cfg.preset == "paper" else (2000, 64)
+        counts = trainer.param_counts(model_cfg, n_genes, feat_dim)
+        print(f"preset {cfg.preset}, {n_genes} genes, {feat_dim}-dim gene features:")
+        for name, n in counts.items():
+            print(f"  {name:<18} {n:>12,}")
+        if cfg.preset == "paper":
+            print("report: JEPA 6,019,840  AC 7,881,216  Pert 882,880 (see docs/biojepac.md)")
+        return
+    adata = read_training_screen(cfg.screen)
+    only = None if cfg.stage == "all" else cfg.stage
+    model = BioJepacModel(model_cfg, cfg.features or None, cfg.run_dpath, cfg.steps_scale)
+    if model.fit(adata, only, cfg.progress, cfg.wandb_project) is not None:
+        model.save(cfg.run_dpath / "model")
+        print(f"biojepac: model written to {cfg.run_dpath / 'model'}")

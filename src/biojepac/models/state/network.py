@@ -1,4 +1,4 @@
-"""A state-transition (ST) model in the spirit of STATE (Adduri et al. 2025), in about 250 lines.
+"""The state-transition (ST) network in the spirit of STATE (Adduri et al. 2025), in about 150 lines.
 
 A perturbation maps a *set* of control cells to a *set* of perturbed cells:
 
@@ -14,24 +14,14 @@ held-out cell line or an unlabelled control set still gets a sensible conditioni
 """
 
 import dataclasses
-import json
-import os
-import pathlib
-import tempfile
 from typing import Literal
 
-import anndata as ad
 import beartype
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, jaxtyped
-
-from biojepac.errors import InputError
-
-KIND = "state"
-"""The `kind` written to `model.json`, which `biojepac predict` dispatches on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,82 +124,6 @@ class StateMeta:
     """Saved BioJEPAC encoder used for latent input (empty for expression input)."""
 
 
-class StateModel:
-    """`PerturbationModel` adapter: fit on a screen, predict sets, save / load with `model.json`."""
-
-    name = KIND
-
-    def __init__(self, cfg: StateConfig = StateConfig(), features=None, train_cfg=None, encoder=None):
-        """`features`: a `biojepac.features` provider, a dict gene -> vector, or None for one-hot over the
-        training perturbations. `train_cfg`: a `biojepac.train.state.FitConfig` (None: its defaults).
-        `encoder`: for latent input, an object with `encode(x_ng) -> latents` and `save(dpath)`."""
-        self.cfg, self.features, self.train_cfg, self.encoder = cfg, features, train_cfg, encoder
-        self.net: StateTransition | None = None
-        self.meta: StateMeta | None = None
-
-    def fit(self, train: ad.AnnData) -> "StateModel":
-        from biojepac.train import state as trainer  # the trainer imports this module
-
-        self.net, self.meta, self.features = trainer.fit(train, self.cfg, self.features, self.train_cfg,
-                                                         self.encoder)
-        return self
-
-    def predict(self, controls: np.ndarray, target_gene: str, context: str, seed: int) -> np.ndarray:
-        assert self.net is not None and self.meta is not None, "fit or load the model first"
-        controls = np.asarray(controls, np.float32)
-        if controls.shape[1] != len(self.meta.genes):
-            raise InputError(f"controls have {controls.shape[1]} genes; the state model was fitted on "
-                             f"{len(self.meta.genes)}")
-        if self.features.missing([target_gene]) and getattr(self.features, "fallback", "error") == "error":
-            raise InputError(f"state model: no perturbation feature for {target_gene!r} in "
-                             f"{self.meta.features.get('name', 'its feature table')}")
-        x_ng = controls if self.encoder is None else np.asarray(self.encoder.encode(controls), np.float32)
-        pert_p = self.features.vectors([target_gene])[0]
-        ctx = self.meta.contexts.index(context) + 1 if context in self.meta.contexts else 0
-        return predict_cells(self.net, x_ng, pert_p, ctx, self.cfg.set_size, seed)
-
-    def save(self, dpath: pathlib.Path) -> None:
-        assert self.net is not None and self.meta is not None, "fit the model before saving it"
-        dpath = pathlib.Path(dpath)
-        dpath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(dir=dpath.parent, prefix=f".{dpath.name}."))
-        eqx.tree_serialise_leaves(tmp / "weights.eqx", self.net)
-        self.features.save(tmp / "features.npz")
-        if self.encoder is not None:
-            self.encoder.save(tmp / "encoder")
-        meta = dataclasses.asdict(self.meta)
-        (tmp / "model.json").write_text(json.dumps({"kind": KIND, **meta}, indent=1))
-        if dpath.exists():  # replace a previous save of the same model
-            old = dpath.with_name(f".{dpath.name}.old{os.getpid()}")
-            os.replace(dpath, old)
-            os.replace(tmp, dpath)
-            _rmtree(old)
-        else:
-            os.replace(tmp, dpath)
-
-
-def load(dpath: pathlib.Path, encoder_loader=None) -> StateModel:
-    """Rebuild a saved `StateModel`. `encoder_loader(dpath)` restores a latent model's encoder
-    (default: the BioJEPAC encoder, `state_latent.load_encoder`)."""
-    from biojepac.features.base import GeneTable
-
-    dpath = pathlib.Path(dpath)
-    raw = json.loads((dpath / "model.json").read_text())
-    if raw.pop("kind", None) != KIND:
-        raise InputError(f"{dpath / 'model.json'}: kind is not {KIND!r}")
-    cfg = StateConfig(**raw.pop("config"))
-    meta = StateMeta(config=cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    like = StateTransition(cfg, meta.n_in, len(meta.genes), meta.pert_dim, len(meta.contexts),
-                           len(meta.batches), key=jax.random.PRNGKey(0))
-    encoder = None
-    if cfg.cell_input == "latent":
-        if encoder_loader is None:
-            from biojepac.models.state_latent import load_encoder as encoder_loader
-        encoder = encoder_loader(dpath / "encoder")
-    model = StateModel(cfg, GeneTable.load(dpath / "features.npz"), encoder=encoder)
-    model.net, model.meta = eqx.tree_deserialise_leaves(dpath / "weights.eqx", like), meta
-    return model
-
 
 def predict_cells(net: StateTransition, x_ng: np.ndarray, pert_p: np.ndarray, context: int, set_size: int,
                   seed: int) -> np.ndarray:
@@ -235,9 +149,3 @@ def predict_cells(net: StateTransition, x_ng: np.ndarray, pert_p: np.ndarray, co
 def _forward(net: StateTransition, x_bsn, pert_p, context):
     unknown_batch = jnp.asarray(0)
     return jax.vmap(lambda x: net(x, pert_p, context, unknown_batch)[1])(x_bsn)
-
-
-def _rmtree(dpath: pathlib.Path) -> None:
-    import shutil
-
-    shutil.rmtree(dpath, ignore_errors=True)

@@ -20,10 +20,15 @@ CHUNK = 256
 
 class JepaCellEncoder:
     def __init__(self, model_dpath: pathlib.Path):
-        from biojepac.models.jepa.model import BioJepacModel
+        from biojepac.errors import InputError
+        from biojepac.models.jepa.model import KIND, BioJepacModel
+        from biojepac.models.saved import read_meta
 
         self.model_dpath = pathlib.Path(model_dpath)
-        self.model = BioJepacModel.load(self.model_dpath)
+        meta = read_meta(self.model_dpath)
+        if meta["kind"] != KIND:
+            raise InputError(f"{self.model_dpath}: a {meta['kind']!r} model; the cell encoder must be a {KIND!r} model")
+        self.model = BioJepacModel.load(self.model_dpath, meta)
 
     @property
     def dim(self) -> int:
@@ -31,7 +36,7 @@ class JepaCellEncoder:
 
     def encode(self, x_ng: np.ndarray) -> np.ndarray:
         """(cells, genes) log1p -> (cells, d) pooled latents of the BioJEPAC student encoder."""
-        from biojepac.models.jepa.model import log_library
+        from biojepac.models.jepa.network import log_library
 
         x_ng = np.asarray(x_ng, np.float32)
         if x_ng.shape[1] != len(self.model.genes):
@@ -51,6 +56,3 @@ class JepaCellEncoder:
 def _encode(encoder, x_bg, lib_b):
     return jax.vmap(lambda x, lib: encoder(x, lib)[3])(x_bg, lib_b)
 
-
-def load_encoder(dpath: pathlib.Path) -> JepaCellEncoder:
-    return JepaCellEncoder(dpath)

@@ -1,4 +1,4 @@
-"""Training the state-transition model: cell sentences, the energy loss, presets, and `biojepac train state`.
+"""Training the state-transition network: cell sentences, the energy loss, presets.
 
 The loop, checkpoints, resume, progress bar, metrics.jsonl and device mesh are the shared ones in
 `biojepac.train.loop`; this file only says what a batch is and what the loss is.
@@ -9,10 +9,7 @@ has no controls). Batches are a pure function of the step, so a resumed run sees
 """
 
 import dataclasses
-import json
 import pathlib
-import time
-from typing import Literal
 
 import anndata as ad
 import jax
@@ -23,8 +20,9 @@ import scipy.sparse as sp
 
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL
 from biojepac.errors import InputError
+from biojepac.features import resolve_features
 from biojepac.models.energy import batched_energy_distance
-from biojepac.models.state import StateConfig, StateMeta, StateModel, StateTransition
+from biojepac.models.state.network import StateConfig, StateMeta, StateTransition
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
 
 
@@ -141,28 +139,12 @@ def make_optimizer(fit_cfg: FitConfig) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=fit_cfg.weight_decay))
 
 
-def get_features(features, train: ad.AnnData):
-    """A provider from a spec string ("onehot", "go", "file:PATH"), a provider, a dict gene -> vector, or None."""
-    from biojepac.features import make_provider
-    from biojepac.features.base import GeneTable
-
-    if features is None:
-        return make_provider("onehot", train)
-    if isinstance(features, str):
-        return make_provider(features, train)
-    if isinstance(features, dict):
-        keys = tuple(features)
-        return GeneTable(name=f"dict{len(keys)}", keys=keys, matrix=np.stack([np.asarray(features[k]) for k in keys]),
-                         source="in-memory dict")
-    return features
-
-
 def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig | None = None, encoder=None):
     """Fit a `StateTransition` on a canonical log1p screen. Returns (net, meta, feature provider)."""
     fit_cfg = fit_cfg or FitConfig()
     if cfg.cell_input == "latent" and encoder is None:
         raise InputError("state model: cell_input='latent' needs the BioJEPAC encoder (pass encoder=...)")
-    features = get_features(features, train)
+    features = resolve_features(features, train, default="onehot")
     expr_ng = np.asarray(train.X.toarray() if sp.issparse(train.X) else train.X, np.float32)
     cells_ng = expr_ng if encoder is None else np.asarray(encoder.encode(expr_ng), np.float32)
     perts = np.unique(train.obs[PERT_COL].astype(str).to_numpy())
@@ -192,52 +174,3 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
                      batches=tuple(map(str, sampler.batches)), n_in=int(cells_ng.shape[1]), pert_dim=features.dim,
                      features=features.describe(), encoder_dpath=str(getattr(encoder, "model_dpath", "")))
     return state.params, meta, features
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainStateConfig:
-    data_fpath: pathlib.Path = pathlib.Path("train.h5ad")
-    """Canonical log1p training screen (train-split perturbations plus controls), e.g. from `biojepac data`."""
-    out_dpath: pathlib.Path = pathlib.Path("runs/state")
-    """Run folder: ckpt.eqx + metrics.jsonl while training (resumed when present), model/ when done."""
-    preset: Literal["tiny", "cpu-small", "paper"] = "cpu-small"
-    """Model size and schedule (see `PRESETS`)."""
-    features: str = "onehot"
-    """Perturbation features: a `biojepac.features.make_provider` spec (onehot, go, expr, file:PATH)."""
-    n_steps: int = 0
-    """Override the preset's steps (0: keep)."""
-    set_size: int = 0
-    """Override the preset's cells per sentence (0: keep)."""
-    pseudobulk_weight: float = 0.0
-    """Weight of the pseudobulk MSE added to the energy loss."""
-    seed: int = 0
-    """Seed of initialisation and sampling."""
-    encoder_dpath: pathlib.Path | None = None
-    """A saved BioJEPAC model: train on its encoder's pooled cell latents (STATE's SE role) instead of HVGs."""
-
-
-def train(cfg: TrainStateConfig) -> StateModel:
-    """`biojepac train state`: fit from a preset and save the model (model.json + weights) to out_dpath/model."""
-    from biojepac.data.load import load_screen
-
-    model_cfg, fit_cfg = PRESETS[cfg.preset]
-    model_cfg = dataclasses.replace(model_cfg, pseudobulk_weight=cfg.pseudobulk_weight,
-                                    set_size=cfg.set_size or model_cfg.set_size,
-                                    cell_input="latent" if cfg.encoder_dpath else "expression")
-    fit_cfg = dataclasses.replace(fit_cfg, n_steps=cfg.n_steps or fit_cfg.n_steps, seed=cfg.seed,
-                                  run_dpath=cfg.out_dpath)
-    adata = load_screen(cfg.data_fpath)
-    if adata.uns.get("biojepac", {}).get("values") == "counts":
-        raise InputError(f"{cfg.data_fpath}: X holds raw counts; the state model trains on log1p (normalise first)")
-    t0 = time.perf_counter()
-    encoder = None
-    if cfg.encoder_dpath is not None:
-        from biojepac.models.state_latent import JepaCellEncoder
-
-        encoder = JepaCellEncoder(cfg.encoder_dpath)
-    model = StateModel(model_cfg, cfg.features, fit_cfg, encoder=encoder).fit(adata)
-    model.save(cfg.out_dpath / "model")
-    summary = {"train_s": time.perf_counter() - t0, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
-               "preset": cfg.preset, "model_dpath": str(cfg.out_dpath / "model")}
-    print(json.dumps(summary))
-    return model

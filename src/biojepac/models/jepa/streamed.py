@@ -1,6 +1,6 @@
 """BioJEPAC stage-1 pretraining streamed from backed shards: files larger than memory, many hosts.
 
-The same loss, EMA teacher, loop and checkpoints as `train.biojepac`'s pretrain stage; what changes is
+The same loss, EMA teacher, loop and checkpoints as `models.jepa.trainer`'s pretrain stage; what changes is
 where the cells come from (`data.stream.CellStream`, each host reading only its part) and how the step
 runs (`train.distributed`: global batches across hosts, optional bf16 and gradient accumulation).
 Every host runs this same command; `--dist.*` or `BIOJEPAC_*` variables say who is who.
@@ -9,7 +9,6 @@ Every host runs this same command; `--dist.*` or `BIOJEPAC_*` variables say who 
 import dataclasses
 import functools
 import pathlib
-from typing import Literal
 
 import jax
 import numpy as np
@@ -19,21 +18,23 @@ from biojepac.models.jepa import stages
 from biojepac.models.jepa.config import get_preset
 from biojepac.models.jepa.encoder import Encoder
 from biojepac.models.jepa.jepa_predictor import MaskPredictor
-from biojepac.models.jepa.model import log_library
+from biojepac.models.jepa.network import log_library
+from biojepac.models.jepa.trainer import make_optim
+from biojepac.models.base import Preset, scale_steps
 from biojepac.train import distributed, ema, loop
 from biojepac.train.distributed import DistConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamedPretrainConfig:
-    shard_fpaths: tuple[str, ...] = ()
+    shards: tuple[str, ...] = ()
     """Prepared (log1p, HVG) backed .h5ad / .zarr shards with identical genes (`biojepac data prepare-ooc`)."""
     run_dpath: pathlib.Path = pathlib.Path("runs/stream_pretrain")
     """Checkpoint + metrics.jsonl; an existing checkpoint is resumed."""
-    preset: Literal["tiny", "cpu-small", "report"] = "cpu-small"
-    """Model sizes (and default steps / batch size)."""
-    n_steps: int = 0
-    """Optimiser steps (0: the preset's)."""
+    preset: Preset = "cpu-small"
+    """Model sizes (and default steps / batch size): tiny | cpu-small | paper."""
+    steps_scale: float = 1.0
+    """Multiply the preset's pretraining steps."""
     batch_size: int = 0
     """Global batch (cells over all hosts; 0: the preset's). Must divide by hosts, devices and `grad_accum`."""
     n_tokens: int = 0
@@ -62,10 +63,10 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
     if cfg.n_tokens:
         mcfg = dataclasses.replace(mcfg, encoder=dataclasses.replace(mcfg.encoder, token_mode="expressed", n_tokens=cfg.n_tokens))
     c = mcfg.pretrain
-    n_steps, global_bs = cfg.n_steps or c.n_steps, cfg.batch_size or c.batch_size
+    n_steps, global_bs = scale_steps(c.n_steps, cfg.steps_scale), cfg.batch_size or c.batch_size
     assert global_bs % n_hosts == 0, f"batch_size={global_bs} must divide by {n_hosts} hosts"
     stream = CellStream(
-        StreamConfig(shard_fpaths=tuple(cfg.shard_fpaths), kind="cells", cell_repr="dense", batch_size=global_bs // n_hosts,
+        StreamConfig(shard_fpaths=tuple(cfg.shards), kind="cells", cell_repr="dense", batch_size=global_bs // n_hosts,
                      block_rows=cfg.block_rows, window_blocks=cfg.window_blocks, seed=cfg.seed + 1),
         process_index=host, process_count=n_hosts,
     )
@@ -75,13 +76,11 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
     loss_fn = functools.partial(stages.pretrain_loss, cfg=c)
     if cfg.bf16:
         loss_fn = distributed.mixed_precision(loss_fn)
-    from biojepac.train.biojepac import make_optim
-
     optim = make_optim(c.lr, n_steps)
     momentum = lambda step: ema.ema_momentum(step, n_steps, c.ema_start, c.ema_end)
     update_extra = lambda p, teacher, step: ema.ema_update(teacher, p[0], momentum(step))
     if cfg.grad_accum > 1:
-        step_fn = distributed.make_accum_step(loss_fn, optim, cfg.grad_accum, update_extra)
+        step_fn = loop.make_accum_step(loss_fn, optim, cfg.grad_accum, update_extra)
     else:
         step_fn = loop.make_train_step(loss_fn, optim, update_extra)
     state = loop.make_state((student, predictor), optim, k_state, student)
@@ -91,5 +90,5 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
         return {"x": x, "lib": log_library(x)}
 
     lcfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(10, n_steps // 10)), ckpt_every=cfg.ckpt_every, progress=cfg.progress and host == 0)
-    header = {"stage": "pretrain", "preset": cfg.preset, "n_genes": stream.n_genes, "shards": list(cfg.shard_fpaths), "n_hosts": n_hosts}
+    header = {"stage": "pretrain", "preset": cfg.preset, "n_genes": stream.n_genes, "shards": list(cfg.shards), "n_hosts": n_hosts}
     return loop.run_loop(state, step_fn, get_batch, lcfg, pathlib.Path(cfg.run_dpath), header=header, desc="pretrain(stream)")
