@@ -14,13 +14,13 @@ import pathlib
 import sqlite3
 import time
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS = {
     1: """
     CREATE TABLE runs (
         run_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        model TEXT NOT NULL,           -- leaderboard name, e.g. 'state-st (ours)', 'STATE (arc-state 0.11.1)'
+        model TEXT NOT NULL,           -- leaderboard name, e.g. 'state' (ours), 'STATE' (arc-state), 'STATE (arc-state 0.11.1)'
         model_config TEXT NOT NULL,    -- JSON
         task TEXT NOT NULL,
         split_name TEXT NOT NULL,
@@ -53,6 +53,11 @@ MIGRATIONS = {
         ci_high REAL,
         PRIMARY KEY (run_id, metric)
     );
+    """,
+    # Our state-transition model took its registry name ('state-st' was the bench's own name for it).
+    2: """
+    UPDATE runs SET model = 'state' WHERE model = 'state-st';
+    UPDATE runs SET model = 'state-pb' WHERE model = 'state-st-pb';
     """,
 }
 
