@@ -7,7 +7,7 @@ import pytest
 from random_screen import build_random_screen
 
 from biojepac.data import schema
-from biojepac.data.genes import GeneTable, harmonize_genes, harmonize_labels, harmonize_names
+from biojepac.data.genes import SymbolTable, harmonize_genes, harmonize_labels, harmonize_names
 from biojepac.errors import InputError
 
 ROWS = [
@@ -21,13 +21,13 @@ ROWS = [
 
 
 @pytest.fixture
-def table(tmp_path) -> GeneTable:
+def table(tmp_path) -> SymbolTable:
     fpath = tmp_path / "ids.tsv.gz"
     with gzip.open(fpath, "wt") as f:
         f.write("symbol\tentrez_id\tgene_type\tensembl_ids\taliases\tname\n")
         for row in ROWS:
             f.write("\t".join(row) + "\n")
-    return GeneTable.load(fpath)
+    return SymbolTable.load(fpath)
 
 
 def test_rules(table):
@@ -76,11 +76,11 @@ def test_harmonize_labels_splits_combos(table):
 
 def test_missing_table(tmp_path):
     with pytest.raises(InputError, match="nope.tsv"):
-        GeneTable.load(tmp_path / "nope.tsv")
+        SymbolTable.load(tmp_path / "nope.tsv")
 
 
 def test_real_table(shared_data_dpath):
-    table = GeneTable.load(shared_data_dpath / "human_gene_ids.tsv.gz")
+    table = SymbolTable.load(shared_data_dpath / "human_gene_ids.tsv.gz")
     new, rep = harmonize_names(["TAZ", "QARS", "SEPT7", "MARCH1", "ENSG00000111640", "GAPDH"], table)
     assert new == ["TAZ", "QARS1", "SEPTIN7", "MARCHF1", "ENSG00000111640", "GAPDH"]
     assert set(rep.ambiguous["TAZ"]) == {"WWTR1", "TAFAZZIN"}
@@ -88,3 +88,35 @@ def test_real_table(shared_data_dpath):
     assert rep.collisions == {"GAPDH": ("GAPDH", "ENSG00000111640")}  # GAPDH's own Ensembl ID
     new, rep = harmonize_names(["ENSG00000172053"], table)
     assert new == ["QARS1"] and rep.how == {"ENSG00000172053": "ensembl"}
+
+
+def test_canonical(table):
+    assert [table.canonical(n) for n in ("GAPDH", "SEPT7", "QARS", "TAZ", "NOTAGENE")] == \
+        ["GAPDH", "SEPTIN7", "QARS1", None, "NOTAGENE"]
+
+
+def test_packaged_table_works_without_shared_data():
+    """The table shipped with the package: usable after a plain install, same answers as the real table."""
+    from biojepac.data.genes import PACKAGED_SYMBOLS_FPATH, get_symbols, load_symbols
+
+    assert PACKAGED_SYMBOLS_FPATH.stat().st_size < 1_000_000
+    table = load_symbols()
+    assert get_symbols("packaged") is table and len(table.symbols) > 60_000
+    new, rep = harmonize_names(["TAZ", "QARS", "SEPT7", "MARCH8", "ENSG00000136628.17", "GAPDH"], table)
+    assert new == ["TAZ", "QARS1", "SEPTIN7", "MARCHF8", "EPRS1", "GAPDH"]
+    assert set(rep.ambiguous["TAZ"]) == {"WWTR1", "TAFAZZIN"}
+    assert table.canonical("MARCH8") == "MARCHF8" and table.canonical("TAZ") is None
+
+
+def test_packaged_table_is_the_build_script_output(shared_data_dpath, tmp_path):
+    import importlib.util
+    import pathlib
+
+    from biojepac.data.genes import PACKAGED_SYMBOLS_FPATH
+
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "build_symbol_table.py"
+    spec = importlib.util.spec_from_file_location("build_symbol_table", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.build(shared_data_dpath / "human_gene_ids.tsv.gz", tmp_path / "s.tsv.xz")
+    assert (tmp_path / "s.tsv.xz").read_bytes() == PACKAGED_SYMBOLS_FPATH.read_bytes()

@@ -55,7 +55,7 @@ def test_prepared_store_streams(screen_fpath, tmp_path):
 
 
 def test_gene_harmonisation_matches_in_memory(screen_fpath, tmp_path):
-    from biojepac.data.genes import GeneTable, harmonize_genes, harmonize_labels
+    from biojepac.data.genes import SymbolTable, harmonize_genes, harmonize_labels
 
     table_fpath = tmp_path / "genes.tsv"
     rows = ["symbol\tentrez_id\tgene_type\tensembl_ids\taliases\tname"]
@@ -63,10 +63,10 @@ def test_gene_harmonisation_matches_in_memory(screen_fpath, tmp_path):
     rows += [f"G{i:03d}\t{1000 + i}\tprotein\t\t\tx" for i in range(1, 120, 2)]
     table_fpath.write_text("\n".join(rows) + "\n")
     dst = tmp_path / "harm.h5ad"
-    ooc.prepare_out_of_core(screen_fpath, dst, ooc.OocConfig(n_top_genes=0, gene_table_fpath=str(table_fpath), chunk_rows=256))
+    ooc.prepare_out_of_core(screen_fpath, dst, ooc.OocConfig(n_top_genes=0, symbols=str(table_fpath), chunk_rows=256))
     got = ad.read_h5ad(dst)
-    mem, _ = harmonize_genes(ad.read_h5ad(screen_fpath), GeneTable.load(table_fpath))
-    labels, _ = harmonize_labels(mem.obs["target_gene"], GeneTable.load(table_fpath))
+    mem, _ = harmonize_genes(ad.read_h5ad(screen_fpath), SymbolTable.load(table_fpath))
+    labels, _ = harmonize_labels(mem.obs["target_gene"], SymbolTable.load(table_fpath))
     assert list(got.var_names) == list(mem.var_names) and got.var_names[0] == "NEW0" and got.var_names[1] == "G001"
     assert list(got.obs["target_gene"]) == labels
     assert got.uns["biojepac"]["gene_map"] and got.uns["biojepac"]["label_map"]

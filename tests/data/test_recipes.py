@@ -80,7 +80,7 @@ def test_replogle_style_with_subsample_and_harmonisation(tmp_path):
         f.writelines(f"{g}\t{i}\tprotein-coding\t\t\t{g}\n" for i, g in enumerate(GENES) if g != "SEPT7")
         f.write("SEPTIN7\t989\tprotein-coding\t\tSEPT7\tseptin 7\n")
 
-    cfg = PrepareConfig(name=name, data_dpath=tmp_path, gene_table_fpath=table_fpath, target="1e4",
+    cfg = PrepareConfig(name=name, data_dpath=tmp_path, symbols=table_fpath, target="1e4",
                         n_hvg=0, max_cells_per_pert=5)
     out = ad.read_h5ad(prepare_recipe(RECIPES[name], cfg))
     per = out.obs.groupby([schema.CONTEXT_COL, schema.PERT_COL], observed=True).size().to_dict()
@@ -93,7 +93,7 @@ def test_replogle_style_with_subsample_and_harmonisation(tmp_path):
     assert prov["recipe"] == name and prov["transform"]["target_sum"] == 1e4
     assert prov["gene_map"]["renamed"] == {"SEPT7": "SEPTIN7"} and prov["label_map"]["renamed"] == {"SEPT7": "SEPTIN7"}
 
-    out = ad.read_h5ad(prepare_recipe(RECIPES[name], dataclasses.replace(cfg, gene_table_fpath=None, n_hvg=4)))
+    out = ad.read_h5ad(prepare_recipe(RECIPES[name], dataclasses.replace(cfg, symbols=None, n_hvg=4)))
     assert out.n_vars == 4 and out.uns[schema.UNS_KEY]["hvg"]["n_top"] == 4
 
 

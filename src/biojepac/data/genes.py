@@ -1,8 +1,9 @@
 """Map the gene names screens use (outdated symbols, aliases, Ensembl IDs) to current symbols.
 
-The table is a TSV (optionally gzipped) with columns `symbol, entrez_id, gene_type, ensembl_ids,
-aliases, name`, the list columns comma-separated (e.g. `../shared/data/human_gene_ids.tsv.gz`, built
-from org.Hs.eg.db). Its path is always an argument; it is not bundled.
+The table is a TSV (optionally gzip- or xz-compressed) with columns `symbol, ensembl_ids, aliases` (more
+are ignored), the list columns comma-separated. One ships with the package (`load_symbols()`,
+`resources/human_gene_symbols.tsv.xz`, built by `scripts/build_symbol_table.py` from org.Hs.eg.db 3.16.0,
+NCBI Entrez Gene 2022-09-12; see `resources/README.md`); `SymbolTable.load(PATH)` reads another.
 
 Rules, in order, for each input name:
 1. a current symbol is kept;
@@ -18,7 +19,9 @@ Two inputs that would end up with the same symbol are a *collision*: neither is 
 merged), and both are reported.
 """
 
+import csv
 import dataclasses
+import functools
 import pathlib
 import re
 
@@ -30,10 +33,12 @@ from biojepac.errors import InputError
 
 TABLE_COLUMNS = ("symbol", "entrez_id", "gene_type", "ensembl_ids", "aliases", "name")
 _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
+PACKAGED_SYMBOLS_FPATH = pathlib.Path(__file__).resolve().parent / "resources" / "human_gene_symbols.tsv.xz"
+"""Human gene symbols, their Ensembl IDs and aliases, shipped with the package."""
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneTable:
+class SymbolTable:
     """Lookups built from the gene ID table."""
 
     fpath: str
@@ -46,14 +51,14 @@ class GeneTable:
     """Alias / previous symbol -> the current symbol(s) that list it."""
 
     @classmethod
-    def load(cls, fpath: str | pathlib.Path) -> "GeneTable":
+    def load(cls, fpath: str | pathlib.Path) -> "SymbolTable":
         fpath = pathlib.Path(fpath)
         if not fpath.is_file():
-            raise InputError(f"{fpath}: gene table not found")
-        df = pd.read_csv(fpath, sep="\t", dtype=str, keep_default_na=False)
+            raise InputError(f"{fpath}: gene symbol table not found")
+        df = pd.read_csv(fpath, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
         missing = [c for c in ("symbol", "ensembl_ids", "aliases") if c not in df.columns]
         if missing:
-            raise InputError(f"{fpath}: gene table column {missing[0]!r} not found; columns are {list(df.columns)}")
+            raise InputError(f"{fpath}: gene symbol table column {missing[0]!r} not found; columns are {list(df.columns)}")
         return cls(
             fpath=str(fpath),
             symbols=frozenset(df["symbol"][df["symbol"] != ""]),
@@ -79,6 +84,24 @@ class GeneTable:
                 return "alias_successor", (numbered[0],)
             return "ambiguous", cands
         return "unknown", ()
+
+    def canonical(self, name: str) -> str | None:
+        """The one current symbol `name` stands for (itself when current or unknown); None when ambiguous."""
+        rule, cands = self.resolve(name)
+        if rule == "ambiguous":
+            return None
+        return cands[0] if cands else name
+
+
+@functools.lru_cache(maxsize=1)
+def load_symbols() -> SymbolTable:
+    """The symbol table shipped with the package (read once per process, about 0.5 s)."""
+    return SymbolTable.load(PACKAGED_SYMBOLS_FPATH)
+
+
+def get_symbols(fpath: str | pathlib.Path) -> SymbolTable:
+    """A symbol table by path; `packaged` names the one shipped with the package."""
+    return load_symbols() if str(fpath) == "packaged" else SymbolTable.load(fpath)
 
 
 def _invert(df: pd.DataFrame, col: str) -> dict[str, tuple[str, ...]]:
@@ -128,7 +151,7 @@ class GeneMapReport:
         )
 
 
-def harmonize_names(names: list[str], table: GeneTable, *, successor: bool = True) -> tuple[list[str], GeneMapReport]:
+def harmonize_names(names: list[str], table: SymbolTable, *, successor: bool = True) -> tuple[list[str], GeneMapReport]:
     """Map each name per the module rules; returns the new names (same order) and the report."""
     unique = list(dict.fromkeys(names))
     proposed, how, ambiguous, unknown, n_current = {}, {}, {}, [], 0
@@ -161,7 +184,7 @@ def harmonize_names(names: list[str], table: GeneTable, *, successor: bool = Tru
     return [proposed.get(n, n) for n in names], report
 
 
-def harmonize_genes(adata: ad.AnnData, table: GeneTable, *, successor: bool = True) -> tuple[ad.AnnData, GeneMapReport]:
+def harmonize_genes(adata: ad.AnnData, table: SymbolTable, *, successor: bool = True) -> tuple[ad.AnnData, GeneMapReport]:
     """A copy of `adata` whose var index holds current symbols; old names in `var["original_name"]`.
 
     The mapping is recorded in `uns["biojepac"]["gene_map"]`.
@@ -177,7 +200,7 @@ def harmonize_genes(adata: ad.AnnData, table: GeneTable, *, successor: bool = Tr
     return out, report
 
 
-def harmonize_labels(labels, table: GeneTable, *, successor: bool = True) -> tuple[list[str], GeneMapReport]:
+def harmonize_labels(labels, table: SymbolTable, *, successor: bool = True) -> tuple[list[str], GeneMapReport]:
     """Harmonise perturbation labels: each gene of a combination `A+B` is mapped; controls stay as they are."""
     labels = [str(x) for x in labels]
     genes = [g for lab in dict.fromkeys(labels) if lab != schema.CONTROL for g in schema.split_combo(lab)]

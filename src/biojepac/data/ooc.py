@@ -39,8 +39,8 @@ class OocConfig:
     """Highly variable genes to keep (0 or >= n_genes: keep all genes)."""
     hvg_flavor: typing.Literal["seurat", "cell_ranger"] = "seurat"
     """scanpy HVG flavour (both read log1p data; seurat_v3 needs raw counts and scikit-misc, not supported here)."""
-    gene_table_fpath: str = ""
-    """Gene ID table for symbol harmonisation (`data.genes`); empty: keep names as they are."""
+    symbols: str = ""
+    """Gene symbol table for harmonisation (`data.genes`; `packaged`: the one shipped with biojepac); empty: keep names."""
     pseudobulk_keys: tuple[str, ...] = (schema.CONTEXT_COL, schema.PERT_COL)
     """obs columns to pseudobulk by (empty: skip); means land in `uns['pseudobulk']`."""
     chunk_rows: int = 8192
@@ -85,8 +85,8 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         out_var = var.loc[var_mask].copy()
         if hvg is not None:
             out_var = out_var.join(hvg.loc[var_mask].set_axis(out_var.index))
-        if cfg.gene_table_fpath:
-            out_var, prov["gene_map"], obs, prov["label_map"] = _harmonise(out_var, obs, cfg.gene_table_fpath)
+        if cfg.symbols:
+            out_var, prov["gene_map"], obs, prov["label_map"] = _harmonise(out_var, obs, cfg.symbols)
 
         # Pass 3: the prepared rows, appended chunk by chunk, and pseudobulk sums over the same rows.
         keys = tuple(cfg.pseudobulk_keys)
@@ -205,9 +205,9 @@ def hvg_from_moments(s: np.ndarray, ss: np.ndarray, n_cells: int, n_top: int, fl
 
 def _harmonise(var: pd.DataFrame, obs: pd.DataFrame, table_fpath: str):
     """Gene symbols in `var` and perturbation labels in `obs` mapped as `data.recipes` does (names only)."""
-    from biojepac.data.genes import GeneTable, harmonize_labels, harmonize_names
+    from biojepac.data.genes import get_symbols, harmonize_labels, harmonize_names
 
-    table = GeneTable.load(table_fpath)
+    table = get_symbols(table_fpath)
     old = [str(g) for g in var.index]
     new, gene_report = harmonize_names(old, table)
     var = var.assign(original_name=old).set_axis(pd.Index(new))

@@ -24,7 +24,7 @@ import tyro
 
 from biojepac.data import schema
 from biojepac.data.download import RemoteFile, download, verify
-from biojepac.data.genes import GeneTable, harmonize_genes, harmonize_labels
+from biojepac.data.genes import get_symbols, harmonize_genes, harmonize_labels
 from biojepac.data.load import CONTROL_ALIASES, ScreenColumns, check_same_genes, load_screen
 from biojepac.data.values import Expect
 from biojepac.errors import InputError
@@ -221,8 +221,9 @@ class PrepareConfig:
     """Dataset to prepare (fetch it first)."""
     data_dpath: pathlib.Path = pathlib.Path("data_cache")
     """Cache folder: reads DATA_DPATH/NAME/raw/, writes DATA_DPATH/NAME/NAME.h5ad."""
-    gene_table_fpath: pathlib.Path | None = None
-    """Gene ID table (e.g. ../shared/data/human_gene_ids.tsv.gz) to harmonise gene and perturbation symbols; None: skip."""
+    symbols: pathlib.Path | None = None
+    """Gene symbol table (TSV: symbol, ensembl_ids, aliases) to harmonise gene and perturbation symbols;
+    `packaged`: the human table shipped with biojepac; None: keep names as they are."""
     target: str = "median"
     """normalize_total target: 'median' or a number such as 1e4."""
     n_hvg: int = -1
@@ -263,8 +264,8 @@ def prepare_recipe(recipe: Recipe, cfg: PrepareConfig) -> pathlib.Path:
     if recipe.gene_list_fname is not None:  # before harmonisation, which may rename genes
         _check_gene_list(adata, raw_fpath, raw_dpath / recipe.gene_list_fname)
 
-    if cfg.gene_table_fpath is not None:
-        table = GeneTable.load(cfg.gene_table_fpath)
+    if cfg.symbols is not None:
+        table = get_symbols(cfg.symbols)
         adata, gene_report = harmonize_genes(adata, table)
         labels, label_report = harmonize_labels(adata.obs[schema.PERT_COL], table)
         adata.obs[schema.PERT_COL] = pd.Categorical(labels)
