@@ -38,7 +38,8 @@ def make_guide_provider(guides_fpath: pathlib.Path, k: int = 3, by_target: bool 
         raise InputError(f"{guides_fpath}: column 'sequence' is not DNA for guides {bad[:10]}")
     x = kmer_counts(df["sequence"].tolist(), k)
     if not by_target:
-        return GeneTable(name=f"guide-{k}mer", keys=tuple(df["guide_id"]), matrix=x, source=str(guides_fpath))
+        return GeneTable(name=f"guide-{k}mer", keys=tuple(df["guide_id"]), matrix=x, source=str(guides_fpath),
+                         harmonize=False)  # guide ids are not gene names
     targets, inv = np.unique(df["target_gene"].to_numpy(), return_inverse=True)
     sums = np.zeros((len(targets), x.shape[1]), np.float32)
     np.add.at(sums, inv, x)

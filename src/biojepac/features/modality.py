@@ -37,4 +37,4 @@ def modality_ids(values: Sequence[str], where: str = "pert_type") -> np.ndarray:
 def make_modality_provider() -> GeneTable:
     """One-hot modality vectors keyed by the canonical names (pass canonical names as labels)."""
     return GeneTable(name="modality-onehot", keys=PERT_TYPES, matrix=np.eye(len(PERT_TYPES)), source="schema",
-                     control="")
+                     control="", harmonize=False)  # modality names, not genes
