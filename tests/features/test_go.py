@@ -85,3 +85,38 @@ def test_real_go_shared_terms_closer_than_random(shared_data_dpath):
     print(f"mean cosine: pairs sharing a small GO term {shared:.3f}, random pairs {random:.3f}")
     assert shared > random + 0.2, (shared, random)
     assert table.missing(["KLF1", "NOT_A_GENE_XYZ"]) == ["NOT_A_GENE_XYZ"]
+
+
+def test_packaged_go_works_after_a_plain_install():
+    """The default GO source ships with the package: no shared folder, no download."""
+    from biojepac.features.go import PACKAGED_GO_FPATH
+
+    assert GoConfig().annotations_fpath == PACKAGED_GO_FPATH
+    assert PACKAGED_GO_FPATH.stat().st_size < 1_000_000
+    assert (PACKAGED_GO_FPATH.parent / "README.md").read_text().count("CC BY 4.0") >= 1
+    table = make_go_provider(GoConfig())
+    assert len(table.keys) > 20_000 and table.dim == 64
+    assert table.missing(["KLF1", "MARCH8", "QARS"]) == []  # outdated symbols harmonised on lookup
+
+
+def test_packaged_go_is_the_build_script_output(shared_data_dpath, tmp_path):
+    """Rebuilt from the shared table, byte for byte; and it keeps exactly the rows the embedding uses."""
+    import importlib.util
+    import pathlib
+
+    from biojepac.features.go import PACKAGED_GO_FPATH
+
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "build_go_table.py"
+    spec = importlib.util.spec_from_file_location("build_go_table", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.build(shared_data_dpath / "human_gene_go.tsv.gz", tmp_path / "go.tsv.xz", min_genes=2)
+    assert (tmp_path / "go.tsv.xz").read_bytes() == PACKAGED_GO_FPATH.read_bytes()
+
+    def used_rows(fpath):  # what make_go_provider keeps, as a sorted array of (symbol, go_id)
+        df = read_go_annotations(fpath)
+        df = df[df["evidence"] != "ND"][["symbol", "go_id"]].drop_duplicates()
+        df = df[df.groupby("go_id")["symbol"].transform("size") >= 2]
+        return np.sort(df.to_numpy(str).astype(object).sum(1))
+
+    np.testing.assert_array_equal(used_rows(PACKAGED_GO_FPATH), used_rows(shared_data_dpath / "human_gene_go.tsv.gz"))

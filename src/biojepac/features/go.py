@@ -1,8 +1,8 @@
 """GO-based gene embeddings: TF-IDF of the gene x GO-term matrix, then a seeded truncated SVD.
 
-Reads either the GO Consortium's GAF 2.2 file (`goa_human.gaf[.gz]`, what users outside have) or the
-project's offline table `../shared/data/human_gene_go.tsv.gz` (columns symbol, entrez_id, go_id,
-evidence, aspect). Why TF-IDF + SVD rather than propagation over the GO graph: see docs/features.md
+Reads the table shipped with the package (`features/data/human_gene_go.tsv.xz`: symbol, go_id, aspect;
+built by `scripts/build_go_table.py`, GO annotations CC BY 4.0), the GO Consortium's GAF 2.2 file
+(`goa_human.gaf[.gz]`), or a TSV with columns symbol, go_id, evidence, aspect (`human_gene_go.tsv.gz`). Why TF-IDF + SVD rather than propagation over the GO graph: see docs/features.md
 (short version: the ontology graph is not available offline, IDF already down-weights the broad terms
 that propagation would add everywhere, and SVD merges co-annotated terms into shared directions).
 """
@@ -10,6 +10,7 @@ that propagation would add everywhere, and SVD merges co-annotated terms into sh
 import dataclasses
 import functools
 import gzip
+import lzma
 import pathlib
 
 import numpy as np
@@ -20,14 +21,17 @@ from biojepac.errors import InputError
 from biojepac.features.base import GeneTable, l2_normalize
 from biojepac.features.svd import truncated_svd
 
+PACKAGED_GO_FPATH = pathlib.Path(__file__).resolve().parent / "data" / "human_gene_go.tsv.xz"
+"""Human gene -> GO annotations shipped with the package (see `features/data/README.md`)."""
+
 GAF_COLUMNS = {2: "symbol", 3: "qualifier", 4: "go_id", 6: "evidence", 8: "aspect"}
 """0-based GAF 2.2 column -> our name (DB Object Symbol, Qualifier, GO ID, Evidence Code, Aspect)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class GoConfig:
-    annotations_fpath: pathlib.Path = pathlib.Path("../shared/data/human_gene_go.tsv.gz")
-    """GAF 2.2 file or the symbol/go_id/evidence/aspect TSV."""
+    annotations_fpath: pathlib.Path = PACKAGED_GO_FPATH
+    """GAF 2.2 file, or a TSV with columns symbol, go_id, aspect (and evidence); default: the packaged table."""
     dim: int = 64
     """Embedding size (number of singular vectors kept)."""
     aspects: str = "PFC"
@@ -41,11 +45,12 @@ class GoConfig:
 
 
 def read_go_annotations(fpath: pathlib.Path) -> pd.DataFrame:
-    """symbol, go_id, evidence, aspect rows from a GAF 2.2 file or the project's TSV (NOT rows dropped)."""
+    """symbol, go_id, evidence, aspect rows from a GAF 2.2 file or a TSV (NOT rows dropped; a TSV without
+    an evidence column, such as the packaged table, gets evidence `NA`)."""
     fpath = pathlib.Path(fpath)
     if not fpath.is_file():
         raise InputError(f"GO annotation file not found: {fpath}")
-    opener = gzip.open if fpath.suffix == ".gz" else open
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(fpath.suffix, open)
     with opener(fpath, "rt") as fd:
         first = fd.readline()
     if first.startswith("!"):  # GAF: '!gaf-version: 2.2' header, no column names
@@ -54,11 +59,14 @@ def read_go_annotations(fpath: pathlib.Path) -> pd.DataFrame:
         # A NOT qualifier says the gene is explicitly NOT annotated with the term.
         df = df[~df["qualifier"].fillna("").str.contains("NOT")].drop(columns="qualifier")
     else:
-        df = pd.read_csv(fpath, sep="\t", dtype=str)
+        df = pd.read_csv(fpath, sep="\t", dtype=str, keep_default_na=False)
+        if "evidence" not in df.columns:
+            df["evidence"] = "NA"
         need = {"symbol", "go_id", "evidence", "aspect"}
         if not need <= set(df.columns):
             raise InputError(f"{fpath}: expected GAF 2.2 or columns {sorted(need)}, found {list(df.columns)}")
-    return df[["symbol", "go_id", "evidence", "aspect"]].dropna().drop_duplicates().reset_index(drop=True)
+    df = df[["symbol", "go_id", "evidence", "aspect"]].replace("", np.nan).dropna()
+    return df.drop_duplicates().reset_index(drop=True)
 
 
 @functools.lru_cache(maxsize=4)  # ~10 s on 2 busy cores; models and CLI often ask twice per process
