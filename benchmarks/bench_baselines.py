@@ -29,7 +29,7 @@ import pandas as pd
 from biojepac.data import schema, splits
 from biojepac.data.normalize import normalize_log1p
 from biojepac.data.recipes import load_norman_mcfaline
-from biojepac.data.synthetic import get_preset, make_synthetic_screen
+from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 from biojepac.errors import InputError
 from biojepac.eval.evaluate import evaluate
 from biojepac.models.baselines import MODELS, BaselineConfig
@@ -45,7 +45,7 @@ COLUMNS = [("vcc_score", "VCC score"), ("overlap_at_N", "DES"), ("discrimination
 
 def get_tasks(quick: bool) -> list[dict]:
     """(name, screen, split, feature specs) for each task."""
-    syn = normalize_log1p(make_synthetic_screen(get_preset("tiny" if quick else "demo"), seed=0))
+    syn = normalize_log1p(make_synthetic_screen(get_screen_preset("tiny" if quick else "demo"), seed=0))
     CACHE.mkdir(parents=True, exist_ok=True)
     net_fpath = CACHE / ("synthetic_network_features_quick.npz" if quick else "synthetic_network_features.npz")
     np.savez(net_fpath, genes=np.asarray(syn.var_names, dtype=str), vectors=syn.varm["network_features"])

@@ -46,20 +46,20 @@ def bench_attention(gene_counts=(512, 1024, 2048, 4096, 8192), d=256, n_heads=4,
 
 def _screen(n_genes=100, n_perts=24, seed=0):
     from biojepac.data.normalize import normalize_log1p
-    from biojepac.data.synthetic import get_preset as synth_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 
-    cfg = synth_preset("tiny", n_genes=n_genes, n_perts=n_perts, n_contexts=1, cells_per_pert=40)
+    cfg = get_screen_preset("tiny", n_genes=n_genes, n_perts=n_perts, n_contexts=1, cells_per_pert=40)
     return normalize_log1p(make_synthetic_screen(cfg, seed=seed), 1e4)
 
 
 def bench_throughput(n_steps=20) -> list[dict]:
     """Steady-state training cells/s per stage at `cpu-small` on a 500-gene synthetic screen (compile excluded)."""
     from biojepac.data.normalize import normalize_log1p
-    from biojepac.data.synthetic import get_preset as synth_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
     from biojepac.models.jepa import trainer as tb
     from biojepac.train import loop
 
-    adata = normalize_log1p(make_synthetic_screen(synth_preset("demo", n_contexts=1, cells_per_pert=20), seed=0), 1e4)
+    adata = normalize_log1p(make_synthetic_screen(get_screen_preset("demo", n_contexts=1, cells_per_pert=20), seed=0), 1e4)
     cfg = get_preset("cpu-small")
     rows = []
     orig = loop.run_loop

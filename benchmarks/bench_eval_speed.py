@@ -101,13 +101,13 @@ def floor(real: str, pred: str) -> None:
     import concurrent.futures
 
     from biojepac.eval import vcc
-    from biojepac.eval.inputs import read_screen
+    from biojepac.eval.inputs import read_scored_screen
     from biojepac.eval.mwu import Workers
     from biojepac.eval.stats import N_THREADS, small_pages, summarize
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool, Workers(N_THREADS) as workers, small_pages():
         t0 = time.perf_counter()
-        screens = list(pool.map(lambda f: read_screen(f, pert_col="target_gene", control="non-targeting"),
+        screens = list(pool.map(lambda f: read_scored_screen(f, pert_col="target_gene", control="non-targeting"),
                                 (real, pred)))
         read_s = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -25,9 +25,9 @@ def measure(preset: str, seed: int) -> dict:
     import resource
 
     from biojepac.data import schema
-    from biojepac.data.synthetic import get_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 
-    cfg = get_preset(preset)
+    cfg = get_screen_preset(preset)
     t0 = time.perf_counter()
     adata = make_synthetic_screen(cfg, seed)
     gen_s = time.perf_counter() - t0
@@ -95,11 +95,11 @@ def get_agreement(adata, target_sum: float, seed: int) -> dict:
 
 def sweep_cells(seed: int) -> list[dict]:
     """Agreement as cells per perturbation grow (demo genes, 1 context, 20 targets): noise, not truth, limits r."""
-    from biojepac.data.synthetic import get_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 
     out = []
     for n_cells in (30, 100, 300, 1000):
-        cfg = get_preset("demo", n_contexts=1, n_perts=20, cells_per_pert=n_cells, control_fraction=0.5)
+        cfg = get_screen_preset("demo", n_contexts=1, n_perts=20, cells_per_pert=n_cells, control_fraction=0.5)
         out.append({"cells_per_pert": n_cells, **get_agreement(make_synthetic_screen(cfg, seed), cfg.target_sum, seed)})
     return out
 

@@ -39,9 +39,9 @@ def _score(pred_dpg: np.ndarray, obs_dpg: np.ndarray) -> dict:
 
 def bench_sanity(seed: int = 0) -> list[dict]:
     from biojepac.data.normalize import normalize_log1p
-    from biojepac.data.synthetic import get_preset as synth_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 
-    adata = normalize_log1p(make_synthetic_screen(synth_preset("tiny", n_genes=100, n_perts=24, n_contexts=1, cells_per_pert=40), seed=seed), 1e4)
+    adata = normalize_log1p(make_synthetic_screen(get_screen_preset("tiny", n_genes=100, n_perts=24, n_contexts=1, cells_per_pert=40), seed=seed), 1e4)
     train, test = _split(adata, 8, seed)
     x = adata.X.toarray()
     labels = adata.obs["target_gene"].to_numpy()

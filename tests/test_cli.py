@@ -36,7 +36,7 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "no_context.h5ad"
     screen.write_h5ad(bad)
     proc = subprocess.run(
-        [sys.executable, "-m", "biojepac.cli", "predict", "--model", "cell-mean", "--train", str(bad),
+        [sys.executable, "-m", "biojepac.cli", "predict", "--model", "cell-mean", "--screen", str(bad),
          "--context", "c1", "--perturbations", "G001", "--out", str(tmp_path / "p.h5ad")],
         capture_output=True, text=True,
     )
@@ -52,7 +52,7 @@ def test_unknown_context_names_the_training_file(tmp_path, capsys):
     screen = build_random_screen()
     screen.uns["biojepac"] = {"source": "some generator"}  # the error must still name the file read
     screen.write_h5ad(train)
-    code = cli.main(["predict", "--model", "cell-mean", "--train", str(train), "--context", "nowhere",
+    code = cli.main(["predict", "--model", "cell-mean", "--screen", str(train), "--context", "nowhere",
                      "--perturbations", "G001", "--out", str(tmp_path / "p.h5ad")])
     err = capsys.readouterr().err
     assert code == 2 and f"{train}: no 'non-targeting' cells in context 'nowhere'" in err

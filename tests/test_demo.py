@@ -6,7 +6,7 @@ from biojepac.demo import DemoConfig, run_demo
 
 
 def test_demo_writes_a_report_with_real_numbers(tmp_path):
-    cfg = DemoConfig(out_dpath=tmp_path, preset="tiny", models=("control-mean", "cell-mean", "linear"), n_boot=20)
+    cfg = DemoConfig(out_dpath=tmp_path, screen_preset="tiny", models=("control-mean", "cell-mean", "linear"), n_boot=20)
     report = run_demo(cfg)
     text = report.read_text()
     for name in cfg.models:

@@ -11,7 +11,7 @@ from biojepac.cli import main
 from biojepac.errors import InputError
 from biojepac.models.baselines import CellMean
 from biojepac.models.base import shift_controls
-from biojepac.predict import PredictConfig, run_predict
+from biojepac.predict import PredictCommand, run_predict
 from random_screen import build_random_screen
 
 
@@ -25,11 +25,11 @@ def files(tmp_path):
     return tmp_path, train
 
 
-def test_predict_writes_counts_controls_and_provenance(files):
+def test_predict_writes_requests_controls_and_provenance(files):
     tmp, train = files
     out = tmp / "pred.h5ad"
-    assert main(["predict", "--model", "cell-mean", "--train", str(tmp / "train.h5ad"), "--context", "c1",
-                 "--counts", str(tmp / "pert_counts.csv"), "--out", str(out), "--seed", "5"]) == 0
+    assert main(["predict", "--model", "cell-mean", "--screen", str(tmp / "train.h5ad"), "--context", "c1",
+                 "--requests", str(tmp / "pert_counts.csv"), "--out", str(out), "--seed", "5"]) == 0
     pred = ad.read_h5ad(out)
     n_ctrl = int(((train.obs["target_gene"] == "non-targeting") & (train.obs["context"] == "c1")).sum())
     assert pred.obs["target_gene"].value_counts().to_dict() == {"G001": 7, "G004+G005": 3, "G030": 250,
@@ -51,11 +51,11 @@ def test_predict_writes_counts_controls_and_provenance(files):
 
 def test_seeded_and_saved_models_dispatch(files):
     tmp, train = files
-    base = dict(train=tmp / "train.h5ad", context="c2", perturbations=("G002", "G003"), n_cells=20)
-    a = run_predict(PredictConfig(model="cell-mean", out=tmp / "a.h5ad", seed=1, **base))
+    base = dict(screen=tmp / "train.h5ad", context="c2", perturbations=("G002", "G003"), n_cells=20)
+    a = run_predict(PredictCommand(model="cell-mean", out=tmp / "a.h5ad", seed=1, **base))
     CellMean().fit(train).save(tmp / "saved")
-    b = run_predict(PredictConfig(model=str(tmp / "saved"), out=tmp / "b.h5ad", seed=1, **base))
-    c = run_predict(PredictConfig(model="cell-mean", out=tmp / "c.h5ad", seed=2, **base))
+    b = run_predict(PredictCommand(model=str(tmp / "saved"), out=tmp / "b.h5ad", seed=1, **base))
+    c = run_predict(PredictCommand(model="cell-mean", out=tmp / "c.h5ad", seed=2, **base))
     xa, xb, xc = (ad.read_h5ad(p).X.toarray() for p in (a, b, c))
     np.testing.assert_array_equal(xa, xb)
     assert not np.array_equal(xa, xc)
@@ -64,15 +64,15 @@ def test_seeded_and_saved_models_dispatch(files):
 
 def test_predict_errors(files):
     tmp, _ = files
-    base = dict(train=tmp / "train.h5ad", out=tmp / "x.h5ad", perturbations=("G001",))
+    base = dict(screen=tmp / "train.h5ad", out=tmp / "x.h5ad", perturbations=("G001",))
     with pytest.raises(InputError, match="'c9'"):
-        run_predict(PredictConfig(model="cell-mean", context="c9", **base))
+        run_predict(PredictCommand(model="cell-mean", context="c9", **base))
     with pytest.raises(InputError, match="baseline kind"):
-        run_predict(PredictConfig(model="gears", context="c1", **base))
+        run_predict(PredictCommand(model="gears", context="c1", **base))
     (tmp / "bad.csv").write_text("gene,count\nA,1\n")
     with pytest.raises(InputError, match="bad.csv"):
-        run_predict(PredictConfig(model="cell-mean", context="c1", train=tmp / "train.h5ad", out=tmp / "x.h5ad",
-                                  counts=tmp / "bad.csv"))
+        run_predict(PredictCommand(model="cell-mean", context="c1", screen=tmp / "train.h5ad", out=tmp / "x.h5ad",
+                                  requests=tmp / "bad.csv"))
     assert not (tmp / "x.h5ad").exists()
 
 
@@ -80,9 +80,9 @@ def test_split_predict_then_evaluate(tmp_path):
     """The README workflow: split -> predict (fitted on the split's train cells) -> evaluate."""
     from biojepac.data import splits
     from biojepac.data.normalize import normalize_log1p
-    from biojepac.data.synthetic import get_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 
-    screen = normalize_log1p(make_synthetic_screen(get_preset("tiny"), seed=0))
+    screen = normalize_log1p(make_synthetic_screen(get_screen_preset("tiny"), seed=0))
     screen.write_h5ad(tmp_path / "screen.h5ad")
     split = splits.make_unseen_perturbation_split(screen, context="ctx0", fractions=(0.6, 0.1, 0.3), seed=0)
     splits.save_split(split, tmp_path / "split.json")
@@ -91,9 +91,9 @@ def test_split_predict_then_evaluate(tmp_path):
                   screen.obs["target_gene"].isin([*test_perts, "non-targeting"]).to_numpy()].copy()
     real.write_h5ad(tmp_path / "real.h5ad")
     real.obs["target_gene"].value_counts().rename_axis("target_gene").reset_index(name="n_cells").to_csv(
-        tmp_path / "counts.csv", index=False)
-    assert main(["predict", "--model", "cell-mean", "--train", str(tmp_path / "screen.h5ad"), "--split",
-                 str(tmp_path / "split.json"), "--context", "ctx0", "--counts", str(tmp_path / "counts.csv"),
+        tmp_path / "requests.csv", index=False)
+    assert main(["predict", "--model", "cell-mean", "--screen", str(tmp_path / "screen.h5ad"), "--split",
+                 str(tmp_path / "split.json"), "--context", "ctx0", "--requests", str(tmp_path / "requests.csv"),
                  "--out", str(tmp_path / "pred.h5ad")]) == 0
     pred = ad.read_h5ad(tmp_path / "pred.h5ad")
     prov = json.loads(pred.uns["biojepac"]["model"])
@@ -101,6 +101,8 @@ def test_split_predict_then_evaluate(tmp_path):
     assert prov["fit_cells"] == train_cells < screen.n_obs  # fitted on the split's train part only
     assert json.loads(pred.uns["biojepac"]["split"])["content"]["test"] == [list(t) for t in split.test]
     assert main(["evaluate", "--pred", str(tmp_path / "pred.h5ad"), "--real", str(tmp_path / "real.h5ad"),
-                 "--out-dpath", str(tmp_path / "eval"), "--profile", "vcc", "--n-boot", "20"]) == 0
+                 "--screen", str(tmp_path / "screen.h5ad"), "--out-dpath", str(tmp_path / "eval"), "--profile", "vcc",
+                 "--n-boot", "20"]) == 0
     per = pd.read_csv(tmp_path / "eval" / "per_perturbation.csv", index_col=0)
     assert sorted(per.index) == test_perts
+    assert "vcc_score" in json.loads((tmp_path / "eval" / "aggregates.json").read_text())  # the --screen baseline

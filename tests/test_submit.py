@@ -67,7 +67,7 @@ def test_validation_errors(tmp_path):
     with pytest.raises(InputError, match="exceed"):
         run_submit(SubmitConfig(genes=tmp_path / "genes.csv", max_cell_dim=50, **base))
     with pytest.raises(InputError, match="'ctrl'"):
-        run_submit(SubmitConfig(genes=tmp_path / "genes.csv", ntc_name="ctrl", **base))
+        run_submit(SubmitConfig(genes=tmp_path / "genes.csv", control="ctrl", **base))
     big = pred.copy()
     big.X = big.X.toarray() * 20.0 + 0.5  # decimals above the log1p range
     big.write_h5ad(tmp_path / "big.h5ad")

@@ -23,7 +23,7 @@ COMMANDS: dict = {
     ),
     "predict": (
         "Predict cells for a context with a baseline kind or a saved model; writes an .h5ad with the real controls.",
-        "biojepac.predict:PredictConfig",
+        "biojepac.predict:PredictCommand",
         "biojepac.predict:run_predict",
     ),
     "evaluate": (
@@ -65,7 +65,7 @@ COMMANDS: dict = {
     },
     "train": {
         "biojepac": (
-            "Train BioJEPAC: --stage pretrain|compose|predict|decode|all, --preset tiny|cpu-small|report.",
+            "Train BioJEPAC: --stage pretrain|compose|predict|decode|all, --preset tiny|cpu-small|paper.",
             "biojepac.models.jepa.model:TrainBiojepacConfig",
             "biojepac.models.jepa.model:train_biojepac",
         ),

@@ -34,8 +34,8 @@ ModelName = typing.Literal["control-mean", "cell-mean", "linear", "knn", "state"
 class DemoConfig:
     out_dpath: pathlib.Path = pathlib.Path("demo_out")
     """Folder for every file the demo writes (screen, split, models, predictions, reports)."""
-    preset: typing.Literal["tiny", "demo", "realistic"] = "demo"
-    """Synthetic screen size (see `biojepac data synth --help`)."""
+    screen_preset: synthetic.ScreenPreset = "demo"
+    """Synthetic screen size: tiny | demo | realistic (see `biojepac data synth --help`)."""
     models: tuple[ModelName, ...] = ("control-mean", "cell-mean", "linear", "knn", "state", "biojepac")
     """Models to fit and compare."""
     features: str = "varm:network_features"
@@ -54,8 +54,8 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
     out = cfg.out_dpath
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/5] synthetic screen ({cfg.preset})")
-    screen = synthetic.make_synthetic_screen(synthetic.get_preset(cfg.preset), cfg.seed)
+    print(f"[1/5] synthetic screen ({cfg.screen_preset})")
+    screen = synthetic.make_synthetic_screen(synthetic.get_screen_preset(cfg.screen_preset), cfg.seed)
     write_h5ad_atomic(screen, out / "screen_counts.h5ad")
     target_sum = screen.uns[schema.UNS_KEY]["truth"].get("target_sum", 1e4)
     norm = normalize_log1p(screen, target=float(target_sum))
@@ -153,7 +153,7 @@ def write_summary(out: pathlib.Path, rows: list[dict], cfg: DemoConfig, split, s
     lines = [
         "# BioJEPAC demo report",
         "",
-        f"Synthetic screen preset `{cfg.preset}`, seed {cfg.seed}; split `{split.name}` "
+        f"Synthetic screen preset `{cfg.screen_preset}`, seed {cfg.seed}; split `{split.name}` "
         f"({len(split.train)} train / {len(split.val)} val / {len(split.test)} test perturbations). "
         f"Total time {seconds:.0f} s.",
         "",

@@ -27,10 +27,10 @@ from biojepac.io import command_line, write_h5ad_atomic
 from biojepac.models import registry
 
 @dataclasses.dataclass(frozen=True)
-class PredictConfig:
+class PredictCommand:
     model: str
     """A baseline kind (control-mean, cell-mean, crispr-mean, context-transfer, linear, ridge, knn, additive) or a saved model directory."""
-    train: pathlib.Path
+    screen: pathlib.Path
     """Training screen (.h5ad, canonical schema): the source of the real controls, and the fit data for a baseline kind."""
     context: str
     """Context (cell line) to predict in; its real controls are the starting cells."""
@@ -38,10 +38,10 @@ class PredictConfig:
     """Output .h5ad of predicted cells plus the context's real controls."""
     split: pathlib.Path | None = None
     """Split JSON; a baseline kind is fitted only on its train cells (plus all controls). None: all cells."""
-    counts: pathlib.Path | None = None
-    """CSV with columns target_gene,n_cells (e.g. VCC pert_counts_Validation.csv; other columns ignored)."""
+    requests: pathlib.Path | None = None
+    """Requested cells: CSV with columns target_gene,n_cells (e.g. VCC pert_counts_Validation.csv; other columns ignored)."""
     perturbations: tuple[str, ...] = ()
-    """Perturbations to predict when no --counts file is given (each gets --n-cells cells)."""
+    """Perturbations to predict when no --requests file is given (each gets --n-cells cells)."""
     n_cells: int = 100
     """Cells per perturbation for --perturbations."""
     features: str = "go"
@@ -54,18 +54,18 @@ class PredictConfig:
     """Real controls written to the output (a seeded sample); 0 = all of the context's controls."""
 
 
-def run_predict(cfg: PredictConfig) -> pathlib.Path:
-    train = read_training_screen(cfg.train)
+def run_predict(cfg: PredictCommand) -> pathlib.Path:
+    train = read_training_screen(cfg.screen)
     perts = read_requests(cfg)
     model, model_prov = get_model(cfg, train)
     out = predict_cells(model, train, perts, cfg.context, cfg.seed, cfg.max_controls)
     prov = {
         "model": model_prov,
-        "train": str(cfg.train),
+        "train": str(cfg.screen),
         "split": _split_record(cfg.split),
         "features": _features_record(model),
         "context": cfg.context,
-        "requests": str(cfg.counts) if cfg.counts else "perturbations",
+        "requests": str(cfg.requests) if cfg.requests else "perturbations",
         "seed": cfg.seed,
         "command": command_line("biojepac predict", cfg),
     }
@@ -78,31 +78,31 @@ def run_predict(cfg: PredictConfig) -> pathlib.Path:
     return cfg.out
 
 
-def read_requests(cfg: PredictConfig) -> pd.DataFrame:
+def read_requests(cfg: PredictCommand) -> pd.DataFrame:
     """target_gene, n_cells rows to predict (controls dropped: the real ones are always included)."""
-    if cfg.counts is not None:
-        if not cfg.counts.is_file():
-            raise InputError(f"{cfg.counts}: file not found")
-        df = pd.read_csv(cfg.counts)
+    if cfg.requests is not None:
+        if not cfg.requests.is_file():
+            raise InputError(f"{cfg.requests}: file not found")
+        df = pd.read_csv(cfg.requests)
         missing = {"target_gene", "n_cells"} - set(df.columns)
         if missing:
-            raise InputError(f"{cfg.counts}: missing column(s) {sorted(missing)}; expected target_gene,n_cells")
+            raise InputError(f"{cfg.requests}: missing column(s) {sorted(missing)}; expected target_gene,n_cells")
         df = df[["target_gene", "n_cells"]].astype({"target_gene": str})
         bad = df.loc[~(pd.to_numeric(df["n_cells"], errors="coerce") > 0), "target_gene"].tolist()
         if bad:
-            raise InputError(f"{cfg.counts}: column 'n_cells' must be a positive integer; bad rows for {bad[:5]}")
+            raise InputError(f"{cfg.requests}: column 'n_cells' must be a positive integer; bad rows for {bad[:5]}")
     elif cfg.perturbations:
         df = pd.DataFrame({"target_gene": list(cfg.perturbations), "n_cells": cfg.n_cells})
     else:
-        raise InputError("give --counts FILE.csv or --perturbations A B ...")
+        raise InputError("give --requests FILE.csv or --perturbations A B ...")
     dup = df["target_gene"][df["target_gene"].duplicated()].tolist()
     if dup:
-        raise InputError(f"{cfg.counts or '--perturbations'}: perturbation listed twice: {dup[:5]}")
+        raise InputError(f"{cfg.requests or '--perturbations'}: perturbation listed twice: {dup[:5]}")
     df = df[df["target_gene"] != schema.CONTROL].reset_index(drop=True)
     return df.astype({"n_cells": int})
 
 
-def get_model(cfg: PredictConfig, train: ad.AnnData):
+def get_model(cfg: PredictCommand, train: ad.AnnData):
     """(fitted model, provenance dict): a saved folder is loaded, a baseline kind is fitted here."""
     path = pathlib.Path(cfg.model)
     if path.is_dir():
@@ -113,7 +113,7 @@ def get_model(cfg: PredictConfig, train: ad.AnnData):
                          "pass the saved model folder it prints")
     if cfg.model not in registry.baseline_kinds():
         raise InputError(f"--model {cfg.model!r}: not a saved model folder nor a baseline kind {sorted(registry.baseline_kinds())}")
-    fit_cells = train[train_mask(train, cfg.split, cfg.train)].copy()
+    fit_cells = train[train_mask(train, cfg.split, cfg.screen)].copy()
     model, prov = registry.build(cfg.model, features=cfg.features, fallback=cfg.feature_fallback, seed=cfg.seed)
     model.fit(fit_cells)
     return model, {**prov, "fit_cells": int(fit_cells.n_obs)}

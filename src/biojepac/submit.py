@@ -55,8 +55,8 @@ class SubmitConfig:
     """Output .vcc package."""
     pert_col: str = schema.PERT_COL
     """obs column with the perturbation label."""
-    ntc_name: str = schema.CONTROL
-    """Control label that must be present."""
+    control: str = schema.CONTROL
+    """Label of the control cells, which must be present."""
     celltype_col: str | None = None
     """Optional obs column with the cell type, kept as `celltype` in the package."""
     encoding: Literal[32, 64] = 32
@@ -79,7 +79,7 @@ def run_submit(cfg: SubmitConfig) -> pathlib.Path:
         obs, var_names = _read_obs_var(f, cfg)
         col_order = check_prediction(obs, var_names, genes, cfg)
         x = _RowReader(f["X"], str(cfg.pred))
-        scale = scan_values(x, col_order, cfg)
+        scale = scan_submission_values(x, col_order, cfg)
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cfg.out.parent, prefix=f".{cfg.out.name}.") as tmp:
             h5_fpath = pathlib.Path(tmp) / "pred.h5ad"
@@ -111,8 +111,8 @@ def check_prediction(obs: pd.DataFrame, var_names: list[str], genes: list[str], 
         raise InputError(f"{where}: obs has no perturbation column {cfg.pert_col!r} (columns: {list(obs.columns)})")
     if cfg.celltype_col and cfg.celltype_col not in obs.columns:
         raise InputError(f"{where}: obs has no cell-type column {cfg.celltype_col!r}")
-    if not (obs[cfg.pert_col].astype(str) == cfg.ntc_name).any():
-        raise InputError(f"{where}: no control cells: label {cfg.ntc_name!r} missing from column {cfg.pert_col!r}")
+    if not (obs[cfg.pert_col].astype(str) == cfg.control).any():
+        raise InputError(f"{where}: no control cells: label {cfg.control!r} missing from column {cfg.pert_col!r}")
     if cfg.expected_gene_dim != -1 and len(genes) != cfg.expected_gene_dim:
         logger.warning(f"{cfg.genes}: {len(genes)} genes, not the challenge's {cfg.expected_gene_dim}")
     if var_names != genes:
@@ -128,7 +128,7 @@ def check_prediction(obs: pd.DataFrame, var_names: list[str], genes: list[str], 
     return np.asarray([index[g] for g in genes], np.int64)
 
 
-def scan_values(x: "_RowReader", col_order: np.ndarray, cfg: SubmitConfig) -> np.ndarray | None:
+def scan_submission_values(x: "_RowReader", col_order: np.ndarray, cfg: SubmitConfig) -> np.ndarray | None:
     """First pass: cell-eval's counts-vs-log1p guess and range checks. Returns per-row divisors
     (total / target, as scanpy computes them) when the data are counts to normalise, else None."""
     dtype = np.float32 if cfg.encoding == 32 else np.float64

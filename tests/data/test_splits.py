@@ -18,7 +18,7 @@ from biojepac.data.splits import (
     save_split,
     split_masks,
 )
-from biojepac.data.synthetic import get_preset, make_synthetic_screen
+from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 from biojepac.errors import InputError
 
 SEEDS = range(30)
@@ -26,7 +26,7 @@ SEEDS = range(30)
 
 @pytest.fixture(scope="module")
 def screen():
-    return make_synthetic_screen(get_preset("tiny", n_perts=20, n_combos=15, n_contexts=3, cells_per_pert=3), seed=0)
+    return make_synthetic_screen(get_screen_preset("tiny", n_perts=20, n_combos=15, n_contexts=3, cells_per_pert=3), seed=0)
 
 
 def _check_partition(split: Split, universe: list) -> None:

@@ -10,12 +10,12 @@ import scipy.sparse as sp
 
 from biojepac.data import schema
 from biojepac.data.pairing import pseudobulk_deltas
-from biojepac.data.synthetic import PRESETS, get_preset, make_synthetic_screen
+from biojepac.data.synthetic import PRESETS, get_screen_preset, make_synthetic_screen
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return make_synthetic_screen(get_preset("tiny", n_combos=4), seed=0)
+    return make_synthetic_screen(get_screen_preset("tiny", n_combos=4), seed=0)
 
 
 def _truth_for(adata, groups: pd.DataFrame):
@@ -50,8 +50,8 @@ def test_canonical_schema(tiny):
 
 
 def test_deterministic_per_seed(tiny):
-    again = make_synthetic_screen(get_preset("tiny", n_combos=4), seed=0)
-    other = make_synthetic_screen(get_preset("tiny", n_combos=4), seed=1)
+    again = make_synthetic_screen(get_screen_preset("tiny", n_combos=4), seed=0)
+    other = make_synthetic_screen(get_screen_preset("tiny", n_combos=4), seed=1)
     assert (tiny.X != again.X).nnz == 0
     assert tiny.obs.equals(again.obs)
     assert np.array_equal(tiny.uns[schema.UNS_KEY]["truth"]["delta"], again.uns[schema.UNS_KEY]["truth"]["delta"])
@@ -60,7 +60,7 @@ def test_deterministic_per_seed(tiny):
 
 
 def test_knockdown_propagates_through_the_network():
-    adata = make_synthetic_screen(get_preset("tiny", n_genes=80, n_perts=30, n_contexts=2, cells_per_pert=4), seed=3)
+    adata = make_synthetic_screen(get_screen_preset("tiny", n_genes=80, n_perts=30, n_contexts=2, cells_per_pert=4), seed=3)
     genes = list(adata.var_names)
     truth, net = adata.uns[schema.UNS_KEY]["truth"], adata.uns[schema.UNS_KEY]["network"]
     n_with_children = 0
@@ -99,7 +99,7 @@ def test_knockdown_propagates_through_the_network():
 
 def test_truth_matches_empirical_pseudobulk():
     """The done criterion: stored truth vs normalize_total(1e4)+log1p pseudobulk deltas of the counts."""
-    cfg = get_preset("tiny", cells_per_pert=200, control_fraction=0.5, inert_fraction=0.3)
+    cfg = get_screen_preset("tiny", cells_per_pert=200, control_fraction=0.5, inert_fraction=0.3)
     adata = make_synthetic_screen(cfg, seed=0)
     norm = adata.copy()
     sc.pp.normalize_total(norm, target_sum=cfg.target_sum)
@@ -128,7 +128,7 @@ def test_network_features_predict_unseen_effects():
     """Ridge from features to off-target truth, fitted on 70% of targets, beats the mean and shuffled features."""
     ratios_mean, ratios_shuffled = [], []
     for seed in (0, 1):
-        cfg = get_preset("tiny", n_genes=200, n_perts=120, n_contexts=1, cells_per_pert=2, n_features=16)
+        cfg = get_screen_preset("tiny", n_genes=200, n_perts=120, n_contexts=1, cells_per_pert=2, n_features=16)
         adata = make_synthetic_screen(cfg, seed=seed)
         truth = adata.uns[schema.UNS_KEY]["truth"]
         keep = np.asarray(truth["has_effect"])
@@ -164,12 +164,12 @@ def test_cli_synth_and_split_round_trip(tmp_path):
     from biojepac.data.splits import load_split
 
     h5ad_fpath, split_fpath = tmp_path / "s.h5ad", tmp_path / "split.json"
-    assert main(["data", "synth", "--out-fpath", str(h5ad_fpath), "--preset", "tiny", "--seed", "2"]) == 0
+    assert main(["data", "synth", "--out", str(h5ad_fpath), "--screen-preset", "tiny", "--seed", "2"]) == 0
     written = ad.read_h5ad(h5ad_fpath)
-    expected = make_synthetic_screen(get_preset("tiny"), seed=2)
+    expected = make_synthetic_screen(get_screen_preset("tiny"), seed=2)
     assert (written.X != expected.X).nnz == 0 and written.obs.equals(expected.obs.astype(written.obs.dtypes.to_dict()))
     np.testing.assert_array_equal(written.uns[schema.UNS_KEY]["truth"]["delta"], expected.uns[schema.UNS_KEY]["truth"]["delta"])
-    args = ["data", "split", "--h5ad-fpath", str(h5ad_fpath), "--out-fpath", str(split_fpath)]
+    args = ["data", "split", "--screen", str(h5ad_fpath), "--out", str(split_fpath)]
     assert main(args + ["--kind", "fewshot_context", "--context", "ctx1", "--k", "3"]) == 0
     split = load_split(split_fpath)
     assert sum(c == "ctx1" for c, _ in split.train) == 3

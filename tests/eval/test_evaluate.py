@@ -1,4 +1,4 @@
-"""The evaluate() API and CLI: outputs written, baseline built from --train, known-answer checks."""
+"""The evaluate() API and CLI: outputs written, baseline built from the training screen, known-answer checks."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 from biojepac.cli import main
 from biojepac.eval import bootstrap, report_metrics
 from biojepac.eval.evaluate import evaluate
-from biojepac.eval.inputs import read_screen
+from biojepac.eval.inputs import read_scored_screen
 from biojepac.eval.stats import summarize
 
 
@@ -55,7 +55,7 @@ def test_cli_evaluate(tmp_path, screen_factory, capsys):
 def test_gears_degs_match_scanpy_t_test(screen_factory):
     sc = pytest.importorskip("scanpy")
     adata = screen_factory(1, counts=False)
-    s = summarize(read_screen(adata, pert_col="target_gene", control="non-targeting"), with_de=False)
+    s = summarize(read_scored_screen(adata, pert_col="target_gene", control="non-targeting"), with_de=False)
     ours = report_metrics.gears_degs(s, 10)
     sc.tl.rank_genes_groups(adata, groupby="target_gene", reference="non-targeting", rankby_abs=True,
                             n_genes=adata.n_vars, use_raw=False, method="t-test")

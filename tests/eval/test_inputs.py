@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from biojepac.errors import InputError
-from biojepac.eval.inputs import check_pair, read_screen
+from biojepac.eval.inputs import check_pair, read_scored_screen
 
 
 @pytest.mark.parametrize("sparse", [True, False])
@@ -14,7 +14,7 @@ def test_normalisation_is_scanpys_bit_for_bit(screen_factory, sparse):
     adata = screen_factory(1, sparse=sparse)
     adata.X[5] = 0  # a cell with no counts
     before = adata.X.copy()
-    ours = read_screen(adata, pert_col="target_gene", control="non-targeting")
+    ours = read_scored_screen(adata, pert_col="target_gene", control="non-targeting")
     ref = adata.copy()
     sc.pp.normalize_total(ref)
     sc.pp.log1p(ref)
@@ -28,23 +28,23 @@ def test_normalisation_is_scanpys_bit_for_bit(screen_factory, sparse):
 
 def test_clear_errors(screen_factory):
     kw = dict(pert_col="target_gene", control="non-targeting")
-    real = read_screen(screen_factory(1), **kw)
+    real = read_scored_screen(screen_factory(1), **kw)
     shuffled = screen_factory(2)
     shuffled = shuffled[:, ::-1].copy()
     with pytest.raises(InputError, match="different order"):
-        check_pair(real, read_screen(shuffled, **kw))
+        check_pair(real, read_scored_screen(shuffled, **kw))
     fewer = screen_factory(2)
     fewer = fewer[fewer.obs.target_gene != "G007"].copy()
     with pytest.raises(InputError, match="perturbations differ.*G007"):
-        check_pair(real, read_screen(fewer, **kw))
+        check_pair(real, read_scored_screen(fewer, **kw))
     with pytest.raises(InputError, match="no control cells labelled 'ctrl'"):
-        read_screen(screen_factory(2), pert_col="target_gene", control="ctrl")
+        read_scored_screen(screen_factory(2), pert_col="target_gene", control="ctrl")
     bad = screen_factory(2, counts=False)
     bad.X = sp.csr_matrix(bad.X.toarray() * 4.0)  # fractional and far above log1p range
     with pytest.raises(InputError, match="log1p"):
-        read_screen(bad, **kw)
+        read_scored_screen(bad, **kw)
     with pytest.raises(InputError, match="obs column 'perturbation'"):
-        read_screen(screen_factory(2), pert_col="perturbation", control="non-targeting")
+        read_scored_screen(screen_factory(2), pert_col="perturbation", control="non-targeting")
 
 
 def test_mismatch_messages_name_genes_plainly(tmp_path, screen_factory):
@@ -54,5 +54,5 @@ def test_mismatch_messages_name_genes_plainly(tmp_path, screen_factory):
     real.write_h5ad(tmp_path / "real.h5ad")
     reordered[:, ::-1].copy().write_h5ad(tmp_path / "pred.h5ad")
     with pytest.raises(InputError, match=r"position 0: 'G119' vs 'G000'") as err:
-        check_pair(read_screen(tmp_path / "real.h5ad", **kw), read_screen(tmp_path / "pred.h5ad", **kw))
+        check_pair(read_scored_screen(tmp_path / "real.h5ad", **kw), read_scored_screen(tmp_path / "pred.h5ad", **kw))
     assert "np.str_" not in str(err.value)

@@ -39,9 +39,9 @@ def test_threads_and_layouts_do_not_change_pvalues(screen_factory, monkeypatch):
     import scipy.sparse as sp
 
     from biojepac.eval import stats
-    from biojepac.eval.inputs import read_screen
+    from biojepac.eval.inputs import read_scored_screen
 
-    screen = read_screen(screen_factory(1, n_genes=120), pert_col="target_gene", control="non-targeting")
+    screen = read_scored_screen(screen_factory(1, n_genes=120), pert_col="target_gene", control="non-targeting")
     whole = stats.summarize(screen, with_de=True, workers=1)
     for range_keys, block_keys in ((500, 1), (2000, 4000)):
         monkeypatch.setattr(mwu, "RANGE_KEYS", range_keys)
@@ -73,7 +73,7 @@ def test_pdex_lfc_is_float32_row_order_mean():
     import scipy.sparse as sp
 
     from biojepac.eval import stats
-    from biojepac.eval.inputs import Screen
+    from biojepac.eval.inputs import ScoredScreen
 
     rng = np.random.default_rng(4)
     dense = (rng.random((300, 40)) < 0.4) * rng.gamma(1.0, 1.0, (300, 40)).astype(np.float32)
@@ -93,7 +93,7 @@ def test_pdex_lfc_is_float32_row_order_mean():
         return stats._expm1f(acc).astype(np.float64)
 
     for sparse, x in ((True, sp.csr_matrix(dense)), (False, dense)):
-        lfc = stats.pdex_lfc(Screen("t", x, codes, np.array(["a", "b", "c"]), np.arange(40).astype(str), False))
+        lfc = stats.pdex_lfc(ScoredScreen("t", x, codes, np.array(["a", "b", "c"]), np.arange(40).astype(str), False))
         for code in (1, 3):
             with np.errstate(divide="ignore", invalid="ignore"):
                 want = np.log2(reference(sparse, code)[genes] / reference(sparse, 0)[genes])

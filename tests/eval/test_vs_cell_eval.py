@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from biojepac.eval import vcc
-from biojepac.eval.inputs import make_baseline_screen, read_screen
+from biojepac.eval.inputs import make_baseline_screen, read_scored_screen
 from biojepac.eval.stats import summarize
 
 cell_eval = pytest.importorskip("cell_eval")
@@ -28,8 +28,8 @@ def run_cell_eval(real, pred, tmp_path):
 
 
 def run_ours(real, pred):
-    r = read_screen(real, pert_col=COL, control=CTRL)
-    p = read_screen(pred, pert_col=COL, control=CTRL)
+    r = read_scored_screen(real, pert_col=COL, control=CTRL)
+    p = read_scored_screen(pred, pert_col=COL, control=CTRL)
     m = vcc.vcc_metrics(r, summarize(r, with_de=True), p, summarize(p, with_de=True))
     return r.perts, m
 
@@ -72,8 +72,8 @@ def test_score_vs_baseline_matches_cell_eval(tmp_path, screen_factory):
     real = make_screen(1)
     pred = make_screen(2, counts=False, noise=0.5)
     train = make_screen(3, effect_seed=7)
-    r = read_screen(real, pert_col=COL, control=CTRL)
-    t = read_screen(train, pert_col=COL, control=CTRL)
+    r = read_scored_screen(real, pert_col=COL, control=CTRL)
+    t = read_scored_screen(train, pert_col=COL, control=CTRL)
     base = make_baseline_screen(summarize(t, with_de=False).mean, r)
     # cell-eval's own baseline vector from the same training file.
     from cell_eval._baseline import _build_pert_baseline
@@ -96,7 +96,7 @@ def test_score_vs_baseline_matches_cell_eval(tmp_path, screen_factory):
     _, agg_base = run_cell_eval(real, base_adata, tmp_path / "b")
     ref_score = cell_eval.score_agg_metrics(agg_user, agg_base).to_pandas().set_index("metric")["from_baseline"]
 
-    p = read_screen(pred, pert_col=COL, control=CTRL)
+    p = read_scored_screen(pred, pert_col=COL, control=CTRL)
     rs = summarize(r, with_de=True)
     user = vcc.vcc_metrics(r, rs, p, summarize(p, with_de=True))
     basem = vcc.vcc_metrics(r, rs, base, summarize(base, with_de=True))

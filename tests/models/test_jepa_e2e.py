@@ -13,9 +13,9 @@ from biojepac.models.jepa.model import BioJepacModel
 
 def _screen():
     from biojepac.data.normalize import normalize_log1p
-    from biojepac.data.synthetic import get_preset as synth_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 
-    adata = normalize_log1p(make_synthetic_screen(synth_preset("tiny", n_contexts=1, n_perts=6), seed=3), 1e4)
+    adata = normalize_log1p(make_synthetic_screen(get_screen_preset("tiny", n_contexts=1, n_perts=6), seed=3), 1e4)
     return adata
 
 

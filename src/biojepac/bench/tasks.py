@@ -92,9 +92,9 @@ def get_go_table(cache_dpath: pathlib.Path | None):
 def make_synthetic(seed: int) -> ad.AnnData:
     """A `demo`-sized synthetic screen with 40 perturbations, normalised (1e4) and log1p."""
     from biojepac.data.normalize import normalize_log1p
-    from biojepac.data.synthetic import get_preset, make_synthetic_screen
+    from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
 
-    adata = make_synthetic_screen(get_preset("demo", n_genes=300, n_perts=40, cells_per_pert=40), seed=seed)
+    adata = make_synthetic_screen(get_screen_preset("demo", n_genes=300, n_perts=40, cells_per_pert=40), seed=seed)
     adata = normalize_log1p(adata, target=1e4)
     for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
         adata.obs[col] = adata.obs[col].astype(str)

@@ -256,15 +256,15 @@ class CsrWriter:
 
 @dataclasses.dataclass(frozen=True)
 class PrepareOocCommand:
-    src_fpath: pathlib.Path = pathlib.Path("screen.h5ad")
+    screen: pathlib.Path = pathlib.Path("screen.h5ad")
     """Canonical screen (.h5ad, CSR or dense X; counts or log1p), read block by block, never loaded whole."""
-    dst_fpath: pathlib.Path = pathlib.Path("screen.prepared.h5ad")
+    out: pathlib.Path = pathlib.Path("screen.prepared.h5ad")
     """Output: chunked CSR .h5ad (log1p, HVGs, `uns['pseudobulk']`), ready for `data.stream`."""
     ooc: OocConfig = OocConfig()
     """Processing settings."""
 
 
 def run_prepare_ooc(cmd: PrepareOocCommand) -> None:
-    summary = prepare_out_of_core(cmd.src_fpath, cmd.dst_fpath, cmd.ooc)
-    print(f"{cmd.dst_fpath}: {summary['n_cells']:,} cells x {summary['n_genes_out']:,} genes "
+    summary = prepare_out_of_core(cmd.screen, cmd.out, cmd.ooc)
+    print(f"{cmd.out}: {summary['n_cells']:,} cells x {summary['n_genes_out']:,} genes "
           f"(from {summary['n_genes_in']:,}; {summary['transform']['applied']})")

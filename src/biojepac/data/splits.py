@@ -247,9 +247,9 @@ def _assign_folds(n: int, fractions: tuple[float, ...], seed: int) -> np.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class SplitCommand:
-    h5ad_fpath: pathlib.Path
+    screen: pathlib.Path
     """A canonical screen (.h5ad with `context` and `target_gene` in obs); only obs is read."""
-    out_fpath: pathlib.Path
+    out: pathlib.Path
     """Where to write the split JSON."""
     kind: Kind = "unseen_perturbation"
     """Which split to make."""
@@ -267,12 +267,12 @@ class SplitCommand:
 
 def run_split(cmd: SplitCommand) -> Split:
     """`biojepac data split`: make, check and save a split of a canonical screen."""
-    if not cmd.h5ad_fpath.is_file():
-        raise InputError(f"{cmd.h5ad_fpath}: file not found")
-    adata = ad.read_h5ad(cmd.h5ad_fpath, backed="r")  # obs only; X stays on disk
+    if not cmd.screen.is_file():
+        raise InputError(f"{cmd.screen}: file not found")
+    adata = ad.read_h5ad(cmd.screen, backed="r")  # obs only; X stays on disk
     needs_ctx = cmd.kind in ("fewshot_context", "zeroshot_context")
     if needs_ctx and cmd.context is None:
-        raise InputError(f"{cmd.h5ad_fpath}: --kind {cmd.kind} needs --context (one of {sorted(set(adata.obs[schema.CONTEXT_COL].astype(str)))})")
+        raise InputError(f"{cmd.screen}: --kind {cmd.kind} needs --context (one of {sorted(set(adata.obs[schema.CONTEXT_COL].astype(str)))})")
     if cmd.kind == "unseen_perturbation":
         split = make_unseen_perturbation_split(adata, cmd.context, cmd.fractions, cmd.seed)
     elif cmd.kind == "fewshot_context":
@@ -284,7 +284,7 @@ def run_split(cmd: SplitCommand) -> Split:
     else:
         typing.assert_never(cmd.kind)
     assert_no_leak(split)
-    save_split(split, cmd.out_fpath)
+    save_split(split, cmd.out)
     sizes = ", ".join(f"{f}={len(getattr(split, f))}" for f in ("train", "val", "test"))
-    print(f"wrote split {split.name} ({sizes}) to {cmd.out_fpath}")
+    print(f"wrote split {split.name} ({sizes}) to {cmd.out}")
     return split

@@ -106,6 +106,9 @@ class SyntheticConfig:
     """Cells sampled per chunk, which bounds memory at chunk_cells x n_genes floats."""
 
 
+ScreenPreset = typing.Literal["tiny", "demo", "realistic"]
+"""Names of the synthetic screen sizes (`PRESETS`); the neural models' presets are `models.base.Preset`."""
+
 PRESETS = {
     "tiny": SyntheticConfig(n_genes=60, n_perts=12, n_contexts=2, cells_per_pert=30, n_features=8),
     "demo": SyntheticConfig(n_genes=500, n_perts=60, n_contexts=3, cells_per_pert=60),
@@ -116,7 +119,7 @@ PRESETS = {
 """Named sizes: `tiny` for tests (< 1 s), `demo` for the README demo, `realistic` for benchmarks."""
 
 
-def get_preset(name: typing.Literal["tiny", "demo", "realistic"], **overrides) -> SyntheticConfig:
+def get_screen_preset(name: ScreenPreset, **overrides) -> SyntheticConfig:
     """A preset, with any fields replaced."""
     return dataclasses.replace(PRESETS[name], **overrides)
 
@@ -393,10 +396,10 @@ def sample_counts(mean_of, n_cells: int, theta_g, chunk: int, rng: np.random.Gen
 
 @dataclasses.dataclass(frozen=True)
 class SynthCommand:
-    out_fpath: pathlib.Path = pathlib.Path("synthetic.h5ad")
+    out: pathlib.Path = pathlib.Path("synthetic.h5ad")
     """Where to write the screen (.h5ad, raw counts, truth in uns["biojepac"]["truth"])."""
-    preset: typing.Literal["tiny", "demo", "realistic"] = "demo"
-    """Size preset (see `PRESETS`)."""
+    screen_preset: ScreenPreset = "demo"
+    """Size preset: tiny (tests, < 1 s) | demo (the README demo) | realistic (benchmarks)."""
     seed: int = 0
     """Seed; the same seed gives the same file contents."""
     n_combos: int | None = None
@@ -406,7 +409,7 @@ class SynthCommand:
 def run_synth(cmd: SynthCommand) -> pathlib.Path:
     """`biojepac data synth`: generate a screen and write it atomically."""
     overrides = {} if cmd.n_combos is None else {"n_combos": cmd.n_combos}
-    adata = make_synthetic_screen(get_preset(cmd.preset, **overrides), cmd.seed)
-    write_h5ad_atomic(adata, cmd.out_fpath, compression="gzip")
-    print(f"wrote {adata.n_obs} cells x {adata.n_vars} genes ({cmd.preset}, seed {cmd.seed}) to {cmd.out_fpath}")
-    return cmd.out_fpath
+    adata = make_synthetic_screen(get_screen_preset(cmd.screen_preset, **overrides), cmd.seed)
+    write_h5ad_atomic(adata, cmd.out, compression="gzip")
+    print(f"wrote {adata.n_obs} cells x {adata.n_vars} genes ({cmd.screen_preset}, seed {cmd.seed}) to {cmd.out}")
+    return cmd.out

@@ -20,7 +20,7 @@ so its ceiling stays the uncorrected split-half value.
 import numpy as np
 
 from biojepac.data.schema import split_combo
-from biojepac.eval.inputs import Screen
+from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.stats import Summary
 from biojepac.eval.vcc import effects, rank_score, significant
 
@@ -29,7 +29,7 @@ LOWER_IS_BETTER = frozenset({"lfc_nmae"})
 SPEARMAN_BROWN = frozenset({"pds_cosine", "de_jaccard", "de_direction"})
 
 
-def calibrated_metrics(real: Screen, real_s: Summary, pred_s: Summary) -> dict[str, np.ndarray]:
+def calibrated_metrics(real: ScoredScreen, real_s: Summary, pred_s: Summary) -> dict[str, np.ndarray]:
     """Per-perturbation calibrated metrics (see module docstring)."""
     targets = {g for p in real.perts for g in split_combo(p)}
     keep = ~np.isin(real.genes, list(targets))
@@ -52,7 +52,7 @@ def calibrated_metrics(real: Screen, real_s: Summary, pred_s: Summary) -> dict[s
         }
 
 
-def split_halves(real: Screen, seed: int) -> tuple[Screen, Screen]:
+def split_halves(real: ScoredScreen, seed: int) -> tuple[ScoredScreen, ScoredScreen]:
     """Two disjoint halves of floor(n/2) cells of every group (groups of one cell appear in neither).
     Each half keeps the file's cell order."""
     rng = np.random.default_rng(seed)
@@ -62,7 +62,7 @@ def split_halves(real: Screen, seed: int) -> tuple[Screen, Screen]:
         h = len(rows) // 2
         half_of[rows[:h]], half_of[rows[h : 2 * h]] = 0, 1
     return tuple(  # type: ignore[return-value]
-        Screen(f"{real.name} (half {tag})", real.x[rows], real.codes[rows], real.perts, real.genes, real.was_counts)
+        ScoredScreen(f"{real.name} (half {tag})", real.x[rows], real.codes[rows], real.perts, real.genes, real.was_counts)
         for tag, rows in zip("AB", (np.flatnonzero(half_of == 0), np.flatnonzero(half_of == 1)))
     )  # each half keeps the file's row order
 

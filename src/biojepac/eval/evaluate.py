@@ -2,7 +2,7 @@
 
 Profiles: `vcc` (cell-eval 0.8.2's MAE/PDS/DES and score), `report` (the BioJEPAC report's metrics),
 `calibrated` (cosine PDS, DE Jaccard/direction, LFC nMAE, each normalised between baseline and a split-half
-ceiling), `all`. With `--train`, the cell-mean baseline is built from the training file as cell-eval builds
+ceiling), `all`. With `--screen`, the cell-mean baseline is built from the training screen as cell-eval builds
 it; with `--baseline`, a baseline prediction file is scored the same way. Inputs are never modified.
 """
 
@@ -23,7 +23,7 @@ from biojepac.data import schema
 from biojepac.errors import InputError
 from biojepac.io import write_text_atomic
 from biojepac.eval import bootstrap, calibrated, vcc
-from biojepac.eval.inputs import Screen, check_pair, make_baseline_screen, read_screen
+from biojepac.eval.inputs import ScoredScreen, check_pair, make_baseline_screen, read_scored_screen
 from biojepac.eval.report_metrics import report_metrics
 from biojepac.eval.mwu import Workers
 from biojepac.eval.stats import N_THREADS, Summary, small_pages, summarize, warm_up
@@ -46,8 +46,8 @@ class EvaluateConfig:
     """Folder for per_perturbation.csv, aggregates.json, report.md and the PNG plots."""
     baseline: pathlib.Path | None = None
     """A baseline prediction (.h5ad) to score against (e.g. cell-eval's cell-mean baseline file)."""
-    train: pathlib.Path | None = None
-    """Training cells (.h5ad): build cell-eval's cell-mean baseline from them (instead of --baseline)."""
+    screen: pathlib.Path | None = None
+    """Training screen (.h5ad): build cell-eval's cell-mean baseline from its cells (instead of --baseline)."""
     profile: Profile = "all"
     """Which metrics: vcc, report, calibrated or all."""
     pert_col: str = schema.PERT_COL
@@ -64,7 +64,7 @@ class EvaluateConfig:
 
 def run_evaluate(cfg: EvaluateConfig) -> None:
     out = _score(  # no DataFrame needed: pandas is not even imported without the report
-        cfg.pred, cfg.real, baseline=cfg.baseline, train=cfg.train, profile=cfg.profile, out_dpath=cfg.out_dpath,
+        cfg.pred, cfg.real, baseline=cfg.baseline, train=cfg.screen, profile=cfg.profile, out_dpath=cfg.out_dpath,
         pert_col=cfg.pert_col, control=cfg.control, n_boot=cfg.n_boot, seed=cfg.seed, plots=cfg.plots,
     )
     agg = out["aggregates"]
@@ -125,7 +125,7 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     if not use_cal:  # only the split-half ceiling needs the real cells again
         real_sc = dataclasses.replace(real_sc, x=None)
 
-    def metrics(sc: Screen, s: Summary, ref_sc: Screen = real_sc, ref_s: Summary = real_s) -> dict[str, np.ndarray]:
+    def metrics(sc: ScoredScreen, s: Summary, ref_sc: ScoredScreen = real_sc, ref_s: Summary = real_s) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         if use_vcc:
             out |= vcc.vcc_metrics(ref_sc, ref_s, sc, s)
@@ -157,18 +157,18 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     return {"perts": real_sc.perts, "columns": columns, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
 
 
-def _read_and_summarize(src, kw: dict, with_de: bool, workers: Workers) -> tuple[Screen, Summary]:
-    screen = read_screen(src, **kw)
+def _read_and_summarize(src, kw: dict, with_de: bool, workers: Workers) -> tuple[ScoredScreen, Summary]:
+    screen = read_scored_screen(src, **kw)
     return screen, summarize(screen, with_de=with_de, workers=workers)
 
 
-def _baseline_screen(baseline, train, real_sc: Screen, kw: dict) -> Screen | None:
+def _baseline_screen(baseline, train, real_sc: ScoredScreen, kw: dict) -> ScoredScreen | None:
     if baseline is not None:
-        sc = read_screen(baseline, **kw)
+        sc = read_scored_screen(baseline, **kw)
         check_pair(real_sc, sc)
         return sc
     if train is not None:
-        tr = read_screen(train, **kw)
+        tr = read_scored_screen(train, **kw)
         if not np.array_equal(tr.genes, real_sc.genes):
             raise InputError(f"{tr.name}: training genes differ from {real_sc.name} (same genes, same order needed)")
         return make_baseline_screen(summarize(tr, with_de=False).mean, real_sc)

@@ -1,6 +1,6 @@
 """Read and check the files an evaluation compares, once, at the boundary.
 
-A `Screen` is one file reduced to what the metrics need: a log-normalised matrix (sparse or dense,
+A `ScoredScreen` is one file reduced to what the metrics need: a log-normalised matrix (sparse or dense,
 never modified in place: counts are normalised on a copy), one group code per cell and the gene names.
 Counts vs log1p is decided as cell-eval decides it: a file whose values are all integers is counts and is
 normalised with scanpy's `normalize_total` (to the median total) and `log1p`; a file with fractional values
@@ -30,7 +30,7 @@ FRACTION_EPS = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
-class Screen:
+class ScoredScreen:
     """One file, log-normalised, with cells grouped by perturbation (group 0 is the control)."""
 
     name: str
@@ -53,9 +53,9 @@ class Screen:
         return np.bincount(self.codes, minlength=len(self.perts) + 1)
 
 
-def read_screen(
+def read_scored_screen(
     src: ad.AnnData | str | pathlib.Path, *, pert_col: str, control: str, name: str = ""
-) -> Screen:
+) -> ScoredScreen:
     """Load (if a path), check columns/values and normalise counts on a copy."""
     if isinstance(src, (str, pathlib.Path)):
         name = name or str(src)
@@ -81,7 +81,7 @@ def read_screen(
         x = _normalize_counts_sparse(x if owned else x.copy())
     elif was_counts:
         x = _normalize_counts_dense(x, copy=not owned)
-    return Screen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
+    return ScoredScreen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
 
 
 def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
@@ -114,7 +114,7 @@ def value_range(vals, eps):
     return vmin, vmax, fractional
 
 
-def check_pair(real: Screen, other: Screen) -> None:
+def check_pair(real: ScoredScreen, other: ScoredScreen) -> None:
     """Same genes in the same order, and the same perturbation set."""
 
     def names(values) -> list[str]:  # plain str, so messages read 'G1' and not np.str_('G1')
@@ -199,8 +199,8 @@ def _normalize_counts_dense(x: np.ndarray, copy: bool) -> np.ndarray:
     return x
 
 
-def make_baseline_screen(train_means: np.ndarray, real: Screen) -> Screen:
-    """cell-eval's cell-mean baseline as a Screen: the unweighted mean over the training groups' means
+def make_baseline_screen(train_means: np.ndarray, real: ScoredScreen) -> ScoredScreen:
+    """cell-eval's cell-mean baseline as a ScoredScreen: the unweighted mean over the training groups' means
     (control group included, as cell-eval's `_build_pert_baseline` does) given to every cell of every
     real perturbation, plus the real control cells.
 
@@ -215,4 +215,4 @@ def make_baseline_screen(train_means: np.ndarray, real: Screen) -> Screen:
     n_pert_cells = int((real.codes > 0).sum())
     x = np.concatenate([ctrl_x.astype(dtype), np.broadcast_to(baseline, (n_pert_cells, len(baseline)))])
     codes = np.concatenate([np.zeros(len(ctrl_rows), np.int64), np.sort(real.codes[real.codes > 0])])
-    return Screen("cell-mean baseline", x, codes, real.perts, real.genes, was_counts=False)
+    return ScoredScreen("cell-mean baseline", x, codes, real.perts, real.genes, was_counts=False)

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from biojepac.eval import mwu
-from biojepac.eval.inputs import Screen, value_range
+from biojepac.eval.inputs import ScoredScreen, value_range
 
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
 """Threads for the Mann-Whitney pass (its compiled loop releases the GIL)."""
@@ -51,7 +51,7 @@ class Summary:
         return np.nan_to_num(lfc, nan=0.0, posinf=np.inf, neginf=-np.inf).astype(np.float32)
 
 
-def summarize(screen: Screen, *, with_de: bool, workers: mwu.Workers | int = N_THREADS) -> Summary:
+def summarize(screen: ScoredScreen, *, with_de: bool, workers: mwu.Workers | int = N_THREADS) -> Summary:
     """Group means, variances and (optionally) MWU p-values, each from one compiled pass over the entries.
 
     With DE, the Mann-Whitney pass (`mwu.group_stats`) sums the values too, on `workers` (a number of
@@ -117,7 +117,7 @@ def small_pages():
             toggle(previous)
 
 
-def pdex_lfc(screen: Screen):
+def pdex_lfc(screen: ScoredScreen):
     """pdex's float32 log2 fold change for a few genes of one perturbation, reproduced bit for bit:
     returns `lfc(pert_code, genes)`.
 

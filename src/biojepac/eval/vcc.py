@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Bool, Float
 import beartype
 
-from biojepac.eval.inputs import Screen
+from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.mwu import bh_significant
 from biojepac.eval.stats import Summary, pdex_lfc
 
@@ -84,7 +84,7 @@ def significant(s: Summary) -> np.ndarray:
     return bh_significant(s.pval, FDR)
 
 
-def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: Screen, pred_s: Summary) -> np.ndarray:
+def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: ScoredScreen, pred_s: Summary) -> np.ndarray:
     """DES per perturbation. Only perturbations with more predicted than real DEGs need an order."""
     n_real = real_sig.sum(axis=1)
     n_pred = pred_sig.sum(axis=1)
@@ -131,7 +131,7 @@ def score(user: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def vcc_metrics(real: Screen, real_s: Summary, pred: Screen, pred_s: Summary) -> dict[str, np.ndarray]:
+def vcc_metrics(real: ScoredScreen, real_s: Summary, pred: ScoredScreen, pred_s: Summary) -> dict[str, np.ndarray]:
     """Per-perturbation MAE, PDS and DES, plus the DEG counts behind DES. PDS's distances (a compiled
     loop that releases the GIL) are computed in a second thread while DES is worked out."""
     exclude = target_gene_mask(real.perts, real.genes)

@@ -1,7 +1,7 @@
 """`StateModel`: the state-transition network behind the shared `PerturbationModel` interface, and
 `biojepac train state`.
 
-fit -> `trainer.fit`; predict -> `network.predict_cells`; save / load -> one model folder (`model.json`,
+fit -> `trainer.fit`; predict -> `network.predict_set_cells`; save / load -> one model folder (`model.json`,
 weights, features, and the frozen encoder for latent input).
 """
 
@@ -19,7 +19,7 @@ from biojepac.errors import InputError
 from biojepac.models.state import trainer
 from biojepac.models.base import Preset
 from biojepac.models.saved import save_model_dir
-from biojepac.models.state.network import StateConfig, StateMeta, StateTransition, predict_cells
+from biojepac.models.state.network import StateConfig, StateMeta, StateTransition, predict_set_cells
 
 KIND = "state"
 """The `kind` written to `model.json`, which `biojepac predict` dispatches on."""
@@ -55,7 +55,7 @@ class StateModel:
         x_ng = controls if self.encoder is None else np.asarray(self.encoder.encode(controls), np.float32)
         pert_p = self.features.vectors([target_gene])[0]
         ctx = self.meta.contexts.index(context) + 1 if context in self.meta.contexts else 0
-        return predict_cells(self.net, x_ng, pert_p, ctx, self.cfg.set_size, seed)
+        return predict_set_cells(self.net, x_ng, pert_p, ctx, self.cfg.set_size, seed)
 
     def save(self, dpath: pathlib.Path) -> pathlib.Path:
         assert self.net is not None and self.meta is not None, "fit the model before saving it"

@@ -46,7 +46,7 @@ class StateConfig:
     """Probability of replacing a context or batch label by "unknown" during training."""
 
 
-class Block(eqx.Module):
+class SetBlock(eqx.Module):
     """Pre-norm transformer block over the cells of one sentence."""
 
     ln1: eqx.nn.LayerNorm
@@ -73,7 +73,7 @@ class StateTransition(eqx.Module):
     pert_in: eqx.nn.MLP
     context_emb: eqx.nn.Embedding
     batch_emb: eqx.nn.Embedding
-    blocks: list[Block]
+    blocks: list[SetBlock]
     ln_f: eqx.nn.LayerNorm
     head: eqx.nn.Linear
     decoder: eqx.nn.MLP | None
@@ -86,7 +86,7 @@ class StateTransition(eqx.Module):
         self.pert_in = eqx.nn.MLP(pert_dim, d, d, depth=1, activation=jax.nn.gelu, key=keys[1])
         self.context_emb = eqx.nn.Embedding(n_contexts + 1, d, key=keys[2])  # +1: row 0 is "unknown"
         self.batch_emb = eqx.nn.Embedding(n_batches + 1, d, key=keys[3])
-        self.blocks = [Block(d, cfg.n_heads, cfg.mlp_ratio, key=k) for k in keys[6:]]
+        self.blocks = [SetBlock(d, cfg.n_heads, cfg.mlp_ratio, key=k) for k in keys[6:]]
         self.ln_f = eqx.nn.LayerNorm(d)
         # A zero-initialised head makes the untrained model the identity map (predict the controls),
         # a sane starting point: most perturbations barely move most genes.
@@ -125,7 +125,7 @@ class StateMeta:
 
 
 
-def predict_cells(net: StateTransition, x_ng: np.ndarray, pert_p: np.ndarray, context: int, set_size: int,
+def predict_set_cells(net: StateTransition, x_ng: np.ndarray, pert_p: np.ndarray, context: int, set_size: int,
                   seed: int) -> np.ndarray:
     """Predict every control cell's perturbed state, S cells at a time, in the caller's order.
 
