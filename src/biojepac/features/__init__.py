@@ -1,17 +1,24 @@
-"""Perturbation features: label -> vector providers (see `base.FeatureProvider` and docs/features.md).
+"""Perturbation features: label -> vector providers (see `base.GeneTable` and docs/features.md).
 
 `make_provider(spec, train)` turns a short spec string into a provider, so a model or CLI flag can
-name its features in one word:
+name its features in one word. Atomic specs:
 
-| spec                    | provider                                                       |
-|-------------------------|----------------------------------------------------------------|
-| `onehot`                | one-hot over the training perturbations (no generalisation)    |
-| `go` / `go:PATH`        | GO TF-IDF + SVD from the shared TSV or a GAF 2.2 file          |
-| `expr`                  | PCA gene loadings of the training cells                        |
-| `file:PATH`             | precomputed `.pt` / `.npz` / `.parquet` / `.csv`               |
-| `esm:WEIGHTS:FASTA`     | ESM-2 (fair-esm) from local weights                            |
-| `guides:PATH`           | guide k-mer counts averaged per target gene                    |
-| `varm:KEY`              | per-gene vectors stored in the training data's `varm[KEY]`     |
+| spec                    | provider                                                                  |
+|-------------------------|---------------------------------------------------------------------------|
+| `onehot`                | one-hot over the training perturbations (no generalisation)               |
+| `go` / `go:PATH`        | GO TF-IDF + SVD from the packaged table, or a GAF 2.2 / TSV file          |
+| `expr` / `expr:K`       | Ahlmann-Eltze's gene embedding: PCA of the training pseudobulk (K=10)     |
+| `expr-cells` / `:K`     | PCA gene loadings of the training cells (K=32)                            |
+| `screen:PATH`           | another screen's per-perturbation pseudobulk deltas, PCA (K=10)           |
+| `file:PATH`             | precomputed `.pt` / `.npz` / `.parquet` / `.csv`                          |
+| `esm:WEIGHTS:FASTA`     | ESM-2 (fair-esm) from local weights                                       |
+| `guides:PATH`           | guide k-mer counts averaged per target gene                               |
+| `varm:KEY`              | per-gene vectors stored in the training data's `varm[KEY]`                |
+
+Combined (`features.combine`): `A+B` concatenates (each part RMS-normalised, zeros plus an indicator
+column where a part lacks the gene); `A|B` takes the first source that has the gene, later sources
+mapped into the first one's coordinates. `+` binds tighter than `|`: `expr|go+screen:S.h5ad`.
+Every lookup harmonises gene symbols first (`base.GeneTable.match`).
 """
 
 import pathlib
@@ -22,30 +29,60 @@ from biojepac.data.schema import PERT_COL
 from biojepac.errors import InputError
 from biojepac.features.base import FeatureProvider, GeneTable
 
-SHARED_GO_FPATH = pathlib.Path(__file__).resolve().parents[3].parent / "shared" / "data" / "human_gene_go.tsv.gz"
-"""`../shared/data/human_gene_go.tsv.gz` beside the repository (the default GO source)."""
+DEFAULT_FEATURES = "expr|go"
+"""The default perturbation features of every model that needs them (linear, ridge, knn, state, biojepac):
+the training screen's own gene embedding where the target is a measured gene, else GO mapped into it.
+Works on any human screen after a plain install; a synthetic screen's genes have no GO, so there `expr`
+alone applies (and targets that are not measured genes are reported)."""
+
+def _need_train(spec: str, train: ad.AnnData | None) -> ad.AnnData:
+    if train is None:
+        raise InputError(f"feature spec {spec!r} needs the training data")
+    return train
 
 
 def _onehot(arg: str, train: ad.AnnData | None) -> GeneTable:
     from biojepac.features.onehot import make_onehot_provider, make_vocabulary
 
-    if train is None:
-        raise InputError("feature spec 'onehot' needs the training data")
+    train = _need_train("onehot", train)
     return make_onehot_provider(make_vocabulary(train.obs[PERT_COL].astype(str).unique()))
 
 
 def _go(arg: str, train: ad.AnnData | None) -> GeneTable:
     from biojepac.features.go import GoConfig, make_go_provider
 
-    return make_go_provider(GoConfig(annotations_fpath=pathlib.Path(arg) if arg else SHARED_GO_FPATH))
+    return make_go_provider(GoConfig(annotations_fpath=pathlib.Path(arg)) if arg else GoConfig())
+
+
+def _dim(spec: str, arg: str, default: int) -> int:
+    if not arg:
+        return default
+    if not arg.isdigit() or int(arg) < 1:
+        raise InputError(f"feature spec {spec!r}: the number of components must be a positive integer, got {arg!r}")
+    return int(arg)
 
 
 def _expr(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.expression import make_pseudobulk_provider
+
+    return make_pseudobulk_provider(_need_train("expr", train), dim=_dim(f"expr:{arg}", arg, 10))
+
+
+def _expr_cells(arg: str, train: ad.AnnData | None) -> GeneTable:
     from biojepac.features.expression import ExpressionConfig, make_expression_provider
 
-    if train is None:
-        raise InputError("feature spec 'expr' needs the training data")
-    return make_expression_provider(train, ExpressionConfig(dim=int(arg) if arg else 32))
+    train = _need_train("expr-cells", train)
+    return make_expression_provider(train, ExpressionConfig(dim=_dim(f"expr-cells:{arg}", arg, 32)))
+
+
+def _screen(arg: str, train: ad.AnnData | None) -> GeneTable:
+    from biojepac.features.screens import make_screen_provider
+
+    if not arg:
+        raise InputError("feature spec 'screen:PATH' needs the path of another screen (.h5ad)")
+    if not pathlib.Path(arg).is_file():
+        raise InputError(f"feature spec 'screen:{arg}': file not found")
+    return make_screen_provider(pathlib.Path(arg), train)
 
 
 def _file(arg: str, train: ad.AnnData | None) -> GeneTable:
@@ -75,15 +112,41 @@ def _varm(arg: str, train: ad.AnnData | None) -> GeneTable:
                      source=f"varm[{key!r}] of the training data")
 
 
-BUILDERS = {"onehot": _onehot, "go": _go, "expr": _expr, "file": _file, "esm": _esm, "guides": _guides, "varm": _varm}
+BUILDERS = {"onehot": _onehot, "go": _go, "expr": _expr, "expr-cells": _expr_cells, "screen": _screen,
+            "file": _file, "esm": _esm, "guides": _guides, "varm": _varm}
 """Spec prefix -> builder(argument, training AnnData or None)."""
 
 
-def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
+def parse_spec(spec: str) -> list[list[str]]:
+    """`A+B|C` -> [["A", "B"], ["C"]]: alternatives (`|`) of concatenations (`+`) of atomic specs.
+
+    A spec is split only when every piece starts with a known kind, so a path containing `+` or `|`
+    in a single atomic spec (`file:a+b.npz`) still works."""
+    alts = [[part.strip() for part in alt.split("+")] for alt in spec.split("|")]
+    atoms = [a for alt in alts for a in alt]
+    if len(atoms) > 1 and all(a.partition(":")[0] in BUILDERS for a in atoms):
+        return alts
+    return [[spec.strip()]]
+
+
+def make_atomic_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
     kind, _, arg = spec.partition(":")
     if kind not in BUILDERS:
-        raise InputError(f"unknown feature spec {spec!r}; expected one of {sorted(BUILDERS)} (e.g. 'go', 'file:emb.npz')")
-    return BUILDERS[kind](arg, train)
+        raise InputError(f"unknown feature spec {spec!r}; expected one of {sorted(BUILDERS)}, or sources joined "
+                         "by '+' (concatenate) or '|' (first that has the gene), e.g. 'go', 'expr|go', 'file:emb.npz'")
+    return BUILDERS[kind](arg, train).with_options(spec=spec)
+
+
+def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
+    """The provider a spec names, built on `train` where a source needs the training screen."""
+    from biojepac.features.combine import concat, fallback
+
+    alts = parse_spec(spec)
+    tables = []
+    for alt in alts:
+        parts = [make_atomic_provider(a, train) for a in alt]
+        tables.append(parts[0] if len(parts) == 1 else concat(parts, "+".join(alt)))
+    return tables[0] if len(tables) == 1 else fallback(tables, spec)
 
 
 def resolve_features(features, train: ad.AnnData, default: str | None = None) -> GeneTable | None:
@@ -102,4 +165,4 @@ def resolve_features(features, train: ad.AnnData, default: str | None = None) ->
     return features
 
 
-__all__ = ["FeatureProvider", "GeneTable", "make_provider", "resolve_features"]
+__all__ = ["DEFAULT_FEATURES", "FeatureProvider", "GeneTable", "make_provider", "parse_spec", "resolve_features"]

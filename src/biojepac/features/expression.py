@@ -1,9 +1,15 @@
-"""Expression-derived gene embeddings: PCA loadings of genes in the training cells.
+"""Expression-derived gene embeddings from the training screen itself.
 
-As in Ahlmann-Eltze et al. (2025), a gene's row of the top-K principal axes of the training
-expression matrix says which co-expression programmes it belongs to; perturbing a gene tends to move
-the programmes it loads on. Only measured genes get a vector, so an unmeasured target gene is listed as
-missing rather than given zeros.
+- `make_pseudobulk_provider` (spec `expr`): Ahlmann-Eltze et al. (2025)'s gene embedding G. The
+  training pseudobulk (one log1p mean per perturbation x context condition, controls included) is a
+  genes x conditions matrix; each condition's column is centred over genes and the genes' top-K
+  principal component scores (U S) are their vectors. A gene's row says how its expression moves across
+  the training conditions. As in the paper, a measured target gene's perturbation embedding is its row.
+- `make_expression_provider` (spec `expr-cells`): each gene's loadings on the top-K principal axes of
+  the training cells (co-expression programmes across single cells).
+
+Only measured genes get a vector, so an unmeasured target gene is listed as missing rather than given
+zeros (combine with a knowledge source, e.g. `expr|go`, to cover it).
 """
 
 import dataclasses
@@ -38,5 +44,30 @@ def make_expression_provider(train: ad.AnnData, cfg: ExpressionConfig, source: s
     _, s, vt = truncated_svd(x, cfg.dim, seed=cfg.seed, center=True)
     # Relative to the largest singular value, so the scale does not depend on the number of cells.
     loadings = vt.T * (s / max(float(s[0]), 1e-12)) if cfg.scale_by_singular_value else vt.T
-    return GeneTable(name=f"expr-pca{loadings.shape[1]}", keys=tuple(map(str, train.var_names)),
+    return GeneTable(name=f"expr-cells-pca{loadings.shape[1]}", keys=tuple(map(str, train.var_names)),
                      matrix=loadings, source=source)
+
+
+def pseudobulk_gene_embedding(means_cg: np.ndarray, dim: int) -> np.ndarray:
+    """G (genes x k): top-k PCA scores of the genes, each condition's column of `means_cg`ᵀ centred over
+    genes (R's `prcomp` on the genes x conditions matrix, as the paper's code does). Signs are fixed so
+    each column's largest-magnitude entry is positive."""
+    x_gc = np.asarray(means_cg, np.float64).T
+    x_gc = x_gc - x_gc.mean(0, keepdims=True)
+    u, s, _ = np.linalg.svd(x_gc, full_matrices=False)
+    k = int(min(dim, len(s)))
+    g = u[:, :k] * s[:k]
+    return g * np.sign(g[np.abs(g).argmax(0), np.arange(k)])
+
+
+def make_pseudobulk_provider(train: ad.AnnData, dim: int = 10, source: str = "training pseudobulk") -> GeneTable:
+    """Ahlmann-Eltze's G over `train`'s pseudobulk conditions; keys are `train.var_names`."""
+    from biojepac.data.pairing import pseudobulk
+
+    groups, means = pseudobulk(train)
+    if len(groups) < 2 or train.n_vars < 2:
+        raise InputError(f"{source}: need at least 2 conditions and 2 genes for the pseudobulk PCA, "
+                         f"got {len(groups)} x {train.n_vars}")
+    g = pseudobulk_gene_embedding(means, dim)
+    return GeneTable(name=f"expr-pb{g.shape[1]}", keys=tuple(map(str, train.var_names)), matrix=g,
+                     source=f"{source} ({len(groups)} conditions)")
