@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from biojepac.data import schema
 from biojepac.data.load import read_training_screen
 from biojepac.errors import InputError
+from biojepac.features import DEFAULT_FEATURES
 from biojepac.io import command_line, write_h5ad_atomic
 from biojepac.models import registry
 
@@ -44,8 +45,10 @@ class PredictCommand:
     """Perturbations to predict when no --requests file is given (each gets --n-cells cells)."""
     n_cells: int = 100
     """Cells per perturbation for --perturbations."""
-    features: str = "go"
-    """Perturbation features for linear/ridge/knn (see biojepac.features.make_provider)."""
+    features: str = DEFAULT_FEATURES
+    """Perturbation features for linear/ridge/knn (see biojepac.features.make_provider and docs/features.md):
+    e.g. expr|go (default: the screen's gene embedding, GO where the target is not measured), go, expr+go,
+    screen:OTHER.h5ad, file:EMB.npz."""
     feature_fallback: Literal["error", "cell-mean"] = "error"
     """'error', or 'cell-mean' to predict the cell mean for perturbations without features (recorded)."""
     seed: int = 0

@@ -72,7 +72,10 @@ def planted_low_rank(tmp_path, n_perts=40, rank=3, n_feat=6, seed=0):
     rng = np.random.default_rng(seed)
     genes = [f"P{i}" for i in range(n_perts)]
     phi = rng.standard_normal((n_perts, n_feat))
-    g_true = np.linalg.qr(rng.standard_normal((N_GENES, rank)))[0]
+    # Responses that average to 0 over genes: the linear model's G (PCA with each condition's deltas centred
+    # over genes, as in the paper) cannot represent a shift of every gene alike.
+    g = rng.standard_normal((N_GENES, rank))
+    g_true = np.linalg.qr(g - g.mean(0))[0]
     w_true = rng.standard_normal((rank, n_feat)) * 0.3
     truth = phi @ w_true.T @ g_true.T  # perts x genes, rank 3
     return genes, phi, truth, write_features(tmp_path, genes, phi)

@@ -46,7 +46,7 @@ def build(name: str, *, features=None, preset: Preset = "cpu-small", run_dpath: 
     if name in baseline_kinds():
         from biojepac.models.baselines import MODELS, BaselineConfig
 
-        spec = features if isinstance(features, str) else "go"
+        spec = features if isinstance(features, str) else BaselineConfig.features
         bcfg = BaselineConfig(features=spec, feature_fallback=fallback, combo_fallback=fallback)
         provider = None if features is None or isinstance(features, str) else features
         return MODELS[name](bcfg, provider), {"kind": name, "config": dataclasses.asdict(bcfg), **_features_record(features)}
