@@ -6,9 +6,10 @@ The requirements and the layout are those of cell-eval 0.8.2's `prep` (`_cli/_pr
   order; the same set in another order is reordered, anything else is an error listing missing/extra genes;
 - at most 200,000 cells;
 - X stored as CSR float32 (encoding 32, the default) or float64 (encoding 64);
-- values: cell-eval guesses counts vs log1p from fractional parts (> 1e-3). Log1p data must be >= 0 and
-  < 15. Integer data is treated as counts and converted to normalize_total(median of all cells' totals,
-  as scanpy does for CSR) + log1p, unless `allow_discrete`;
+- values: cell-eval guesses counts vs log1p from fractional parts (> 1e-3), as our one rule
+  (`data.values.classify`) does. Values must be >= 0, and log1p data < 15. Integer data is treated as
+  counts and converted to normalize_total(median of all cells' totals, as scanpy does for CSR) + log1p,
+  unless `allow_discrete`, which keeps the values as given;
 - obs is reduced to the perturbation column (and optionally a cell-type column) with index "0".."n-1";
   var to the gene index;
 - the `.h5ad` is compressed with `zstd -T0` to `pred.h5ad.zst` and put in an uncompressed tar with
@@ -35,14 +36,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from biojepac.data import schema
+from biojepac.data.values import classify, is_fractional, size_factors, target_sum
 from biojepac.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 EXPECTED_GENE_DIM = 18080
 MAX_CELL_DIM = 200_000
-FRACTION_EPS = 1e-3
-MAX_LOG1P = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ class SubmitConfig:
     max_cell_dim: int = MAX_CELL_DIM
     """Most cells allowed; -1 disables."""
     allow_discrete: bool = False
-    """Keep integer-valued data as is instead of normalising it as counts."""
+    """Keep the values as given: integer-valued data is not normalised as counts, and the log1p range is not checked."""
     block_rows: int = 8192
     """Rows streamed per block (memory ~ block_rows x genes floats)."""
 
@@ -129,7 +129,7 @@ def check_prediction(obs: pd.DataFrame, var_names: list[str], genes: list[str], 
 
 
 def scan_submission_values(x: "_RowReader", col_order: np.ndarray, cfg: SubmitConfig) -> np.ndarray | None:
-    """First pass: cell-eval's counts-vs-log1p guess and range checks. Returns per-row divisors
+    """First pass: the counts-vs-log1p rule (`values.classify`) and range checks. Returns per-row divisors
     (total / target, as scanpy computes them) when the data are counts to normalise, else None."""
     dtype = np.float32 if cfg.encoding == 32 else np.float64
     has_frac, lo, hi, totals, nnz = False, np.inf, -np.inf, [], 0
@@ -138,25 +138,24 @@ def scan_submission_values(x: "_RowReader", col_order: np.ndarray, cfg: SubmitCo
         data = block.data.astype(dtype)
         if not np.all(np.isfinite(data)):
             raise InputError(f"{cfg.pred}: X contains NaN or inf")
-        has_frac = has_frac or bool(np.any(np.modf(data)[0] > FRACTION_EPS))
+        has_frac = has_frac or bool(np.any(is_fractional(data)))
         if data.size:
             lo, hi = min(lo, float(data.min())), max(hi, float(data.max()))
         totals.append(np.asarray(block.astype(dtype).sum(1)).ravel())
     # cell-eval takes min/max of a CSR matrix, which count its implicit zeros too.
     if nnz < x.shape[0] * x.shape[1]:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if has_frac:
-        if lo < 0:
-            raise InputError(f"{cfg.pred}: min value {lo:.2f} is negative; log1p data must be >= 0")
-        if not cfg.allow_discrete and hi >= MAX_LOG1P:
-            raise InputError(f"{cfg.pred}: max value {hi:.2f} >= {MAX_LOG1P}: not log1p (mixed or raw scales?)")
-        return None
+    if lo < 0:
+        raise InputError(f"{cfg.pred}: min value {lo:.2f} is negative; neither counts nor log1p")
     if cfg.allow_discrete:
         return None
-    totals = np.concatenate(totals) if totals else np.zeros(0)
-    target = np.median(totals)  # scanpy's CSR path: median over all cells, zero-count cells included
+    kind = classify(hi, not has_frac, str(cfg.pred), hint="mixed or raw scales? allow_discrete keeps the values as given")
+    if kind == "log1p":
+        return None
+    totals = np.concatenate(totals) if totals else np.zeros(0, dtype)
+    target = target_sum(totals, "median", str(cfg.pred), median_over="all")  # scanpy's CSR path: zero-count cells included
     logger.info(f"{cfg.pred}: integer data, treated as counts: normalize_total(target={target}) + log1p")
-    return np.where(totals > 0, totals / target, 1.0)  # zero-count rows have no stored values to divide
+    return size_factors(totals, target)  # zero-count rows have no stored values to divide
 
 
 def write_streamed_h5ad(fpath: pathlib.Path, x: "_RowReader", col_order: np.ndarray, scale: np.ndarray | None,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from biojepac.data import schema
-from biojepac.data.normalize import detect_counts, normalize_log1p
+from biojepac.data.normalize import normalize_log1p
+from biojepac.data.values import detect_kind
 from biojepac.data.recipes import load_norman_mcfaline
 
 FNAME = "norman19_mcfaline23_devel.h5ad"
@@ -26,7 +27,7 @@ def test_shape_and_provenance(screen, fixture_fpath):
     assert screen.shape == (5961, 500)
     prov = screen.uns[schema.UNS_KEY]
     assert prov["source"] == str(fixture_fpath) and prov["values"] == "log1p"
-    assert not detect_counts(screen.X)
+    assert detect_kind(screen.X) == "log1p"
 
 
 def test_controls_and_combos(screen):

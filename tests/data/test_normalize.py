@@ -1,4 +1,4 @@
-"""detect_counts agrees with cell-eval; normalize_log1p matches a hand computation; nothing is modified in place."""
+"""values.detect_kind agrees with cell-eval; normalize_log1p matches a hand computation; nothing is modified in place."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,8 @@ import scipy.sparse as sp
 from random_screen import build_random_screen
 
 from biojepac.data import schema
-from biojepac.data.normalize import detect_counts, normalize_log1p, select_hvg
+from biojepac.data.normalize import normalize_log1p, select_hvg
+from biojepac.data.values import detect_kind
 
 
 def _snapshot(adata):
@@ -23,19 +24,19 @@ def _assert_unchanged(adata, snap):
 
 @pytest.mark.parametrize("counts", [True, False])
 @pytest.mark.parametrize("dense", [True, False])
-def test_detect_counts_agrees_with_cell_eval(counts, dense):
+def test_detect_kind_agrees_with_cell_eval(counts, dense):
     cell_eval_utils = pytest.importorskip("cell_eval.utils")
     adata = build_random_screen(counts=counts)
     if dense:
         adata.X = adata.X.toarray()
-    assert detect_counts(adata.X) == counts
-    assert detect_counts(adata.X) == (not cell_eval_utils.guess_is_lognorm(adata.copy()))
+    assert (detect_kind(adata.X) == "counts") == counts
+    assert (detect_kind(adata.X) == "counts") == (not cell_eval_utils.guess_is_lognorm(adata.copy()))
 
 
-def test_detect_counts_edge_cases():
-    assert detect_counts(np.zeros((3, 4)))  # all zero: counts, as cell-eval says
-    assert detect_counts(np.array([[0.0, 3.0005]]))  # within the 1e-3 tolerance
-    assert not detect_counts(np.array([[0.0, 3.002]]))
+def test_detect_kind_edge_cases():
+    assert detect_kind(np.zeros((3, 4))) == "counts"  # all zero: counts, as cell-eval says
+    assert detect_kind(np.array([[0.0, 3.0005]])) == "counts"  # within the 1e-3 tolerance
+    assert detect_kind(np.array([[0.0, 3.002]])) == "log1p"
 
 
 @pytest.mark.parametrize("target", ["median", 1e4])
@@ -53,7 +54,7 @@ def test_normalize_log1p_matches_hand_computation(target):
     tr = out.uns[schema.UNS_KEY]["transform"]
     assert tr["input"] == "counts" and tr["applied"] == "normalize_total+log1p"
     assert tr["target_sum"] == pytest.approx(want_sum)
-    assert not detect_counts(out.X)
+    assert detect_kind(out.X) == "log1p"
 
 
 def test_normalize_skips_log1p_input_and_records_it():

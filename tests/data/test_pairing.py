@@ -118,3 +118,117 @@ def test_pair_controls_context_without_controls_is_input_error():
     adata = adata[~((adata.obs["context"] == "c1") & (adata.obs["target_gene"] == schema.CONTROL))].copy()
     with pytest.raises(InputError, match="context 'c1'"):
         pairing.pair_controls(adata, seed=0)
+
+
+def _two_by_two(drop: tuple[str, str] | None = None, seed: int = 8):
+    """A 2-context, 2-batch screen; `drop=(context, batch)` removes that batch's controls."""
+    adata = build_random_screen(n_cells=800, contexts=("c1", "c2"), seed=seed)
+    if drop is not None:
+        obs = adata.obs
+        gone = (obs["context"] == drop[0]) & (obs["batch"] == drop[1]) & (obs["target_gene"] == schema.CONTROL)
+        adata = adata[~gone.to_numpy()].copy()
+    return adata
+
+
+def _rule_pools(obs: pd.DataFrame) -> list[set[int]]:
+    """The rule written out cell by cell: controls of the same context and batch, else of the same context."""
+    ctx, bat = obs["context"].astype(str).to_numpy(), obs["batch"].astype(str).to_numpy()
+    is_ctrl = (obs["target_gene"].astype(str) == schema.CONTROL).to_numpy()
+    pools = []
+    for c, b in zip(ctx, bat):
+        same = set(np.flatnonzero(is_ctrl & (ctx == c) & (bat == b)).tolist())
+        pools.append(same or set(np.flatnonzero(is_ctrl & (ctx == c)).tolist()))
+    return pools
+
+
+def _slices(adata):
+    obs = adata.obs
+    return pairing.control_slices(obs["context"], obs["batch"], (obs["target_gene"] == schema.CONTROL).to_numpy(), "s.h5ad")
+
+
+def test_control_slices_pair_within_context_and_batch():
+    adata = _two_by_two()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every batch has controls: no warning
+        pools = _slices(adata)
+    want = _rule_pools(adata.obs)
+    assert pools.same_batch.all()
+    for i in range(adata.n_obs):
+        assert set(pools.order[pools.offset[i] : pools.offset[i] + pools.count[i]].tolist()) == want[i]
+    # draw() takes the slices: every draw lands in the cell's pool, and the draws cover it.
+    cells = np.repeat(np.arange(adata.n_obs), 50)
+    drawn = pools.draw(cells, np.random.default_rng(0).random(len(cells)))
+    assert all(int(r) in want[c] for c, r in zip(cells, drawn))
+    assert set(pools.draw(np.zeros(2000, np.int64), np.random.default_rng(1).random(2000)).tolist()) == want[0]
+
+
+def test_control_slices_fall_back_to_the_context_with_a_warning_naming_the_batch():
+    adata = _two_by_two(drop=("c2", "b1"))
+    with pytest.warns(UserWarning, match="s.h5ad: batch 'b1' of context 'c2' has no 'non-targeting' cells") as record:
+        pools = _slices(adata)
+    assert len(record) == 1  # one warning per batch, not per cell
+    obs = adata.obs.astype(str)
+    lacking = ((obs["context"] == "c2") & (obs["batch"] == "b1")).to_numpy()
+    assert np.array_equal(~pools.same_batch, lacking)
+    want = _rule_pools(adata.obs)
+    for i in np.flatnonzero(lacking):
+        pool = pools.order[pools.offset[i] : pools.offset[i] + pools.count[i]]
+        assert set(pool.tolist()) == want[i] and (obs["context"].to_numpy()[pool] == "c2").all()
+        assert (obs["batch"].to_numpy()[pool] == "b0").all()  # the only batch of c2 with controls
+
+
+def test_control_slices_never_cross_contexts():
+    # c1's batch b1 has no controls while c2's b1 has some: c1-b1 cells still draw from c1 only.
+    adata = _two_by_two(drop=("c1", "b1"), seed=9)
+    with pytest.warns(UserWarning, match="batch 'b1' of context 'c1'"):
+        pools = _slices(adata)
+    ctx = adata.obs["context"].astype(str).to_numpy()
+    for i in range(adata.n_obs):
+        pool = pools.order[pools.offset[i] : pools.offset[i] + pools.count[i]]
+        assert pools.count[i] > 0 and (ctx[pool] == ctx[i]).all()
+
+
+def test_control_slices_context_without_controls_is_input_error():
+    adata = _two_by_two()
+    obs = adata.obs
+    adata = adata[~((obs["context"] == "c2") & (obs["target_gene"] == schema.CONTROL)).to_numpy()].copy()
+    with pytest.raises(InputError, match="s.h5ad: no 'non-targeting' cells in context 'c2'"):
+        _slices(adata)
+
+
+def test_state_sampler_and_jepa_pools_obey_the_rule():
+    from biojepac.models.jepa import trainer as jepa_trainer
+    from biojepac.models.state import trainer as state_trainer
+
+    adata = _two_by_two(drop=("c2", "b1"))
+    obs = adata.obs.astype(str)
+    want = _rule_pools(adata.obs)
+    # STATE: every sentence's controls come from the pool of its (perturbation, context, batch) group.
+    x = np.arange(adata.n_obs, dtype=np.float32)[:, None].repeat(3, 1)  # a cell's value is its row
+    with pytest.warns(UserWarning, match="batch 'b1' of context 'c2'"):
+        sampler = state_trainer.SentenceSampler(x, x, adata.obs, np.eye(5, dtype=np.float32), 8, 16, seed=0)
+    n_fallback = 0
+    for step in range(5):
+        batch = sampler(step)
+        for b in range(16):
+            target, ctrl = batch["target"][b, :, 0].astype(int), batch["ctrl"][b, :, 0].astype(int)
+            assert len(set(obs["context"].to_numpy()[target])) == len(set(obs["batch"].to_numpy()[target])) == 1
+            assert set(ctrl.tolist()) <= want[target[0]]
+            assert (obs["context"].to_numpy()[ctrl] == obs["context"].to_numpy()[target[0]]).all()
+            n_fallback += obs["batch"].to_numpy()[target[0]] != obs["batch"].to_numpy()[ctrl[0]]
+    assert n_fallback > 0  # the c2-b1 groups were sampled, and paired with c2-b0 controls
+    # BioJEPAC: every cell's control slice (what its training batches draw from) is the rule's pool.
+    with pytest.warns(UserWarning, match="batch 'b1' of context 'c2'"):
+        scr = jepa_trainer.prepare_screen(adata, jepa_trainer.default_features(adata))
+    offset, count = scr.ctrl_pick
+    for i in range(adata.n_obs):
+        assert set(scr.ctrl_order[offset[i] : offset[i] + count[i]].tolist()) == want[i]
+    # Neither borrows controls from another context: a context without controls stops both.
+    no_ctrl = adata[~((obs["context"] == "c1") & (obs["target_gene"] == schema.CONTROL)).to_numpy()].copy()
+    x = x[: no_ctrl.n_obs]
+    with pytest.raises(InputError, match="context 'c1'"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state_trainer.SentenceSampler(x, x, no_ctrl.obs, np.eye(5, dtype=np.float32), 8, 16, seed=0)
+    with pytest.raises(InputError, match="context 'c1'"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        jepa_trainer.prepare_screen(no_ctrl, jepa_trainer.default_features(no_ctrl))

@@ -11,7 +11,6 @@ The source file is never written: it is read into memory, or opened read-only in
 
 import dataclasses
 import pathlib
-import typing
 
 import anndata as ad
 import numpy as np
@@ -19,7 +18,7 @@ import pandas as pd
 
 from biojepac.data import schema
 from biojepac.data.normalize import normalize_log1p
-from biojepac.data.values import MAX_LOG1P, Expect, scan_values
+from biojepac.data.values import Expect, Kind, classify, scan_values
 from biojepac.errors import InputError
 
 CONTROL_ALIASES = ("control", "ctrl")
@@ -59,7 +58,7 @@ def load_screen(
 
     `backed=True` opens the file read-only and leaves X on disk; the value checks then stream over
     row blocks, so a file larger than memory can be validated. `expect` overrides the counts/log1p
-    detection (see `biojepac.data.normalize.detect_counts`).
+    detection (see `biojepac.data.values.classify`).
     """
     fpath = pathlib.Path(fpath)
     if not fpath.is_file():
@@ -163,7 +162,7 @@ def _h5ad_safe(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-def validate_screen(adata: ad.AnnData, source: str, *, expect: Expect = "auto") -> typing.Literal["counts", "log1p"]:
+def validate_screen(adata: ad.AnnData, source: str, *, expect: Expect = "auto") -> Kind:
     """Check a canonical screen; raise `InputError` naming `source` and the column/gene/value at fault.
 
     Returns whether X holds counts or log1p values (detected, or `expect` when given).
@@ -203,7 +202,7 @@ def _check_cells(obs: pd.DataFrame, source: str) -> None:
         raise InputError(f"{source}: context {missing[0]!r} (obs column {schema.CONTEXT_COL!r}) has no control cells")
 
 
-def _check_values(adata: ad.AnnData, source: str, expect: Expect) -> typing.Literal["counts", "log1p"]:
+def _check_values(adata: ad.AnnData, source: str, expect: Expect) -> Kind:
     if adata.X is None:
         raise InputError(f"{source}: X is empty (None)")
     scan = scan_values(adata.X)
@@ -221,14 +220,8 @@ def _check_values(adata: ad.AnnData, source: str, expect: Expect) -> typing.Lite
         return "counts"
     if expect == "log1p":
         return "log1p"
-    if scan.fraction is None:
-        return "counts"
-    if scan.max >= MAX_LOG1P:
-        raise InputError(
-            f"{source}: X has non-integer values (e.g. {where(scan.fraction)}) but a max of {scan.max:.4g} >= {MAX_LOG1P}: "
-            "neither counts nor log1p; pass expect='log1p' or 'counts' if you know better"
-        )
-    return "log1p"
+    return classify(scan.max, scan.fraction is None, source, "" if scan.fraction is None else where(scan.fraction),
+                    hint="pass expect='log1p' or 'counts' if you know better")
 
 
 def check_same_genes(a: ad.AnnData, b: ad.AnnData, a_name: str, b_name: str) -> None:

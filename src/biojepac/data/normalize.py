@@ -1,4 +1,4 @@
-"""Counts vs log1p detection, `normalize_total` + `log1p`, and highly variable genes.
+"""`normalize_total` + `log1p` (counts vs log1p is decided by `data.values.detect_kind`), and highly variable genes.
 
 Every function returns a new AnnData and records what it did in `uns["biojepac"]`; the caller's
 AnnData is never modified (cell-eval normalises in place, which is how users lost track of what their
@@ -13,23 +13,8 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from biojepac.data import schema
-from biojepac.data.values import Expect, scan_values
+from biojepac.data.values import Expect, detect_kind, target_sum
 from biojepac.errors import InputError
-
-
-def detect_counts(x) -> bool:
-    """True when `x` (cells x genes; dense, sparse or backed) holds raw counts, False for log1p.
-
-    The rule, the same one cell-eval's `guess_is_lognorm` applies so that our files and its scorer agree:
-    - scan every stored value (block by block; for sparse matrices only `.data`);
-    - if no value has a fractional part above `FRACTION_EPS` (1e-3), the matrix is counts
-      (an all-zero matrix therefore counts as counts);
-    - otherwise it is log1p.
-    `validate_screen` adds the sanity check cell-eval also makes: non-integer data whose max reaches
-    `MAX_LOG1P` (15, i.e. more than e^15 ~ 3.3M per cell after normalisation) is neither, and is rejected
-    unless the user overrides with `expect=`. Users override the guess with `expect="counts"|"log1p"`.
-    """
-    return scan_values(x).fraction is None
 
 
 def normalize_log1p(
@@ -44,33 +29,25 @@ def normalize_log1p(
     default), a float scales to that value (e.g. 1e4). The value used is recorded in
     `uns["biojepac"]["transform"]`. Input that is already log1p is copied unchanged, and that is recorded.
     """
-    kind = expect if expect != "auto" else ("counts" if detect_counts(adata.X) else "log1p")
+    prov = dict(adata.uns.get(schema.UNS_KEY, {}))
+    kind = expect if expect != "auto" else detect_kind(adata.X, prov.get("source", "screen"))
     out = adata.to_memory() if adata.isbacked else adata.copy()
-    prov = dict(out.uns.get(schema.UNS_KEY, {}))
     if kind == "log1p":
         prov["transform"] = {"input": "log1p", "applied": "none"}
         out.uns[schema.UNS_KEY] = prov
         return out
 
     totals = np.asarray(out.X.sum(axis=1)).ravel()
-    if target == "median":
-        positive = totals[totals > 0]
-        if positive.size == 0:
-            raise InputError(f"{prov.get('source', 'screen')}: every cell has zero total counts; cannot normalise")
-        target_sum = float(np.median(positive))
-    else:
-        target_sum = float(target)
-        if not target_sum > 0:
-            raise InputError(f"normalize target must be > 0, got {target!r}")
+    total = target_sum(totals, target, prov.get("source", "screen"))
     out.layers["counts"] = out.X.copy()
     out.X = out.X.astype(np.float32) if sp.issparse(out.X) else np.asarray(out.X, dtype=np.float32)
-    sc.pp.normalize_total(out, target_sum=target_sum)
+    sc.pp.normalize_total(out, target_sum=total)
     sc.pp.log1p(out)
     prov["transform"] = {
         "input": "counts",
         "applied": "normalize_total+log1p",
         "target": str(target),
-        "target_sum": target_sum,
+        "target_sum": total,
         "counts_layer": "counts",
     }
     out.uns[schema.UNS_KEY] = prov

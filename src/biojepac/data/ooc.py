@@ -25,7 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from biojepac.data import schema
-from biojepac.data.values import FRACTION_EPS
+from biojepac.data.pairing import group_codes
+from biojepac.data.values import Expect, classify, is_fractional, size_factors, target_sum
 from biojepac.errors import InputError
 
 
@@ -33,8 +34,8 @@ from biojepac.errors import InputError
 class OocConfig:
     target: typing.Literal["median"] | float = "median"
     """normalize_total target: the median total of cells with counts, or a fixed value such as 1e4."""
-    expect: typing.Literal["auto", "counts", "log1p"] = "auto"
-    """What X holds; `auto` applies the same integer rule as `normalize.detect_counts`."""
+    expect: Expect = "auto"
+    """What X holds; `auto` decides by the one rule, `values.classify`."""
     n_top_genes: int = 2000
     """Highly variable genes to keep (0 or >= n_genes: keep all genes)."""
     hvg_flavor: typing.Literal["seurat", "cell_ranger"] = "seurat"
@@ -63,10 +64,14 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         prov = dict(uns.get(schema.UNS_KEY, {}))
         blocks = x.to_delayed().ravel()
 
-        # Pass 1: totals (float64 sum rounded to float32, as scanpy's normalize_total) and the integer check.
+        # Pass 1: totals (float64 sum rounded to float32, as scanpy's normalize_total), max and the integer check.
         parts = dask.compute(*[dask.delayed(_row_facts)(b) for b in blocks])
         totals = np.concatenate([p[0] for p in parts])
-        is_counts = not any(p[1] for p in parts) if cfg.expect == "auto" else cfg.expect == "counts"
+        if cfg.expect == "auto":
+            vmax = max([p[1] for p in parts], default=0.0)
+            is_counts = classify(vmax, not any(p[2] for p in parts), str(src_fpath), hint="set expect='log1p' or 'counts' if you know better") == "counts"
+        else:
+            is_counts = cfg.expect == "counts"
         factor, transform = _scale(totals, is_counts, cfg, src_fpath)
 
         # Pass 2: per-gene moments of what HVG selection reads (expm1 of log1p for seurat).
@@ -93,7 +98,7 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         missing = [k for k in keys if k not in obs.columns]
         if missing:
             raise InputError(f"{src_fpath}: obs has no column {missing[0]!r} to pseudobulk by")
-        groups, codes = _group_codes(obs, keys) if keys else (None, None)
+        groups, codes = group_codes(obs, keys) if keys else (None, None)
         tmp_fpath = dst_fpath.with_name(dst_fpath.name + f".tmp{os.getpid()}")
         pb_sums = np.zeros((len(groups), int(var_mask.sum()))) if keys else None
         with h5py.File(tmp_fpath, "w") as out:
@@ -128,30 +133,20 @@ def _as_csr(block) -> sp.csr_matrix:
     return block if isinstance(block, sp.csr_matrix) else sp.csr_matrix(np.asarray(block))
 
 
-def _row_facts(block) -> tuple[np.ndarray, bool]:
+def _row_facts(block) -> tuple[np.ndarray, float, bool]:
+    """Per-row totals, the largest value and whether any value is fractional."""
     m = _as_csr(block)
     totals = np.add.reduceat(m.data.astype(np.float64), m.indptr[:-1]) if m.nnz else np.zeros(m.shape[0])
     totals[np.diff(m.indptr) == 0] = 0.0  # reduceat repeats the next value for empty rows
-    frac = np.abs(m.data - np.round(m.data)) > FRACTION_EPS
-    return totals.astype(np.float32), bool(frac.any())
+    return totals.astype(np.float32), float(m.data.max(initial=0.0)), bool(is_fractional(m.data).any())
 
 
 def _scale(totals: np.ndarray, is_counts: bool, cfg: OocConfig, src_fpath) -> tuple[np.ndarray | None, dict]:
     """Per-cell divisor `total / target` in float32, as `sc.pp.normalize_total`, and the provenance."""
     if not is_counts:
         return None, {"input": "log1p", "applied": "none"}
-    if cfg.target == "median":
-        positive = totals[totals > 0]
-        if positive.size == 0:
-            raise InputError(f"{src_fpath}: every cell has zero total counts; cannot normalise")
-        target_sum = float(np.median(positive))
-    else:
-        target_sum = float(cfg.target)
-        if not target_sum > 0:
-            raise InputError(f"normalize target must be > 0, got {cfg.target!r}")
-    factor = totals / target_sum
-    factor[factor == 0] = 1.0  # scanpy leaves empty cells as they are
-    return factor, {"input": "counts", "applied": "normalize_total+log1p", "target": str(cfg.target), "target_sum": target_sum}
+    total = target_sum(totals, cfg.target, str(src_fpath))
+    return size_factors(totals, total), {"input": "counts", "applied": "normalize_total+log1p", "target": str(cfg.target), "target_sum": total}
 
 
 def _prepared(block, factor: np.ndarray | None, row0: int, is_counts: bool, var_mask: np.ndarray) -> sp.csr_matrix:
@@ -217,14 +212,6 @@ def _harmonise(var: pd.DataFrame, obs: pd.DataFrame, table_fpath: str):
     labels, label_report = harmonize_labels(list(cat.categories), table)
     obs = obs.assign(**{schema.PERT_COL: pd.Categorical(np.asarray(labels, dtype=object)[cat.codes])})
     return var, gene_report.to_uns(table.fpath), obs, label_report.to_uns(table.fpath)
-
-
-def _group_codes(obs: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Sorted observed key combinations and each cell's group (the same order as `pairing.pseudobulk`)."""
-    frame = obs[list(keys)].astype(str)
-    groups = frame.drop_duplicates().sort_values(list(keys)).reset_index(drop=True)
-    codes = pd.MultiIndex.from_frame(groups).get_indexer(pd.MultiIndex.from_frame(frame))
-    return groups, codes
 
 
 class CsrWriter:

@@ -1,9 +1,11 @@
-"""Control pairing and pseudobulk: group means and deltas without densifying the cell matrix.
+"""Control pairing (the one rule, `control_slices`) and pseudobulk: group means and deltas without
+densifying the cell matrix.
 
 Pseudobulk means are one sparse product: a (groups x cells) indicator matrix with 1/n weights times X.
 That works unchanged for CSR and dense X, and row chunk by row chunk for backed files.
 """
 
+import dataclasses
 import warnings
 
 import anndata as ad
@@ -29,7 +31,7 @@ def pseudobulk(
     missing = [k for k in keys if k not in adata.obs.columns]
     if missing:
         raise InputError(f"{schema.source_name(adata)}: obs has no column {missing[0]!r} to group by")
-    groups, codes = _group_codes(adata.obs, keys)
+    groups, codes = group_codes(adata.obs, keys)
     n_cells = np.bincount(codes, minlength=len(groups))
     weights = 1.0 / n_cells[codes]
     indicator = sp.csr_matrix((weights, (codes, np.arange(len(codes)))), shape=(len(groups), len(codes)))
@@ -75,48 +77,96 @@ def pseudobulk_deltas(
     return groups[~is_ctrl].reset_index(drop=True), deltas[~is_ctrl]
 
 
-def pair_controls(adata: ad.AnnData, seed: int) -> np.ndarray:
-    """For each cell, the row index of a random control cell of the same context and batch; -1 for controls.
+@dataclasses.dataclass(frozen=True)
+class ControlSlices:
+    """Every cell's control pool as a contiguous slice of one sorted array of control rows.
 
-    When a (context, batch) has no controls, its cells draw from every control of the context instead,
-    with a warning naming the batch. A context with no controls at all is an `InputError`.
+    Cell `i` draws from `order[offset[i] : offset[i] + count[i]]` (controls included: a control's pool is its
+    own context and batch, itself among them).
     """
+
+    order: np.ndarray
+    """Row indices of the control cells, sorted by (context, batch) and then by row."""
+    offset: np.ndarray
+    """Per cell: where its pool starts in `order`."""
+    count: np.ndarray
+    """Per cell: its pool's size (> 0)."""
+    same_batch: np.ndarray
+    """Per cell: True when the pool is its own (context, batch); False when that batch has no controls."""
+
+    def draw(self, cells: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Control rows for `cells` from uniform numbers `u` in [0, 1) (any shape broadcasting with `cells`)."""
+        return self.order[self.offset[cells] + np.floor(u * self.count[cells]).astype(np.int64)]
+
+
+def control_slices(context, batch, is_control: np.ndarray, source: str) -> ControlSlices:
+    """The one control-pairing rule, for every trainer and the stream loader.
+
+    A cell (perturbed or control) draws its controls from the same context AND batch; when that batch has no
+    controls, from every control of the same context, with a warning naming the batch and the context;
+    never across contexts: a context without controls is an `InputError` naming `source` and the context.
+
+    `context` and `batch` are per-cell labels (arrays, pandas Series or Categoricals; a Categorical's codes
+    are used as they are, so millions of cells need no strings). Because controls are sorted by (context,
+    batch), each (context, batch) pool and each whole-context pool is one contiguous slice of `order`.
+    """
+    ctx_names, ctx = _label_codes(context)
+    bat_names, bat = _label_codes(batch)
+    is_control = np.asarray(is_control, dtype=bool)
+    assert len(ctx) == len(bat) == len(is_control), "one context, batch and control flag per cell"
+    n_ctx, n_bat = max(len(ctx_names), 1), max(len(bat_names), 1)
+    cb = ctx.astype(np.int64) * n_bat + bat  # (context, batch) as one code, in (context, batch) order
+    order = np.flatnonzero(is_control)
+    order = order[np.argsort(cb[order], kind="stable")]
+    cb_count = np.bincount(cb[order], minlength=n_ctx * n_bat)
+    ctx_count = cb_count.reshape(n_ctx, n_bat).sum(1)
+    lacking = np.flatnonzero((ctx_count == 0) & (np.bincount(ctx, minlength=n_ctx) > 0))
+    if lacking.size:
+        raise InputError(f"{source}: no {schema.CONTROL!r} cells in context {str(ctx_names[lacking[0]])!r} "
+                         f"(column {schema.CONTEXT_COL!r}); its cells have no controls to pair with")
+    cb_start = np.concatenate([[0], np.cumsum(cb_count)[:-1]])
+    ctx_start = cb_start.reshape(n_ctx, n_bat)[:, 0]
+    same_batch = cb_count[cb] > 0
+    for code in np.unique(cb[~same_batch]):
+        c, b = divmod(int(code), n_bat)
+        warnings.warn(f"{source}: batch {str(bat_names[b])!r} of context {str(ctx_names[c])!r} has no {schema.CONTROL!r} "
+                      f"cells; pairing its cells with controls from every batch of {str(ctx_names[c])!r}", stacklevel=2)
+    offset, count = cb_start[cb], cb_count[cb]
+    fallback = np.flatnonzero(~same_batch)
+    offset[fallback], count[fallback] = ctx_start[ctx[fallback]], ctx_count[ctx[fallback]]
+    return ControlSlices(order, offset, count, same_batch)
+
+
+def pair_controls(adata: ad.AnnData, seed: int) -> np.ndarray:
+    """For each cell, the row index of a random control cell by `control_slices`' rule; -1 for controls."""
     obs = adata.obs
     for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
         if col not in obs.columns:
             raise InputError(f"{schema.source_name(adata)}: obs has no column {col!r} needed to pair controls")
     is_ctrl = (obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
-    ctx = obs[schema.CONTEXT_COL].astype(str).to_numpy()
-    batch = obs[schema.BATCH_COL].astype(str).to_numpy()
-    no_ctrl_ctx = sorted(set(ctx) - set(ctx[is_ctrl]))
-    if no_ctrl_ctx:
-        raise InputError(f"{schema.source_name(adata)}: no {schema.CONTROL!r} cells in context {no_ctrl_ctx[0]!r} (column {schema.CONTEXT_COL!r})")
-
-    # Each perturbed cell gets a pool key: its (context, batch) if that batch has controls, else its context.
-    ctx_batch = np.char.add(np.char.add(ctx.astype(str), "\x1f"), batch.astype(str))
-    has_ctrl = np.isin(ctx_batch, ctx_batch[is_ctrl])
-    for cb in sorted(set(ctx_batch[~has_ctrl])):
-        c, b = cb.split("\x1f")
-        warnings.warn(f"{schema.source_name(adata)}: batch {b!r} of context {c!r} has no {schema.CONTROL!r} cells; pairing with controls from any batch of {c!r}")
-    pool_of_cell = np.where(has_ctrl, ctx_batch, ctx)
-    # Controls belong to both their (context, batch) pool and their context pool.
-    ctrl_idx = np.flatnonzero(is_ctrl)
-    pool_keys = np.concatenate([ctx_batch[ctrl_idx], ctx[ctrl_idx]])
-    pool_members = np.concatenate([ctrl_idx, ctrl_idx])
-    sort = np.argsort(pool_keys, kind="stable")
-    pool_keys, pool_members = pool_keys[sort], pool_members[sort]
-    uniq, start, count = np.unique(pool_keys, return_index=True, return_counts=True)
-
+    pools = control_slices(obs[schema.CONTEXT_COL], obs[schema.BATCH_COL], is_ctrl, schema.source_name(adata))
     pert_idx = np.flatnonzero(~is_ctrl)
-    pos = np.searchsorted(uniq, pool_of_cell[pert_idx])
-    draw = np.random.default_rng(seed).integers(0, count[pos])
     paired = np.full(adata.n_obs, -1, dtype=np.int64)
-    paired[pert_idx] = pool_members[start[pos] + draw]
+    paired[pert_idx] = pools.draw(pert_idx, np.random.default_rng(seed).random(len(pert_idx)))
     return paired
 
 
-def _group_codes(obs: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Sorted unique key combinations and each cell's group code."""
+def _label_codes(labels) -> tuple[np.ndarray, np.ndarray]:
+    """(names sorted as strings, code per cell: int32, 4 bytes a cell) of a label column."""
+    if isinstance(labels, pd.Series):
+        labels = labels.array if isinstance(labels.dtype, pd.CategoricalDtype) else labels.to_numpy()
+    if isinstance(labels, pd.Categorical):
+        names = np.asarray(labels.categories.astype(str))
+        assert (labels.codes >= 0).all(), "labels have no missing values"
+        rank = np.empty(len(names), np.int32)
+        rank[np.argsort(names, kind="stable")] = np.arange(len(names))
+        return np.sort(names, kind="stable"), rank[labels.codes]
+    names, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+    return names, codes.astype(np.int32).ravel()
+
+
+def group_codes(obs: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Sorted unique key combinations and each cell's group code (also `ooc`'s pseudobulk groups)."""
     frame = obs[list(keys)].astype(str)
     groups = frame.drop_duplicates().sort_values(list(keys)).reset_index(drop=True)
     lookup = pd.MultiIndex.from_frame(groups)

@@ -17,8 +17,10 @@ Three batch kinds:
 - `pairs`: a perturbed cell with a control from the same context and batch (`ctrl_*` / `pert_*` fields);
 - `sentences`: S perturbed cells sharing context, batch and target, with S controls of that context and
   batch (fields shaped `(batch, S, ...)`), as STATE's cell sentences.
-Controls are drawn from the same window when it has some of that context and batch, otherwise from
-the whole file (a few single-row reads).
+Controls follow the one pairing rule, `data.pairing.control_slices` (a batch without controls borrows its
+context's, with a warning; a context without controls is an error). They are drawn from the same window
+when it has some of that context and batch, otherwise from the rule's pool over all shards (a few
+single-row reads).
 """
 
 import dataclasses
@@ -147,20 +149,24 @@ class CellStream:
 
     def _load_labels(self) -> None:
         """Per-row codes for target, context and batch: a few bytes per cell, kept in memory."""
+        import pandas as pd
+
+        from biojepac.data.pairing import control_slices
+
         self.labels = {c: self._merged_codes(c) for c in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL)}
         (t_names, target), (c_names, ctx), (b_names, bat) = (self.labels[c] for c in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL))
         self.is_control = target == np.searchsorted(t_names, schema.CONTROL) if schema.CONTROL in t_names else np.zeros(len(target), bool)
         self.group_cb = np.unique(ctx.astype(np.int64) * len(b_names) + bat, return_inverse=True)[1].astype(np.int32)
         self.group_cbt = np.unique(self.group_cb.astype(np.int64) * len(t_names) + target, return_inverse=True)[1].astype(np.int32)
-        # Global control pool per (context, batch), for windows that hold none of a group.
-        ctrl_rows = np.flatnonzero(self.is_control)
-        order = np.argsort(self.group_cb[ctrl_rows], kind="stable")
-        self._pool_rows = ctrl_rows[order]
-        self._pool_start, self._pool_count = _segments(self.group_cb[self._pool_rows], self.group_cb.max() + 1)
-        lacking = np.unique(self.group_cb[~self.is_control & (self._pool_count[self.group_cb] == 0)])
-        if lacking.size:
-            row = np.flatnonzero(~self.is_control & (self.group_cb == lacking[0]))[0]
-            raise InputError(f"{self._fpath_of(row)}: no {schema.CONTROL!r} cells in context {str(c_names[ctx[row]])!r}, batch {str(b_names[bat[row]])!r}")
+        # The rule's control pool of every (context, batch) over all shards, for windows that hold none of it;
+        # kept per group (every cell of a group has the same slice), not per row.
+        fpaths = self.cfg.shard_fpaths
+        pools = control_slices(pd.Categorical.from_codes(ctx, c_names), pd.Categorical.from_codes(bat, b_names), self.is_control,
+                               fpaths[0] if len(fpaths) == 1 else f"{fpaths[0]} (+{len(fpaths) - 1} more shards)")
+        n_cb = int(self.group_cb.max()) + 1
+        self._pool_rows = pools.order
+        self._pool_start, self._pool_count = np.zeros(n_cb, np.int64), np.zeros(n_cb, np.int64)
+        self._pool_start[self.group_cb], self._pool_count[self.group_cb] = pools.offset, pools.count
 
     def _merged_codes(self, col: str) -> tuple[np.ndarray, np.ndarray]:
         """One sorted category list over all shards and each row's code in it (int32, 4 bytes a cell)."""
@@ -168,9 +174,6 @@ class CellStream:
         names = np.unique(np.concatenate([n for n, _ in per_shard]))
         codes = np.concatenate([np.searchsorted(names, n).astype(np.int32)[c] for n, c in per_shard])
         return names, codes
-
-    def _fpath_of(self, row: int) -> str:
-        return self.shards[int(np.searchsorted(self.shard_offsets, row, side="right") - 1)].fpath
 
     def _windows(self, epoch: int, host: int) -> list[np.ndarray]:
         perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.block_start))

@@ -2,9 +2,10 @@
 
 A `ScoredScreen` is one file reduced to what the metrics need: a log-normalised matrix (sparse or dense,
 never modified in place: counts are normalised on a copy), one group code per cell and the gene names.
-Counts vs log1p is decided as cell-eval decides it: a file whose values are all integers is counts and is
-normalised with scanpy's `normalize_total` (to the median total) and `log1p`; a file with fractional values
-must already be log1p, in [0, 15).
+Counts vs log1p is decided by the project's one rule, `data.values.classify` (cell-eval's): a file whose
+values are all integers is counts and is normalised with scanpy's `normalize_total` (to the median total;
+`values.target_sum` and `values.size_factors`) and `log1p`; a file with fractional values must already be
+log1p, in [0, 15). Only the scan is our own here: one compiled pass, for speed.
 """
 
 from __future__ import annotations
@@ -17,17 +18,12 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from biojepac.data.values import FRACTION_EPS, classify, size_factors, target_sum
 from biojepac.errors import InputError
 from biojepac.eval.h5read import anndata_parts, read_h5ad_parts
 
 if TYPE_CHECKING:
     import anndata as ad
-
-LOG1P_MAX = 15.0
-"""cell-eval's ceiling for log1p-normalised values; anything at or above is counts or a broken transform."""
-FRACTION_EPS = 1e-3
-"""A value counts as fractional when its fractional part exceeds this (cell-eval's `epsilon`)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class ScoredScreen:
@@ -78,14 +74,14 @@ def read_scored_screen(
         owned = True
     was_counts = not is_lognorm(x, name)
     if was_counts and sp.issparse(x):  # normalised in place on our own copy: the caller's is never touched
-        x = _normalize_counts_sparse(x if owned else x.copy())
+        x = _normalize_counts_sparse(x if owned else x.copy(), name)
     elif was_counts:
-        x = _normalize_counts_dense(x, copy=not owned)
+        x = _normalize_counts_dense(x, name, copy=not owned)
     return ScoredScreen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
 
 
 def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
-    """cell-eval's rule: no fractional values -> counts; otherwise it must look like log1p."""
+    """`values.classify` on one compiled pass over the stored values: True for log1p, False for counts."""
     vals = (x.data if sp.issparse(x) else x).reshape(-1)
     if vals.size == 0:
         return False
@@ -93,19 +89,13 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
     vmin, vmax, fractional = value_range(vals, eps)
     if vmin < 0:
         raise InputError(f"{name}: negative expression value {float(vmin):.3g}; expected counts or log1p")
-    if not fractional:
-        return False
-    if vmax >= LOG1P_MAX:
-        raise InputError(
-            f"{name}: fractional values up to {float(vmax):.3g} >= {LOG1P_MAX}; log1p-normalised data must lie in "
-            f"[0, {LOG1P_MAX}). Pass raw integer counts or log1p(normalised) values, not a mix."
-        )
-    return True
+    hint = "pass raw integer counts or log1p(normalised) values, not a mix"
+    return classify(float(vmax), not fractional, name, hint=hint) == "log1p"
 
 
 @numba.njit(nogil=True, cache=True)
 def value_range(vals, eps):
-    """(min, max, whether any value's fractional part exceeds eps) in one pass."""
+    """(min, max, whether any value's fractional part exceeds eps) in one pass: `values.is_fractional`, compiled."""
     vmin, vmax, fractional = vals[0], vals[0], False
     for v in vals:
         vmin = min(vmin, v)
@@ -152,7 +142,7 @@ def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
     return x
 
 
-def _normalize_counts_sparse(x: sp.csr_matrix) -> sp.csr_matrix:
+def _normalize_counts_sparse(x: sp.csr_matrix, name: str) -> sp.csr_matrix:
     """scanpy's `normalize_total` (median target) + `log1p`, in place on our own CSR copy.
 
     Same float operations as scanpy 1.11's CSR path, so bit-identical to what cell-eval does in place
@@ -163,8 +153,7 @@ def _normalize_counts_sparse(x: sp.csr_matrix) -> sp.csr_matrix:
     if np.issubdtype(x.dtype, np.integer):
         x.data = x.data.astype(np.float32)
     totals = _row_totals(x.indptr, x.data).astype(x.data.dtype)
-    scale = totals / np.median(totals)
-    scale = scale + (scale == 0)
+    scale = size_factors(totals, target_sum(totals, "median", name, median_over="all"))
     _divide_rows(x.indptr, x.data, scale)
     np.log1p(x.data, out=x.data)
     return x
@@ -188,12 +177,11 @@ def _divide_rows(indptr, data, scale):
             data[j] = data[j] / scale[r]
 
 
-def _normalize_counts_dense(x: np.ndarray, copy: bool) -> np.ndarray:
+def _normalize_counts_dense(x: np.ndarray, name: str, copy: bool) -> np.ndarray:
     """As above for dense input (scanpy's dense path: median over cells with counts > 0)."""
     x = x.astype(np.float32) if np.issubdtype(x.dtype, np.integer) else (x.copy() if copy else x)
     totals = x.sum(axis=1)
-    scale = totals / np.median(totals[totals > 0])
-    scale = scale + (scale == 0)
+    scale = size_factors(totals, target_sum(totals, "median", name))
     np.true_divide(x, scale[:, None], out=x)
     np.log1p(x, out=x)
     return x

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
+from biojepac.data.pairing import control_slices
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL
 from biojepac.errors import InputError
 from biojepac.features import resolve_features
@@ -87,20 +88,10 @@ def prepare_screen(adata: ad.AnnData, features: GeneTable) -> Screen:
     pert_c = np.searchsorted(np.asarray(labels[1:]), obs[PERT_COL].astype(str).to_numpy()) + 1
     pert_c[(obs[PERT_COL] == CONTROL).to_numpy()] = 0
     modes = obs[PERT_TYPE_COL].astype(str).map(mode_index).to_numpy() if PERT_TYPE_COL in obs else np.zeros(len(obs), int)
-    # Control pairing: a control from the same context+batch, else the same context, else any control.
-    # Controls sorted by (context, group) make every such pool one contiguous slice of `order`.
-    is_ctrl = pert_c == 0
-    if not is_ctrl.any():
-        raise InputError(f"training screen has no {CONTROL!r} cells in obs column {PERT_COL!r}")
-    ctx = obs[CONTEXT_COL].astype(str).to_numpy()
-    group = ctx + "|" + obs[BATCH_COL].astype(str).to_numpy()
-    order = np.flatnonzero(is_ctrl)[np.lexsort((group[is_ctrl], ctx[is_ctrl]))]
-    offset, count = np.zeros(len(obs), int), np.full(len(obs), len(order))
-    for keys in (ctx, group):  # finer levels overwrite coarser ones where they have controls
-        sorted_keys = keys[order]
-        lo, hi = np.searchsorted(sorted_keys, keys, "left"), np.searchsorted(sorted_keys, keys, "right")
-        has = hi > lo
-        offset[has], count[has] = lo[has], (hi - lo)[has]
+    # Control pairing by the one rule (`data.pairing.control_slices`): same context and batch, else same
+    # context (warned), never another context; each cell's pool is a contiguous slice of `order`.
+    pools = control_slices(obs[CONTEXT_COL], obs[BATCH_COL], pert_c == 0, "biojepac: training screen")
+    order, offset, count = pools.order, pools.offset, pools.count
     x32 = x.astype(np.float32)
     return Screen(list(map(str, adata.var_names)), x32, log_library(x32), pert_c, modes, feat, features, (offset, count), order)
 

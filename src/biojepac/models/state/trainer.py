@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
+from biojepac.data.pairing import control_slices
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL
 from biojepac.errors import InputError
 from biojepac.features import resolve_features
@@ -73,23 +74,20 @@ class SentenceSampler:
         self.batches, bat_code = np.unique(bat, return_inverse=True)
         self.perts = np.unique(pert[pert != CONTROL])
         is_ctrl = pert == CONTROL
-        ctrl_pools = {}
-        for c, b in set(zip(ctx_code[is_ctrl], bat_code[is_ctrl])):
-            ctrl_pools[(c, b)] = np.flatnonzero(is_ctrl & (ctx_code == c) & (bat_code == b))
-        ctx_pools = {c: np.flatnonzero(is_ctrl & (ctx_code == c)) for c in np.unique(ctx_code[is_ctrl])}
-        # One group per (perturbation, context, batch) that has both perturbed cells and controls.
+        # Controls by the one rule (`data.pairing.control_slices`): a group's cells share one pool.
+        pools = control_slices(ctx, bat, is_ctrl, "state model: training screen")
+        # One group per (perturbation, context, batch) of perturbed cells.
         self.groups = []  # (pert index, ctx code, batch code, perturbed idx, control idx)
         df = {"p": np.searchsorted(self.perts, pert), "c": ctx_code, "b": bat_code}
         keys = np.stack([df["p"], df["c"], df["b"]], 1)[~is_ctrl]
         rows = np.flatnonzero(~is_ctrl)
         uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
         for g, (p, c, b) in enumerate(uniq):
-            ctrl = ctrl_pools.get((c, b), ctx_pools.get(c))
-            if ctrl is None:
-                continue  # a context with no controls cannot form a sentence
-            self.groups.append((p, c, b, rows[inverse.ravel() == g], ctrl))
+            members = rows[inverse.ravel() == g]
+            first = members[0]
+            self.groups.append((p, c, b, members, pools.order[pools.offset[first] : pools.offset[first] + pools.count[first]]))
         if not self.groups:
-            raise InputError(f"no (perturbation, context) group has control cells ('{CONTROL}') to pair with")
+            raise InputError(f"state model: the training screen has no perturbed cells (only {CONTROL!r})")
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, step])
