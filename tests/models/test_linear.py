@@ -69,8 +69,9 @@ def renamed_norman(shared_data_dpath, tmp_path):
     return norman, screen_fpath, split, split_fpath, targets
 
 
-def test_predict_linear_with_default_features_on_a_renamed_screen(shared_data_dpath, tmp_path):
-    """`biojepac predict --model linear` with no --features and no fallback flag: MLL (= KMT2A) and targets
+@pytest.mark.parametrize("kind", ["linear", "ridge", "knn"])
+def test_predict_with_default_features_on_a_renamed_screen(shared_data_dpath, tmp_path, kind):
+    """`biojepac predict --model KIND` with no --features and no fallback flag: MLL (= KMT2A) and targets
     that are not measured genes all get vectors; a target nothing knows about is named with the spec."""
     import anndata as ad
 
@@ -82,7 +83,7 @@ def test_predict_linear_with_default_features_on_a_renamed_screen(shared_data_dp
     test = sorted({p for _, p in split.test})
     perts = sorted({*test, "MLL"} - {"IER5L"})  # IER5L: no GO annotation and not measured
     out = tmp_path / "pred.h5ad"
-    args = ["predict", "--model", "linear", "--screen", str(screen_fpath), "--split", str(split_fpath),
+    args = ["predict", "--model", kind, "--screen", str(screen_fpath), "--split", str(split_fpath),
             "--context", context, "--n-cells", "20", "--out", str(out), "--perturbations", *perts]
     assert cli.main(args) == 0
     pred = ad.read_h5ad(out)
@@ -96,5 +97,28 @@ def test_predict_linear_with_default_features_on_a_renamed_screen(shared_data_dp
         from biojepac.data.load import read_training_screen
 
         train = read_training_screen(screen_fpath)
-        model = MODELS["linear"]().fit(train)
+        model = MODELS[kind]().fit(train)
         model.delta("IER5L", context)
+
+
+@pytest.mark.slow
+def test_state_trains_with_default_features_on_a_renamed_screen(shared_data_dpath, tmp_path):
+    """`train state`'s default features embed MLL and unmeasured targets, including unseen ones; IER5L (no
+    vector anywhere) is left out of training with a warning, not invented."""
+    from biojepac.data.load import read_training_screen
+    from biojepac.models import registry
+
+    norman, screen_fpath, split, _, _ = renamed_norman(shared_data_dpath, tmp_path)
+    train = read_training_screen(screen_fpath)
+    test = {p for _, p in split.test}
+    fit = train[~train.obs[schema.PERT_COL].isin(test - {"IER5L"}).to_numpy()].copy()
+    model, cfg = registry.build("state", preset="tiny", steps_scale=0.02, run_dpath=tmp_path / "run")
+    assert cfg["features"] == "default"
+    with pytest.warns(UserWarning, match="IER5L.*left out of training"):
+        model.fit(fit)
+    assert model.features.spec == DEFAULT_FEATURES
+    ctrl = np.asarray(fit[(fit.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()].X[:8].todense(), np.float32)
+    context = str(norman.obs[schema.CONTEXT_COL].iloc[0])
+    for pert in sorted(test - {"IER5L"}) + ["MLL"]:
+        out = model.predict(ctrl, pert, context, 0)
+        assert out.shape == ctrl.shape and np.all(np.isfinite(out))

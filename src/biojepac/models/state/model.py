@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from biojepac.errors import InputError
+from biojepac.features import DEFAULT_FEATURES
 from biojepac.models.state import trainer
 from biojepac.models.base import Preset
 from biojepac.models.saved import save_model_dir
@@ -100,8 +101,9 @@ class TrainStateConfig:
     """Run folder: ckpt.eqx + metrics.jsonl while training (resumed when present), model/ when done."""
     preset: Preset = "cpu-small"
     """Model size and schedule: tiny | cpu-small | paper (see `trainer.PRESETS`)."""
-    features: str = "onehot"
-    """Perturbation features: a `biojepac.features.make_provider` spec (onehot, go, expr, file:PATH)."""
+    features: str = DEFAULT_FEATURES
+    """Perturbation features: a `biojepac.features.make_provider` spec (expr|go, go, expr+go, onehot, file:PATH);
+    the default works for perturbations unseen in training, which onehot cannot embed."""
     steps_scale: float = 1.0
     """Multiply the preset's training steps (quick runs: 0.1)."""
     set_size: int = 0

@@ -10,6 +10,7 @@ has no controls). Batches are a pure function of the step, so a resumed run sees
 
 import dataclasses
 import pathlib
+import warnings
 
 import anndata as ad
 import jax
@@ -19,9 +20,9 @@ import optax
 import scipy.sparse as sp
 
 from biojepac.data.pairing import control_slices
-from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL
+from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, split_combo
 from biojepac.errors import InputError
-from biojepac.features import resolve_features
+from biojepac.features import DEFAULT_FEATURES, resolve_features
 from biojepac.models.energy import batched_energy_distance
 from biojepac.models.state.network import StateConfig, StateMeta, StateTransition
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
@@ -142,14 +143,24 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     fit_cfg = fit_cfg or FitConfig()
     if cfg.cell_input == "latent" and encoder is None:
         raise InputError("state model: cell_input='latent' needs the BioJEPAC encoder (pass encoder=...)")
-    features = resolve_features(features, train, default="onehot")
+    features = resolve_features(features, train, default=DEFAULT_FEATURES)
+    labels = train.obs[PERT_COL].astype(str)
+    perts = np.unique(labels.to_numpy())
+    perts = perts[perts != CONTROL]
+    missing = set(features.missing(list(perts)))
+    if missing and getattr(features, "fallback", "error") == "error":  # a provider may opt into zeros / mean rows
+        # Nothing is invented for a perturbation without a vector: its cells are left out of training.
+        drop = [p for p in perts if set(split_combo(p)) & missing]
+        spec = getattr(features, "spec", "") or features.name
+        warnings.warn(f"state model: {len(drop)} training perturbations have no {spec!r} features "
+                      f"({features.explain_missing(drop) if hasattr(features, 'explain_missing') else drop[:20]}); "
+                      "their cells are left out of training")
+        if len(drop) == len(perts):
+            raise InputError(f"state model: no training perturbation has {spec!r} features ({features.source})")
+        train = train[~labels.isin(drop).to_numpy()].copy()
+        perts = np.asarray([p for p in perts if p not in set(drop)])
     expr_ng = np.asarray(train.X.toarray() if sp.issparse(train.X) else train.X, np.float32)
     cells_ng = expr_ng if encoder is None else np.asarray(encoder.encode(expr_ng), np.float32)
-    perts = np.unique(train.obs[PERT_COL].astype(str).to_numpy())
-    perts = perts[perts != CONTROL]
-    missing = features.missing(list(perts))
-    if missing and getattr(features, "fallback", "error") == "error":  # a provider may opt into zeros / mean rows
-        raise InputError(f"state model: feature provider {features.name!r} lacks training perturbations {missing[:20]}")
     pert_table = features.vectors(list(perts))
     sampler = SentenceSampler(cells_ng, expr_ng, train.obs, pert_table, cfg.set_size, fit_cfg.batch_size, fit_cfg.seed)
     # Raw uint32 keys: the shared checkpoint converts every leaf to NumPy, which typed keys refuse.
