@@ -80,6 +80,13 @@ COMMANDS: dict = {
             "biojepac.models.jepa.streamed:pretrain_streamed",
         ),
     },
+    "features": {
+        "check": (
+            "Show which source of a feature spec covers each of a screen's perturbations, and a few genes' nearest neighbours.",
+            "biojepac.features.check:FeaturesCheckCommand",
+            "biojepac.features.check:run_check",
+        ),
+    },
     "bench": (
         "Run models x tasks, record per-perturbation metrics in SQLite and write the leaderboard.",
         "biojepac.bench.grid:BenchConfig",

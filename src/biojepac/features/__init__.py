@@ -137,16 +137,18 @@ def make_atomic_provider(spec: str, train: ad.AnnData | None = None) -> GeneTabl
     return BUILDERS[kind](arg, train).with_options(spec=spec)
 
 
-def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
-    """The provider a spec names, built on `train` where a source needs the training screen."""
+def build_spec(spec: str, train: ad.AnnData | None = None) -> tuple[GeneTable, list[list[GeneTable]]]:
+    """(the provider a spec names, its atomic sources grouped as `parse_spec` groups them)."""
     from biojepac.features.combine import concat, fallback
 
-    alts = parse_spec(spec)
-    tables = []
-    for alt in alts:
-        parts = [make_atomic_provider(a, train) for a in alt]
-        tables.append(parts[0] if len(parts) == 1 else concat(parts, "+".join(alt)))
-    return tables[0] if len(tables) == 1 else fallback(tables, spec)
+    parts = [[make_atomic_provider(a, train) for a in alt] for alt in parse_spec(spec)]
+    tables = [p[0] if len(p) == 1 else concat(p, "+".join(t.spec for t in p)) for p in parts]
+    return (tables[0] if len(tables) == 1 else fallback(tables, spec)), parts
+
+
+def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
+    """The provider a spec names, built on `train` where a source needs the training screen."""
+    return build_spec(spec, train)[0]
 
 
 def resolve_features(features, train: ad.AnnData, default: str | None = None) -> GeneTable | None:
@@ -165,4 +167,5 @@ def resolve_features(features, train: ad.AnnData, default: str | None = None) ->
     return features
 
 
-__all__ = ["DEFAULT_FEATURES", "FeatureProvider", "GeneTable", "make_provider", "parse_spec", "resolve_features"]
+__all__ = ["DEFAULT_FEATURES", "FeatureProvider", "GeneTable", "build_spec", "make_provider", "parse_spec",
+           "resolve_features"]
