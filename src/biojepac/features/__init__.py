@@ -7,7 +7,7 @@ name its features in one word. Atomic specs:
 |-------------------------|---------------------------------------------------------------------------|
 | `onehot`                | one-hot over the training perturbations (no generalisation)               |
 | `go` / `go:PATH`        | GO TF-IDF + SVD from the packaged table, or a GAF 2.2 / TSV file          |
-| `expr` / `expr:K`       | Ahlmann-Eltze's gene embedding: PCA of the training pseudobulk (K=10)     |
+| `expr` / `expr:K`       | Ahlmann-Eltze's gene embedding: PCA of the training pseudobulk deltas (K=10) |
 | `expr-cells` / `:K`     | PCA gene loadings of the training cells (K=32)                            |
 | `screen:PATH`           | another screen's per-perturbation pseudobulk deltas, PCA (K=10)           |
 | `file:PATH`             | precomputed `.pt` / `.npz` / `.parquet` / `.csv`                          |
