@@ -119,8 +119,8 @@ class TrainBiojepacConfig:
     preset: Preset = "cpu-small"
     """Model sizes and step counts: tiny | cpu-small | paper."""
     features: str = ""
-    """Perturbation features (a `biojepac.features.make_provider` spec, e.g. go, expr, file:EMB.npz).
-    Empty: `varm['network_features']` when the screen has them, else control-cell PCA loadings."""
+    """Perturbation features (a `biojepac.features.make_provider` spec, e.g. expr|go, go, file:EMB.npz).
+    Empty: `varm['network_features']` when the screen has them, else expr|go (the default of every model)."""
     steps_scale: float = 1.0
     """Multiply every stage's step count (quick runs: 0.1)."""
     seed: int = 0

@@ -59,18 +59,16 @@ class Fitted:
     mode: int
 
 
-def default_features(adata: ad.AnnData, n_dims: int = 32) -> GeneTable:
-    """`varm['network_features']` when the screen has them, else each gene's loadings on the top
-    principal components of the control cells."""
+def default_features(adata: ad.AnnData) -> GeneTable:
+    """`varm['network_features']` when the screen has them (a synthetic screen), else the default spec of
+    every model, `biojepac.features.DEFAULT_FEATURES` (`expr|go`: the screen's gene embedding where the
+    target is measured, GO mapped into it where not)."""
+    from biojepac.features import DEFAULT_FEATURES, make_provider
+
     if "network_features" in adata.varm:
         return GeneTable(name="varm:network_features", keys=tuple(map(str, adata.var_names)),
                          matrix=np.asarray(adata.varm["network_features"], np.float32), source="training screen varm")
-    x = adata.X[(adata.obs[PERT_COL] == CONTROL).to_numpy()]
-    x = np.asarray(x.toarray() if sp.issparse(x) else x, np.float64)
-    _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
-    k = min(n_dims, len(s))
-    return GeneTable(name=f"control-pca{k}", keys=tuple(map(str, adata.var_names)),
-                     matrix=(vt[:k].T * s[:k] / np.sqrt(len(x))).astype(np.float32), source="training screen controls")
+    return make_provider(DEFAULT_FEATURES, adata)
 
 
 def prepare_screen(adata: ad.AnnData, features: GeneTable) -> Screen:
