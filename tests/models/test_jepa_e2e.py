@@ -55,7 +55,7 @@ def test_save_load_roundtrip_and_uncertainty(fitted, tmp_path):
     assert json.loads((tmp_path / "m" / "model.json").read_text())["kind"] == "biojepac"
     again = registry.load(tmp_path / "m")
     ctrl = adata.X.toarray()[:70]
-    p = adata.obs["target_gene"].iloc[-1]
+    p = sorted(set(adata.obs["target_gene"]) - {"non-targeting"})[-1]
     np.testing.assert_allclose(again.predict(ctrl, p, "ctx0", 0), model.predict(ctrl, p, "ctx0", 0), rtol=1e-5, atol=1e-6)
-    mean, var = model.predict_distribution(ctrl, p)
+    mean, var = model.predict_distribution(ctrl, p, "ctx0")
     assert mean.shape == var.shape == ctrl.shape and (var >= 0).all() and var.max() > 0

@@ -129,12 +129,15 @@ def test_latent_input_runs_on_the_biojepac_encoder_and_round_trips(tmp_path):
     from biojepac.features.base import GeneTable
     from biojepac.models.jepa.model import BioJepacModel
     from biojepac.models.jepa.network import make_modules
+    from biojepac.models.jepa.prior import fit_prior
     from biojepac.models.state.latent import JepaCellEncoder
 
     adata = make_shift_screen(n_genes=8)
     jepa = BioJepacModel(get_preset("tiny"))
     jepa.genes, jepa.mode = list(map(str, adata.var_names)), 0
     jepa.features = GeneTable(name="ab", keys=("A", "B"), matrix=np.stack([np.ones(4), -np.ones(4)]))
+    jepa.prior, _ = fit_prior(np.asarray(["A", "B"]), np.zeros(2, int), np.asarray(["c1"]), np.ones((2, 8 * 16)), jepa.features)
+    jepa.contexts = ["c1"]
     jepa.mods = make_modules(8, 4, jepa.cfg, jax.random.PRNGKey(0))
     jepa.save(tmp_path / "jepa")
     encoder = JepaCellEncoder(tmp_path / "jepa")

@@ -17,3 +17,9 @@ def ema_momentum(step: jax.Array, n_steps: int, start: float, end: float) -> jax
     """Cosine schedule from `start` to `end` over `n_steps` (equal values: constant, as in the report)."""
     frac = jnp.clip(step / max(n_steps, 1), 0.0, 1.0)
     return end - (end - start) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def momentum_cap(n_steps: int, init_left: float) -> float:
+    """The largest constant momentum m with m^n_steps <= init_left: after n_steps EMA updates at most
+    `init_left` of the teacher's initial weights remain (a capped schedule leaves even less)."""
+    return float(init_left ** (1.0 / max(n_steps, 1)))

@@ -1,23 +1,37 @@
-"""Stage-3 action-conditioned predictor: control-cell token latents + action latent -> a Gaussian over
-the perturbed cell's teacher latents at every token.
+"""Stage-3 action-conditioned predictor: a learned residual on the linear prior's latent shift.
 
-Cross-attention (tokens query a few action tokens) injects the perturbation into each gene token; the
-self-attention blocks that follow let the effect spread between genes. μ is a residual on the control
-latent (the μ head starts at zero, so an untrained predictor says "no effect").
+Input per cell: the control cell's teacher token latents moved by the prior shift (z + Δprior), the
+action latent a (the composer's reading of the perturbation features), the context and which tokens
+are the perturbed genes themselves. Each token gets
+
+    x_t = W z_t + (U e_t) ⊙ (V a) + [t is targeted]·τ + ctx      (e_t: the gene's embedding)
+
+so the action acts on each gene differently (the bilinear gene × action term) and on its own target
+directly (τ), then cross-attends to a few action tokens and mixes with the other genes through
+self-attention. The outputs are a residual μ-shift (zero at init: the model starts as the prior) and a
+log-variance per token latent.
 """
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from biojepac.models.jepa.attention import Block, CrossAttention
 from biojepac.models.jepa.config import PredictConfig
 
 
+def _zero(lin: eqx.nn.Linear) -> eqx.nn.Linear:
+    return eqx.tree_at(lambda m: (m.weight, m.bias), lin, (jnp.zeros_like(lin.weight), jnp.zeros_like(lin.bias)))
+
+
 class ActionPredictor(eqx.Module):
     in_proj: eqx.nn.Linear
-    act_proj: eqx.nn.Linear
+    gene_proj: eqx.nn.Linear
+    act_gene: eqx.nn.Linear
+    act_tokens: eqx.nn.Linear
+    target_emb: Float[Array, " p"]
+    ctx_emb: eqx.nn.Embedding
     ln_x: eqx.nn.LayerNorm
     cross: CrossAttention
     blocks: list[Block]
@@ -26,25 +40,32 @@ class ActionPredictor(eqx.Module):
     logvar_head: eqx.nn.Linear
     n_action_tokens: int = eqx.field(static=True)
 
-    def __init__(self, d_latent: int, d_action: int, cfg: PredictConfig, key: PRNGKeyArray, kind: str = "linear"):
-        k = jax.random.split(key, 6)
+    def __init__(self, d_latent: int, d_action: int, cfg: PredictConfig, key: PRNGKeyArray, kind: str = "linear",
+                 n_contexts: int = 1):
+        k = jax.random.split(key, 10)
         p = cfg.d
-        self.in_proj, self.act_proj = eqx.nn.Linear(d_latent, p, key=k[0]), eqx.nn.Linear(d_action, cfg.n_action_tokens * p, key=k[1])
-        self.ln_x, self.cross = eqx.nn.LayerNorm(p), CrossAttention(p, cfg.n_heads, k[2])
-        self.blocks = [Block(p, cfg.n_heads, 4, kk, kind) for kk in jax.random.split(k[3], cfg.n_layers)]
+        self.in_proj, self.gene_proj = eqx.nn.Linear(d_latent, p, key=k[0]), eqx.nn.Linear(d_latent, p, key=k[1])
+        self.act_gene = eqx.nn.Linear(d_action, p, key=k[2])
+        self.act_tokens = eqx.nn.Linear(d_action, cfg.n_action_tokens * p, key=k[3])
+        self.target_emb = jax.random.normal(k[4], (p,)) * 0.1
+        self.ctx_emb = eqx.nn.Embedding(n_contexts + 1, p, key=k[5])  # row 0: unknown context
+        self.ln_x, self.cross = eqx.nn.LayerNorm(p), CrossAttention(p, cfg.n_heads, k[6])
+        self.blocks = [Block(p, cfg.n_heads, 4, kk, kind) for kk in jax.random.split(k[7], cfg.n_layers)]
         self.ln_f = eqx.nn.LayerNorm(p)
-        mu = eqx.nn.Linear(p, d_latent, key=k[4])
-        self.mu_head = eqx.tree_at(lambda m: (m.weight, m.bias), mu, (jnp.zeros_like(mu.weight), jnp.zeros_like(mu.bias)))
-        self.logvar_head = eqx.nn.Linear(p, d_latent, key=k[5])
+        self.mu_head = _zero(eqx.nn.Linear(p, d_latent, key=k[8]))
+        self.logvar_head = eqx.nn.Linear(p, d_latent, key=k[9])
         self.n_action_tokens = cfg.n_action_tokens
 
     def __call__(
-        self, z_td: Float[Array, "t d"], mask_t: Bool[Array, " t"], a: Float[Array, " a"]
+        self, z_td: Float[Array, "t d"], mask_t: Bool[Array, " t"], gene_td: Float[Array, "t d"],
+        a: Float[Array, " a"], ctx: Int[Array, ""], target_t: Float[Array, " t"],
     ) -> tuple[Float[Array, "t d"], Float[Array, "t d"]]:
-        x = jax.vmap(self.in_proj)(z_td)
-        act = self.act_proj(a).reshape(self.n_action_tokens, -1)
+        """(residual shift of each token latent, its log-variance)."""
+        x = jax.vmap(self.in_proj)(z_td) + jax.vmap(self.gene_proj)(gene_td) * self.act_gene(a)[None, :]
+        x = x + target_t[:, None] * self.target_emb[None, :] + self.ctx_emb(ctx)[None, :]
+        act = self.act_tokens(a).reshape(self.n_action_tokens, -1)
         x = x + self.cross(jax.vmap(self.ln_x)(x), act)
         for block in self.blocks:
             x = block(x, mask_t)
         x = jax.vmap(self.ln_f)(x)
-        return z_td + jax.vmap(self.mu_head)(x), jax.vmap(self.logvar_head)(x)
+        return jax.vmap(self.mu_head)(x), jax.vmap(self.logvar_head)(x)

@@ -43,6 +43,9 @@ class PretrainConfig:
     """EMA momentum m at step 0."""
     ema_end: float = 0.996
     """EMA momentum at the last step (cosine schedule; equal to ema_start = constant, as in the report)."""
+    ema_init_left: float = 0.01
+    """Cap the momentum so that at most this fraction of the teacher's random init is left after pretraining
+    (0.996 over 150 steps would leave 55%: the teacher would still be mostly noise)."""
     l1_weight: float = 1.0
     """Weight of the L1 loss between predicted and teacher latents at masked tokens."""
     vic_inv: float = 25.0
@@ -81,7 +84,8 @@ class ComposeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
-    """Stage 3: the action-conditioned predictor (encoders frozen, composer fine-tuned)."""
+    """Stage 3: the linear latent prior (closed form) plus the action-conditioned predictor as a learned
+    residual, trained on cell sets: S controls of a group's context and batch against S of its cells."""
 
     d: int = 128
     """Predictor width."""
@@ -90,21 +94,34 @@ class PredictConfig:
     n_heads: int = 4
     n_action_tokens: int = 4
     """The action latent is split into this many key/value tokens for the cross-attention."""
-    mask_ratio: float = 0.6
-    """Fraction of tokens (a fixed count) where the NLL is scored."""
-    nll_weight: float = 1.0
-    """λ_sim on the Gaussian NLL."""
-    vic_inv: float = 25.0
-    vic_var: float = 25.0
-    vic_cov: float = 1.0
-    control_encoder: Literal["student", "teacher"] = "student"
-    """Which frozen encoder reads the control cell (the report: student). `teacher` puts control and target
-    in the same latent space, so the predictor does not also have to learn the student->teacher map."""
+    set_size: int = 16
+    """S: control cells (and perturbed cells) per group in a step."""
+    expr_weight: float = 1.0
+    """Weight of the squared error between the decoded predicted mean shift and the group's pseudobulk delta."""
+    latent_weight: float = 1.0
+    """Weight of the squared error between the predicted and the group's mean teacher-latent shift."""
+    energy_weight: float = 0.1
+    """Weight of the energy distance between the predicted and the real perturbed latent sets."""
+    nll_weight: float = 0.01
+    """Weight of the Gaussian NLL of the real perturbed latents (trains the log-variance head)."""
+    residual: bool = True
+    """Learn the residual on top of the prior (False: the prior alone, for the ablation)."""
+    prior: Literal["ridge", "none"] = "ridge"
+    """The closed-form prior ("none": the residual predictor alone has to learn every shift)."""
+    val_fraction: float = 0.2
+    """Training perturbations held out to decide whether (and how long) the residual helps."""
+    n_evals: int = 5
+    """Validation checks over the stage; the best one is kept (the prior alone if it is best)."""
+    label_dropout: float = 0.1
+    """Probability of replacing the context label with "unknown" during training."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay of the predictor."""
     finetune_composer: bool = True
-    """Let the composer keep learning from the expression loss in this stage."""
+    """Let the composer keep learning from this stage's loss."""
     n_steps: int = 2000
-    batch_size: int = 64
-    lr: float = 3e-4
+    batch_size: int = 8
+    """Groups (cell sets) per step."""
+    lr: float = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +158,7 @@ def get_preset(name: str) -> BioJepacConfig:
             encoder=EncoderConfig(d=64, n_layers=2, n_heads=4, gene_id_bias=True),
             pretrain=r(base.pretrain, pred_d=64, pred_layers=1, n_steps=150, batch_size=32, lr=1e-3),
             compose=r(base.compose, d_content=64, d_mode=16, hidden=128, n_steps=200, batch_size=32, lr=1e-3),
-            predict=r(base.predict, d=64, n_layers=1, n_steps=400, batch_size=32, lr=3e-3),
+            predict=r(base.predict, d=64, n_layers=1, n_steps=400, batch_size=8, lr=1e-3),
             decode=r(base.decode, n_steps=200, batch_size=32, lr=3e-3),
         )
     if name == "tiny":
@@ -150,7 +167,7 @@ def get_preset(name: str) -> BioJepacConfig:
             encoder=EncoderConfig(d=16, n_layers=1, n_heads=2, gene_id_bias=True),
             pretrain=r(base.pretrain, pred_d=16, pred_layers=1, n_steps=200, batch_size=16, lr=3e-3),
             compose=r(base.compose, d_content=16, d_mode=8, hidden=32, n_steps=20, batch_size=4, lr=3e-3),
-            predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=1500, batch_size=32, lr=1e-2),
+            predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=300, batch_size=8, lr=3e-3),
             decode=r(base.decode, n_steps=600, batch_size=16, lr=1e-2),
         )
     raise ValueError(f"unknown preset {name!r}; choose tiny, cpu-small or paper")

@@ -22,6 +22,11 @@ class Decoder(eqx.Module):
         self.b_g = jnp.zeros(n_genes)
         self.pooled_head = eqx.nn.Linear(d, n_genes, key=k2)
 
+    def shift(self, z_to: Float[Array, "t d"], z_from: Float[Array, "t d"], idx_t: Int[Array, " t"],
+              mask_t: Bool[Array, " t"]) -> Float[Array, " g"]:
+        """The expression shift between two latent states of the same cell (linear in their difference)."""
+        return self(z_to, idx_t, mask_t)[0] - self(z_from, idx_t, mask_t)[0]
+
     def __call__(
         self, z_td: Float[Array, "t d"], idx_t: Int[Array, " t"], mask_t: Bool[Array, " t"], var_td: Float[Array, "t d"] | None = None
     ) -> tuple[Float[Array, " g"], Float[Array, " g"]]:

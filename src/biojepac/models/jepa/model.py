@@ -1,7 +1,9 @@
 """`BioJepacModel`: the trained modules behind the shared `PerturbationModel` interface.
 
-predict(controls, target_gene) = decode(predictor(encode(controls), compose(features(target_gene)))),
-by default as a residual against the same pipeline with the control action (see `decode_mode`).
+predict(controls, p, c) = controls + decode(μ) − decode(z), with z = encode(controls) by the EMA teacher and
+μ = z + prior(p, c) + residual(z + prior, compose(features(p)), c, p's own genes): the closed-form latent
+prior (`prior.py`) plus the action-conditioned predictor's learned residual (when it helped on held-out
+perturbations). `decode_mode="direct"` returns decode(μ) instead.
 """
 
 import dataclasses
@@ -14,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biojepac.data.schema import CONTROL, split_combo
 from biojepac.errors import InputError
 from biojepac.features.base import GeneTable
 from biojepac.models.jepa import trainer
 from biojepac.models.jepa.config import BioJepacConfig, config_from_dict, get_preset
 from biojepac.models.jepa.network import Modules, log_library, make_modules
+from biojepac.models.jepa.prior import Prior
 from biojepac.models.base import Preset
 from biojepac.models.saved import save_model_dir
 
@@ -28,15 +32,18 @@ CHUNK = 64  # cells per jitted prediction call; padded so every call has one sha
 
 
 @eqx.filter_jit
-def _predict_chunk(mods: Modules, x_bg, lib_b, f_pert, f_ctrl, mode):
+def _predict_chunk(mods: Modules, x_bg, lib_b, prior_gd, f, mode, ctx, target_g, use_residual):
+    """Each cell's decoded μ, its variance, and its expression shift (decoded μ minus decoded control)."""
+    a = mods.composer("gene", f, mode)
+
     def one(x_g, lib):
-        idx, val, mask = mods.student.select(x_g)
-        z_c = mods.student.tokens(idx, val, mask, lib)
-        out = []
-        for f in (f_pert, f_ctrl):
-            mu, logvar = mods.predictor(z_c, mask, mods.composer("gene", f, mode))
-            out.append(mods.decoder(mu, idx, mask, jnp.exp(logvar)))
-        return out[0][0], out[0][1], out[1][0]
+        idx, val, mask = mods.encoder.select(x_g)
+        z_c = mods.encoder.tokens(idx, val, mask, lib)
+        start = z_c + prior_gd[idx]
+        r, logvar = mods.predictor(start, mask, mods.encoder.gene_emb[idx], a, ctx, target_g[idx])
+        mu = start + jnp.where(use_residual, r, 0.0)
+        x_mu, var = mods.decoder(mu, idx, mask, jnp.exp(logvar))
+        return x_mu, var, mods.decoder.shift(mu, z_c, idx, mask)
 
     return jax.vmap(one)(x_bg, lib_b)
 
@@ -44,14 +51,17 @@ def _predict_chunk(mods: Modules, x_bg, lib_b, f_pert, f_ctrl, mode):
 class BioJepacModel:
     name = KIND
 
-    def __init__(self, cfg: BioJepacConfig | None = None, features: GeneTable | None = None,
+    def __init__(self, cfg: BioJepacConfig | None = None, features: GeneTable | str | None = None,
                  run_dpath: pathlib.Path | None = None, steps_scale: float = 1.0):
-        """`features`: the perturbation feature table (None: `trainer.default_features` of the screen)."""
+        """`features`: a feature spec or table (None: `trainer.default_features` of the screen)."""
         self.cfg = cfg or get_preset("cpu-small")
         self.features, self.run_dpath, self.steps_scale = features, run_dpath, steps_scale
         self.mods: Modules | None = None
         self.genes: list[str] = []
         self.mode = 0
+        self.prior: Prior | None = None
+        self.contexts: list[str] = []
+        self.use_residual = False
 
     def fit(self, train: ad.AnnData, only_stage: str | None = None, progress: bool = False,
             wandb_project: str = "") -> "BioJepacModel | None":
@@ -60,39 +70,45 @@ class BioJepacModel:
                                       wandb_project, self.steps_scale)
         if fitted is None:
             return None
-        self.mods, self.genes, self.features, self.mode = fitted.mods, fitted.genes, fitted.features, fitted.mode
+        for name in ("mods", "genes", "features", "mode", "prior", "contexts", "use_residual"):
+            setattr(self, name, getattr(fitted, name))
         return self
 
-    def predict_distribution(self, controls: np.ndarray, target_gene: str) -> tuple[np.ndarray, np.ndarray]:
+    def predict_distribution(self, controls: np.ndarray, target_gene: str, context: str) -> tuple[np.ndarray, np.ndarray]:
         """(predicted log1p expression, per-gene variance from the predictor's σ²) for each control cell."""
-        assert self.mods is not None, "fit or load the model before predicting"
-        assert controls.shape[1] == len(self.genes), f"controls have {controls.shape[1]} genes, model {len(self.genes)}"
+        assert self.mods is not None and self.prior is not None, "fit or load the model before predicting"
+        if controls.shape[1] != len(self.genes):
+            raise InputError(f"biojepac: controls have {controls.shape[1]} genes, the model {len(self.genes)}")
         x = np.asarray(controls, np.float32)
+        if target_gene == CONTROL:  # no perturbation: the cells as they are, by definition
+            return x.copy(), np.zeros_like(x)
         n = len(x)
-        pad = (-n) % CHUNK
-        x_pad = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)])
+        x_pad = np.concatenate([x, np.zeros(((-n) % CHUNK, x.shape[1]), np.float32)])
         lib = log_library(x_pad)
-        f_pert = jnp.asarray(self.features.vectors([target_gene])[0])
-        f_ctrl = jnp.zeros_like(f_pert)
-        outs = [
-            _predict_chunk(self.mods, x_pad[i : i + CHUNK], lib[i : i + CHUNK], f_pert, f_ctrl, jnp.asarray(self.mode))
-            for i in range(0, len(x_pad), CHUNK)
-        ]
-        mean, var, base = (np.concatenate([np.asarray(o[j]) for o in outs])[:n] for j in range(3))
+        prior = jnp.asarray(self.prior.shift([target_gene], context, self.features)[0].reshape(len(self.genes), -1))
+        f = jnp.asarray(self.features.vectors([target_gene])[0])
+        ctx = jnp.asarray(self.contexts.index(context) + 1 if context in self.contexts else 0)
+        target = jnp.asarray(np.isin(self.genes, split_combo(target_gene)).astype(np.float32))
+        # The residual corrects the prior's guesses; a measured perturbation's prior is its measurement.
+        residual = self.use_residual and not self.prior.is_measured(target_gene, context)
+        outs = [_predict_chunk(self.mods, x_pad[i : i + CHUNK], lib[i : i + CHUNK], prior, f, jnp.asarray(self.mode),
+                               ctx, target, jnp.asarray(residual)) for i in range(0, len(x_pad), CHUNK)]
+        mean, var, shift = (np.concatenate([np.asarray(o[j]) for o in outs])[:n] for j in range(3))
         if self.cfg.decode_mode == "residual":
-            mean = x + mean - base
+            mean = x + shift
         return np.clip(mean, 0.0, None).astype(np.float32), var.astype(np.float32)
 
     def predict(self, controls: np.ndarray, target_gene: str, context: str, seed: int) -> np.ndarray:
-        return self.predict_distribution(controls, target_gene)[0]
+        return self.predict_distribution(controls, target_gene, context)[0]
 
     def save(self, dpath: pathlib.Path) -> pathlib.Path:
-        assert self.mods is not None, "fit the model before saving it"
+        assert self.mods is not None and self.prior is not None, "fit the model before saving it"
 
         def write(tmp: pathlib.Path) -> dict:
             self.features.save(tmp / "features.npz")
             eqx.tree_serialise_leaves(tmp / "weights.eqx", self.mods)
-            return {"mode": self.mode}
+            np.savez(tmp / "prior.npz", **self.prior.arrays())
+            return {"mode": self.mode, "contexts": self.contexts, "use_residual": self.use_residual}
 
         return save_model_dir(dpath, KIND, dataclasses.asdict(self.cfg), self.genes, write)
 
@@ -103,7 +119,10 @@ class BioJepacModel:
         cfg = config_from_dict(meta["config"])
         model = cls(cfg, GeneTable.load(dpath / "features.npz"))
         model.genes, model.mode = list(meta["genes"]), int(meta["mode"])
-        like = make_modules(len(model.genes), model.features.dim, cfg, jax.random.PRNGKey(0))
+        model.contexts, model.use_residual = list(meta["contexts"]), bool(meta["use_residual"])
+        with np.load(dpath / "prior.npz", allow_pickle=False) as npz:
+            model.prior = Prior.from_arrays({k: npz[k] for k in npz.files})
+        like = make_modules(len(model.genes), model.features.dim, cfg, jax.random.PRNGKey(0), len(model.contexts))
         model.mods = eqx.tree_deserialise_leaves(dpath / "weights.eqx", like)
         return model
 

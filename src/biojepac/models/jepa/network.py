@@ -13,18 +13,21 @@ from biojepac.models.jepa.encoder import Encoder
 
 
 class Modules(eqx.Module):
-    student: Encoder
+    """What prediction uses: the EMA teacher encoder (reads controls and targets alike), the composer,
+    the residual predictor and the decoder."""
+
+    encoder: Encoder
     composer: Composer
     predictor: ActionPredictor
     decoder: Decoder
 
 
-def make_modules(n_genes: int, feat_dim: int, cfg: BioJepacConfig, key: jax.Array) -> Modules:
+def make_modules(n_genes: int, feat_dim: int, cfg: BioJepacConfig, key: jax.Array, n_contexts: int = 1) -> Modules:
     k = jax.random.split(key, 4)
     return Modules(
         Encoder(n_genes, cfg.encoder, k[0]),
         Composer({"gene": feat_dim}, cfg.compose, k[1]),
-        ActionPredictor(cfg.encoder.d, cfg.compose.d_content, cfg.predict, k[2], cfg.encoder.attention),
+        ActionPredictor(cfg.encoder.d, cfg.compose.d_content, cfg.predict, k[2], cfg.encoder.attention, n_contexts),
         Decoder(n_genes, cfg.encoder.d, k[3]),
     )
 

@@ -1,9 +1,10 @@
 """BioJEPAC's four training stages on top of the shared loop, one function each.
 
     pretrain  JEPA: student on masked cells, EMA teacher on full cells (all cells, no labels)
+    decode    teacher latents -> log-normalised expression (the teacher frozen)
     compose   action composer with InfoNCE over perturbation descriptions
-    predict   action-conditioned predictor on (control, perturbation, perturbed) triples
-    decode    latents -> log-normalised expression on frozen teacher latents
+    predict   the closed-form latent prior (`prior.py`), then the action-conditioned predictor as a
+              residual on it, trained on cell sets and kept only while held-out perturbations improve
 
 Each stage checkpoints into `run_dpath/<stage>/` and resumes there; a finished stage is only reloaded,
 so `--stage all` after a crash continues where it stopped. `fit_biojepac` runs them in order.
@@ -11,27 +12,32 @@ so `--stage all` after a crash continues where it stopped. `fit_biojepac` runs t
 
 import dataclasses
 import functools
+import json
 import pathlib
 import tempfile
 
 import anndata as ad
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.sparse as sp
 
 from biojepac.data.pairing import control_slices
-from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL
+from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL, split_combo
 from biojepac.errors import InputError
 from biojepac.features import resolve_features
 from biojepac.features.base import GeneTable
 from biojepac.models.jepa import stages
 from biojepac.models.jepa.config import BioJepacConfig
+from biojepac.io import write_text_atomic
 from biojepac.models.jepa.jepa_predictor import MaskPredictor
+from biojepac.models.jepa.prior import Prior, fit_prior
 from biojepac.models.jepa.network import Modules, log_library, make_modules, mode_index
-from biojepac.train import ema, loop
+from biojepac.train import checkpoint, ema, loop
 
-STAGES = ("pretrain", "compose", "predict", "decode")
+STAGES = ("pretrain", "decode", "compose", "predict")
 
 
 @dataclasses.dataclass
@@ -42,6 +48,10 @@ class Screen:
     x_cg: np.ndarray
     lib_c: np.ndarray
     pert_c: np.ndarray
+    """Index into `pert_labels` (0: the control)."""
+    pert_labels: list[str]
+    ctx_c: np.ndarray
+    """Context name of each cell."""
     mode_c: np.ndarray
     feat_pf: np.ndarray
     features: GeneTable
@@ -57,6 +67,9 @@ class Fitted:
     genes: list[str]
     features: GeneTable
     mode: int
+    prior: Prior
+    contexts: list[str]
+    use_residual: bool
 
 
 def default_features(adata: ad.AnnData) -> GeneTable:
@@ -88,15 +101,17 @@ def prepare_screen(adata: ad.AnnData, features: GeneTable) -> Screen:
     modes = obs[PERT_TYPE_COL].astype(str).map(mode_index).to_numpy() if PERT_TYPE_COL in obs else np.zeros(len(obs), int)
     # Control pairing by the one rule (`data.pairing.control_slices`): same context and batch, else same
     # context (warned), never another context; each cell's pool is a contiguous slice of `order`.
+    ctx = obs[CONTEXT_COL].astype(str).to_numpy()
     pools = control_slices(obs[CONTEXT_COL], obs[BATCH_COL], pert_c == 0, "biojepac: training screen")
     order, offset, count = pools.order, pools.offset, pools.count
     x32 = x.astype(np.float32)
-    return Screen(list(map(str, adata.var_names)), x32, log_library(x32), pert_c, modes, feat, features, (offset, count), order)
+    return Screen(list(map(str, adata.var_names)), x32, log_library(x32), pert_c, labels, ctx, modes, feat, features,
+                  (offset, count), order)
 
 
-def make_optim(lr: float, n_steps: int) -> optax.GradientTransformation:
+def make_optim(lr: float, n_steps: int, weight_decay: float = 1e-4) -> optax.GradientTransformation:
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, n_steps // 20), max(n_steps, 2), lr * 0.1)
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4))
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=weight_decay))
 
 
 def run_stage(name, params, extra, loss_fn, update_extra, get_batch, n_steps, lr, seed, run_dpath, progress, wandb_project=""):
@@ -142,8 +157,10 @@ def fit_biojepac(
     features = resolve_features(features, train_adata)
     scr = prepare_screen(train_adata, features if features is not None else default_features(train_adata))
     run = Run(scr, cfg, run_dpath, progress, wandb_project, steps_scale)
+    assert cfg.encoder.token_mode == "all", "the predict stage reads every gene as a token (token_mode='all')"
     k_mods, k_pred = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    mods = make_modules(len(scr.genes), scr.feat_pf.shape[1], cfg, k_mods)
+    contexts = sorted(set(train_adata.obs[CONTEXT_COL].astype(str)))
+    mods = make_modules(len(scr.genes), scr.feat_pf.shape[1], cfg, k_mods, len(contexts))
 
     def skip(name: str) -> bool:
         """Past `only_stage`: stop. Before it: the stage must be finished (it is then only reloaded)."""
@@ -156,19 +173,28 @@ def fit_biojepac(
         return False
 
     skip("pretrain")  # raises if a later stage was asked for before pretraining
-    student, teacher = train_pretrain(run, mods.student, k_pred)
-    if cfg.predict.control_encoder == "teacher":
-        student = teacher  # the encoder that reads controls, in stage 3 and at prediction time
+    _student, teacher = train_pretrain(run, mods.encoder, k_pred)
+    if skip("decode"):
+        return None
+    decoder = train_decode(run, mods.decoder, teacher)
     if skip("compose"):
         return None
     composer, mode = train_compose(run, mods.composer)
     if skip("predict"):
         return None
-    predictor, composer = train_predict(run, mods.predictor, composer, student, teacher)
-    if skip("decode"):
-        return None
-    decoder = train_decode(run, mods.decoder, teacher)
-    return Fitted(Modules(student, composer, predictor, decoder), scr.genes, scr.features, mode)
+    stats = group_stats(scr, teacher)
+    # The prior is fitted on latent shifts that decode exactly to the measured pseudobulk deltas: the
+    # teacher's own mean shifts decode to them only approximately (r ~0.95 on the synthetic tasks), and
+    # that readout error would cost the prior its accuracy in expression, where it is scored.
+    w_gd = np.asarray(decoder.w_gd)
+    stats = dataclasses.replace(stats, delta_z=lift_to_latent(stats.delta_x, w_gd))
+    readout = lambda shifts: (shifts.reshape(len(shifts), *w_gd.shape) * w_gd).sum(-1)
+    prior, prior_oos = fit_prior(stats.labels, stats.ctx, stats.contexts, stats.delta_z.reshape(len(stats.labels), -1),
+                                 scr.features, readout)
+    predictor, composer, use_residual = train_predict(run, mods.predictor, composer, teacher, decoder, stats,
+                                                      prior_oos.reshape(stats.delta_z.shape))
+    mods = Modules(teacher, composer, predictor, decoder)
+    return Fitted(mods, scr.genes, scr.features, mode, prior, list(stats.contexts), use_residual)
 
 
 def train_pretrain(run: Run, student, key: jax.Array):
@@ -176,7 +202,8 @@ def train_pretrain(run: Run, student, key: jax.Array):
     cfg, c = run.cfg, run.cfg.pretrain
     n_steps = run.steps(c.n_steps)
     predictor = MaskPredictor(cfg.encoder.d, c.pred_d, c.pred_layers, cfg.encoder.n_heads, key, cfg.encoder.attention)
-    momentum = lambda step: ema.ema_momentum(step, n_steps, c.ema_start, c.ema_end)
+    cap = ema.momentum_cap(n_steps, c.ema_init_left)
+    momentum = lambda step: jnp.minimum(ema.ema_momentum(step, n_steps, c.ema_start, c.ema_end), cap)
     st = run.stage(
         "pretrain", (student, predictor), student, functools.partial(stages.pretrain_loss, cfg=c),
         lambda p, teacher, step: ema.ema_update(teacher, p[0], momentum(step)),
@@ -200,22 +227,148 @@ def train_compose(run: Run, composer):
     return st.params, mode
 
 
-def train_predict(run: Run, predictor, composer, student, teacher):
-    """Stage 3 -> (action predictor, composer, fine-tuned when the config says so)."""
+@dataclasses.dataclass
+class GroupStats:
+    """Per (perturbation, context) group of the training screen: mean teacher-latent and expression shifts
+    against the context's controls, the cells behind them, and which genes each group perturbs."""
+
+    labels: np.ndarray
+    ctx: np.ndarray
+    contexts: np.ndarray
+    delta_z: np.ndarray  # (groups, genes, d)
+    delta_x: np.ndarray  # (groups, genes)
+    cells: list[np.ndarray]
+    target: np.ndarray  # (groups, genes) 1 where the gene is one of the perturbed genes
+
+
+def group_stats(scr: Screen, teacher, chunk: int = 256) -> GroupStats:
+    """One pass of the frozen teacher over every cell, summed per group with an indicator matrix."""
+    ctx_names, ctx_c = np.unique(scr.ctx_c, return_inverse=True)
+    key = scr.pert_c * len(ctx_names) + ctx_c
+    uniq, group_c = np.unique(key, return_inverse=True)
+    n_groups, n_cells = len(uniq), len(scr.x_cg)
+    counts = np.bincount(group_c, minlength=n_groups)
+    indicator = sp.csr_matrix((1.0 / counts[group_c], (group_c, np.arange(n_cells))), shape=(n_groups, n_cells))
+    n_genes, d = scr.x_cg.shape[1], teacher.gene_emb.shape[1]
+    mean_z = np.zeros((n_groups, n_genes * d))
+    for i in range(0, n_cells, chunk):
+        x = scr.x_cg[i : i + chunk]
+        pad = chunk - len(x)
+        z = np.asarray(_teacher_tokens(teacher, np.pad(x, ((0, pad), (0, 0))), np.pad(scr.lib_c[i : i + chunk], (0, pad))))
+        mean_z += indicator[:, i : i + len(x)] @ z[: len(x)].reshape(len(x), -1)
+    mean_x = indicator @ scr.x_cg.astype(np.float64)
+    pert_g, ctx_g = uniq // len(ctx_names), uniq % len(ctx_names)
+    is_ctrl = pert_g == 0
+    ctrl_row = {c: r for r, (c, ctrl) in enumerate(zip(ctx_g, is_ctrl)) if ctrl}
+    keep = np.flatnonzero(~is_ctrl & np.isin(ctx_g, list(ctrl_row)))
+    ref = np.asarray([ctrl_row[c] for c in ctx_g[keep]], int)
+    labels = np.asarray(scr.pert_labels)[pert_g[keep]]
+    gene_index = {g: j for j, g in enumerate(scr.genes)}
+    target = np.zeros((len(keep), n_genes), np.float32)
+    for r, label in enumerate(labels):
+        for part in split_combo(str(label)):
+            if part in gene_index:
+                target[r, gene_index[part]] = 1.0
+    return GroupStats(labels, ctx_g[keep], ctx_names, (mean_z[keep] - mean_z[ref]).reshape(len(keep), n_genes, d).astype(np.float32),
+                      (mean_x[keep] - mean_x[ref]).astype(np.float32), [np.flatnonzero(group_c == g) for g in keep], target)
+
+
+def lift_to_latent(delta_x: np.ndarray, w_gd: np.ndarray) -> np.ndarray:
+    """(groups, genes, d): for each group, the smallest latent shift of every gene token that the decoder
+    reads out as exactly the group's pseudobulk expression delta (token t is gene t, read by its own
+    row w_t: x_t = w_t·z_t + b_t, so the shift is w_t·Δx_t / |w_t|²)."""
+    return (w_gd[None] * (delta_x / np.maximum((w_gd**2).sum(1), 1e-12)[None])[..., None]).astype(np.float32)
+
+
+@eqx.filter_jit
+def _teacher_tokens(teacher, x_bg, lib_b):
+    return jax.vmap(lambda x, lib: teacher(x, lib)[0])(x_bg, lib_b)
+
+
+def train_predict(run: Run, predictor, composer, teacher, decoder, stats: GroupStats, prior_gd: np.ndarray):
+    """Stage 3 -> (predictor, composer, whether its residual beat the prior alone on held-out perturbations).
+
+    The residual is trained on the groups of most training perturbations, each starting from its
+    out-of-sample prior shift; `n_evals` times it is scored on the held-out perturbations' groups (their
+    pseudobulk expression delta) and the best state is kept, or none when the prior alone is best."""
     cfg, c, scr = run.cfg, run.cfg.predict, run.scr
+    rng = np.random.default_rng(cfg.seed + 6)
+    perts = np.unique(stats.labels)
+    n_val = int(round(len(perts) * c.val_fraction)) if len(perts) >= 5 else 0
+    val_perts = set(rng.choice(perts, n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.isin(stats.labels, list(val_perts))
+    train_g, val_g = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if c.prior == "none":
+        prior_gd = np.zeros_like(prior_gd)
+    ctx_index = stats.ctx + 1  # row 0 of the context table is "unknown"
+    feat = scr.features.vectors(list(stats.labels))
+    mode = int(np.bincount(scr.mode_c).argmax())
+
+    def sets(groups: np.ndarray, seed: int, step: int) -> dict:
+        r = np.random.default_rng([seed, step])
+        pert = np.stack([r.choice(stats.cells[g], c.set_size, replace=len(stats.cells[g]) < c.set_size) for g in groups])
+        offset, count = scr.ctrl_pick
+        ctrl = scr.ctrl_order[offset[pert] + np.floor(r.random(pert.shape) * count[pert]).astype(int)]
+        return {"x_ctrl": scr.x_cg[ctrl], "lib_ctrl": scr.lib_c[ctrl], "x_pert": scr.x_cg[pert], "lib_pert": scr.lib_c[pert],
+                "prior": prior_gd[groups], "feat": feat[groups], "mode": np.full(len(groups), mode, np.int32),
+                "ctx": ctx_index[groups].astype(np.int32), "target": stats.target[groups],
+                "delta_z": stats.delta_z[groups], "delta_x": stats.delta_x[groups]}
+
+    n_batch = min(c.batch_size, len(train_g))
+    get_batch = lambda step: sets(np.random.default_rng([cfg.seed + 7, step]).choice(train_g, n_batch, replace=False),
+                                  cfg.seed + 8, step)
     if c.finetune_composer:
-        params, extra = (predictor, composer), (student, teacher)
+        params, extra = (predictor, composer), (teacher, decoder)
     else:
-        params, extra = predictor, (student, teacher, composer)
-    n_cells = len(scr.x_cg)
-    batches = functools.partial(_pair_batch, scr, loop.EpochSampler(n_cells, min(c.batch_size, n_cells), cfg.seed + 3), cfg.seed + 4)
-    st = run.stage("predict", params, extra, functools.partial(stages.predict_loss, cfg=c), None, batches,
-                   run.steps(c.n_steps), c.lr, cfg.seed + 13)
-    return st.params if c.finetune_composer else (st.params, composer)
+        params, extra = predictor, (teacher, decoder, composer)
+    loss_fn = functools.partial(stages.predict_loss, cfg=c)
+    if not c.residual:
+        return predictor, composer, False
+    n_steps = run.steps(c.n_steps)
+    optim = make_optim(c.lr, n_steps, c.weight_decay)
+    state = loop.make_state(params, optim, jax.random.PRNGKey(cfg.seed + 13), extra)
+    step_fn = loop.make_train_step(loss_fn, optim)
+    if len(val_g) == 0:  # too few perturbations to hold any out: train and keep the residual
+        state = _run(run, "predict", state, step_fn, get_batch, n_steps, n_steps)
+        return (*_split(state.params, composer, c.finetune_composer), True)
+
+    val_batch = sets(val_g, cfg.seed + 9, 0)
+    eval_cfg = dataclasses.replace(c, label_dropout=0.0)
+    val_error = eqx.filter_jit(lambda p, e: stages.predict_loss(p, e, val_batch, jax.random.PRNGKey(0), cfg=eval_cfg)[1]["expr_mse"])
+    zero_residual = lambda p: eqx.tree_at(lambda q: (q[0] if c.finetune_composer else q).mu_head.weight, p,
+                                         replace_fn=jnp.zeros_like)
+    best_fpath = run.run_dpath / "predict" / "best.eqx"
+    prior_err = float(val_error(zero_residual(params), extra))
+    best = {"step": 0, "val_expr_mse": prior_err, "prior_val_expr_mse": prior_err}
+    best_params = params
+    if best_fpath.exists():  # a resumed run: the best state so far
+        best_params, best = checkpoint.load(best_fpath, params)
+    for k in range(1, c.n_evals + 1):
+        end = int(round(n_steps * k / c.n_evals))
+        state = _run(run, "predict", state, step_fn, get_batch, end, n_steps)
+        if end <= best["step"]:
+            continue
+        err = float(val_error(state.params, extra))
+        if err < best["val_expr_mse"]:
+            best, best_params = {**best, "step": end, "val_expr_mse": err}, state.params
+            checkpoint.save(best_fpath, best_params, best)
+    write_text_atomic(run.run_dpath / "predict" / "selection.json", json.dumps({**best, "val_perturbations": sorted(val_perts)}))
+    return (*_split(best_params, composer, c.finetune_composer), best["step"] > 0)
+
+
+def _run(run: Run, name: str, state, step_fn, get_batch, end: int, n_steps: int):
+    """Train to step `end` of an `n_steps` stage (resuming from its checkpoint)."""
+    lcfg = loop.LoopConfig(n_steps=end, log_every=max(1, min(50, n_steps // 10)), ckpt_every=max(50, n_steps // 5),
+                           progress=run.progress, wandb_project=run.wandb_project)
+    return loop.run_loop(state, step_fn, get_batch, lcfg, run.run_dpath / name, header={"stage": name}, desc=name)
+
+
+def _split(params, composer, finetune_composer: bool):
+    return params if finetune_composer else (params, composer)
 
 
 def train_decode(run: Run, decoder, teacher):
-    """Stage 4 -> decoder."""
+    """Decode stage -> decoder (teacher latents to expression, the teacher frozen)."""
     cfg, c = run.cfg, run.cfg.decode
     st = run.stage("decode", decoder, teacher, stages.decode_loss, None, run.cell_batches(c.batch_size, cfg.seed + 5),
                    run.steps(c.n_steps), c.lr, cfg.seed + 14)
@@ -225,18 +378,6 @@ def train_decode(run: Run, decoder, teacher):
 def _cell_batch(scr: Screen, sampler: loop.EpochSampler, step: int) -> dict:
     idx = sampler(step)
     return {"x": scr.x_cg[idx], "lib": scr.lib_c[idx]}
-
-
-def _pair_batch(scr: Screen, sampler: loop.EpochSampler, seed: int, step: int) -> dict:
-    """Target cells (perturbed and control) with a random matched control each, a pure function of step."""
-    idx = sampler(step)
-    offset, count = scr.ctrl_pick
-    u = np.random.default_rng([seed, step]).random(len(idx))
-    ctrl = scr.ctrl_order[offset[idx] + np.floor(u * count[idx]).astype(int)]
-    return {
-        "x_ctrl": scr.x_cg[ctrl], "lib_ctrl": scr.lib_c[ctrl], "x_pert": scr.x_cg[idx], "lib_pert": scr.lib_c[idx],
-        "feat": scr.feat_pf[scr.pert_c[idx]], "mode": scr.mode_c[idx].astype(np.int32),
-    }
 
 
 def param_counts(cfg: BioJepacConfig, n_genes: int, feat_dim: int) -> dict[str, int]:

@@ -35,7 +35,7 @@ class JepaCellEncoder:
         return int(self.model.cfg.encoder.d)
 
     def encode(self, x_ng: np.ndarray) -> np.ndarray:
-        """(cells, genes) log1p -> (cells, d) pooled latents of the BioJEPAC student encoder."""
+        """(cells, genes) log1p -> (cells, d) pooled latents of the BioJEPAC (EMA teacher) encoder."""
         from biojepac.models.jepa.network import log_library
 
         x_ng = np.asarray(x_ng, np.float32)
@@ -44,7 +44,7 @@ class JepaCellEncoder:
         n = len(x_ng)
         x_pad = np.concatenate([x_ng, np.zeros((-n % CHUNK, x_ng.shape[1]), np.float32)])
         lib = log_library(x_pad)
-        out = [np.asarray(_encode(self.model.mods.student, jnp.asarray(x_pad[i : i + CHUNK]), jnp.asarray(lib[i : i + CHUNK])))
+        out = [np.asarray(_encode(self.model.mods.encoder, jnp.asarray(x_pad[i : i + CHUNK]), jnp.asarray(lib[i : i + CHUNK])))
                for i in range(0, len(x_pad), CHUNK)]
         return np.concatenate(out)[:n]
 

@@ -1,0 +1,147 @@
+"""The predict stage's linear prior: each perturbation's mean latent shift, in closed form.
+
+With Δz(p, c) the mean teacher latent of p's cells in context c minus that of c's controls (every
+token's latent, flattened), fitted on the training perturbations:
+
+    prior(p, c) = Δz(p, c)           when p was measured in c (a training perturbation)
+                = base_c + T(p, c)   when p was measured in another context (context transfer)
+                = base_c + B·φ(p)    otherwise (ridge from the perturbation features φ)
+
+`base_c` is the mean shift of c's training perturbations (of all of them for a context not in
+training): the latent twin of the cell-mean baseline. `T` moves p's measured residual shifts
+(Δz − base) from the other contexts, rescaled by the ratio of the contexts' typical residual sizes.
+B is ridge regression on centred features with λ chosen by exact leave-one-out error over a grid
+(the hat-matrix shortcut), so nothing is tuned by hand. The action-conditioned predictor learns a
+residual on top of this prior.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from biojepac.data.schema import CONTROL
+from biojepac.features.base import GeneTable
+
+LAMBDA_GRID = np.logspace(-3, 3, 13)
+"""λ candidates, as multiples of the mean squared feature norm."""
+
+
+@dataclasses.dataclass
+class Prior:
+    labels: np.ndarray
+    """Perturbation label of each measured (perturbation, context) group."""
+    group_ctx: np.ndarray
+    """Context index of each group."""
+    contexts: np.ndarray
+    """Training context names (sorted)."""
+    delta: np.ndarray
+    """(groups, D) measured mean latent shifts."""
+    base: np.ndarray
+    """(contexts, D) mean shift of each context's perturbations."""
+    scale: np.ndarray
+    """(contexts,) RMS size of each context's residual shifts (for context transfer)."""
+    coef: np.ndarray
+    """(features, D) ridge coefficients B."""
+    feat_mean: np.ndarray
+    """(features,) mean feature vector of the training groups (φ is centred with it)."""
+    ridge_lambda: float
+
+    def is_measured(self, label: str, context: str) -> bool:
+        """Whether `label` was measured in `context` (its prior is then the measurement itself)."""
+        return bool(((self.labels == label) & (self.contexts[self.group_ctx] == context)).any())
+
+    def shift(self, labels: list[str], context: str, features: GeneTable) -> np.ndarray:
+        """(len(labels), D) prior mean latent shift of each label in `context`."""
+        hits = np.flatnonzero(self.contexts == context)
+        c = int(hits[0]) if len(hits) else -1
+        base = self.base[c] if c >= 0 else self.base.mean(0)
+        out = np.empty((len(labels), self.delta.shape[1]), np.float32)
+        need_ridge = []
+        for i, label in enumerate(labels):
+            if label == CONTROL:
+                out[i] = 0.0
+                continue
+            same = np.flatnonzero((self.labels == label) & (self.group_ctx == c))
+            if len(same):  # measured here: the measurement is the best estimate of its mean shift
+                out[i] = self.delta[same[0]]
+            elif (moved := self.transfer(label, c)) is not None:
+                out[i] = base + moved
+            else:
+                need_ridge.append(i)
+        if need_ridge:
+            phi = features.vectors([labels[i] for i in need_ridge]).astype(np.float64) - self.feat_mean
+            out[need_ridge] = base + phi @ self.coef
+        return out
+
+    def transfer(self, label: str, c: int) -> np.ndarray | None:
+        """p's residual shifts measured in contexts other than `c` (-1: a new context), rescaled to c's
+        typical residual size and averaged; None when p was measured nowhere else."""
+        other = (self.labels == label) & (self.group_ctx != c)
+        if not other.any():
+            return None
+        src = self.group_ctx[other]
+        resid = self.delta[other] - self.base[src]
+        size = self.scale[c] if c >= 0 else self.scale.mean()
+        return (resid * (size / np.maximum(self.scale[src], 1e-12))[:, None]).mean(0)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Prior":
+        kw = {f.name: arrays[f.name] for f in dataclasses.fields(cls)}
+        kw["ridge_lambda"] = float(kw["ridge_lambda"])
+        return cls(**kw)
+
+
+def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, delta: np.ndarray,
+              features: GeneTable, readout=None) -> tuple[Prior, np.ndarray]:
+    """Fit the prior on measured groups (`labels[i]` in context `group_ctx[i]` has shift `delta[i]`).
+
+    Also returns each group's out-of-sample prior shift (its ridge part left out of the fit, its
+    transfer part from the other contexts): the prior errors the residual predictor learns to correct.
+    `readout(shifts) -> expression shifts`, the linear map from latent to expression, makes λ the one with the
+    smallest leave-one-out error in expression, the space the predictions are scored in."""
+    delta = np.asarray(delta, np.float64)
+    n_ctx = len(contexts)
+    base = np.stack([delta[group_ctx == c].mean(0) if (group_ctx == c).any() else delta.mean(0) for c in range(n_ctx)])
+    resid = delta - base[group_ctx]
+    rms = np.sqrt((resid**2).sum(1))
+    scale = np.asarray([rms[group_ctx == c].mean() if (group_ctx == c).sum() > 1 else rms.mean() for c in range(n_ctx)])
+    phi = features.vectors(list(labels)).astype(np.float64)
+    feat_mean = phi.mean(0)
+    coef, lam, loo_fit = ridge_loo(phi - feat_mean, resid, readout)
+    prior = Prior(np.asarray(labels, str), np.asarray(group_ctx), np.asarray(contexts, str), delta.astype(np.float32),
+                  base.astype(np.float32), scale.astype(np.float32), coef.astype(np.float32),
+                  feat_mean.astype(np.float32), lam)
+    out_of_sample = base[group_ctx] + loo_fit
+    for i in range(len(labels)):
+        if (moved := prior.transfer(labels[i], group_ctx[i])) is not None:
+            out_of_sample[i] = base[group_ctx[i]] + moved
+    return prior, out_of_sample.astype(np.float32)
+
+
+def ridge_loo(x: np.ndarray, y: np.ndarray, readout=None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Ridge coefficients (x.T (x x.T + λI)^-1 y) with λ minimising the exact leave-one-out squared error,
+    that λ (relative to the mean squared row norm of x), and the leave-one-out fitted values.
+
+    In the dual form the hat matrix is H = K (K + λI)^-1 with K = x x.T, and the leave-one-out residual
+    of row i is (y_i − ŷ_i) / (1 − H_ii): one eigendecomposition of K serves every λ. With `readout`, the
+    error is measured after mapping the residuals through that function."""
+    n = len(x)
+    k = x @ x.T
+    scale = max(float(np.trace(k)) / max(n, 1), 1e-12)
+    evals, evecs = np.linalg.eigh(k)
+    uy = evecs.T @ y
+    best = (np.inf, None, None)
+    for lam in LAMBDA_GRID * scale:
+        shrink = evals / (evals + lam)
+        fitted = evecs @ (shrink[:, None] * uy)
+        h_diag = (evecs**2) @ shrink
+        loo = (y - fitted) / np.maximum(1.0 - h_diag, 1e-6)[:, None]
+        err = float(((loo if readout is None else readout(loo)) ** 2).sum())
+        if err < best[0]:
+            best = (err, lam, y - loo)
+    _, lam, loo_fit = best
+    alpha = evecs @ (uy / (evals + lam)[:, None])
+    return x.T @ alpha, float(lam / scale), loo_fit
