@@ -20,3 +20,18 @@ def test_demo_writes_a_report_with_real_numbers(tmp_path):
     # cell-eval's baseline also averages in the control group's mean.
     assert 0.0 <= rows["cell-mean"]["vcc_score"] < 5.0
     assert (tmp_path / "split.json").exists()
+
+
+def test_demo_starts_runs_made_with_other_settings_afresh(tmp_path, capsys):
+    from biojepac.demo import prepare_runs
+
+    runs = tmp_path / "runs"
+    prepare_runs(DemoConfig(out_dpath=tmp_path, seed=0))
+    (runs / "state").mkdir()
+    (runs / "state" / "ckpt.eqx").write_text("seed-0 run")
+    prepare_runs(DemoConfig(out_dpath=tmp_path, seed=0))  # same settings: the runs are kept (and resumed)
+    assert (runs / "state" / "ckpt.eqx").exists()
+    prepare_runs(DemoConfig(out_dpath=tmp_path, seed=1))
+    assert not (runs / "state").exists()
+    assert "trained with other settings (seed 0 -> 1): starting those runs afresh" in capsys.readouterr().out
+    assert json.loads((runs / "settings.json").read_text())["seed"] == 1

@@ -11,6 +11,7 @@ Every file the demo writes stays in `out_dpath`, so each step can be re-run by h
 import dataclasses
 import json
 import pathlib
+import shutil
 import time
 import typing
 
@@ -75,6 +76,7 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
 
     requests = real.obs[schema.PERT_COL].astype(str).value_counts()
     requests = pd.DataFrame({"target_gene": test_perts, "n_cells": [int(requests[p]) for p in test_perts]})
+    prepare_runs(cfg)
     rows = []
     for i, name in enumerate(cfg.models):
         print(f"[2/5] fit {name}")
@@ -99,6 +101,29 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
     fpath = write_summary(out, rows, cfg, split, time.perf_counter() - t0)
     print(f"\nreport: {fpath.resolve()}")
     return fpath
+
+
+RUN_SETTINGS = ("seed", "screen_preset", "model_preset", "steps_scale", "features")
+"""The demo settings its training runs depend on (the screen is a function of preset and seed)."""
+
+
+def prepare_runs(cfg: DemoConfig) -> None:
+    """The demo owns `out_dpath/runs`: runs made with other settings are not resumed but started afresh,
+    and the demo says so. Runs with the same settings resume (training is resumable)."""
+    runs = cfg.out_dpath / "runs"
+    settings_fpath = runs / "settings.json"
+    now = json.loads(json.dumps({k: getattr(cfg, k) for k in RUN_SETTINGS}))
+    if runs.exists():
+        try:
+            before = json.loads(settings_fpath.read_text())
+        except (OSError, ValueError):
+            before = {}
+        diffs = [f"{k} {before.get(k, 'unknown')} -> {now[k]}" for k in RUN_SETTINGS if before.get(k) != now[k]]
+        if diffs:
+            print(f"      {runs} was trained with other settings ({', '.join(diffs)}): starting those runs afresh")
+            shutil.rmtree(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(settings_fpath, json.dumps(now, indent=1))
 
 
 def get_real(norm: ad.AnnData, context: str, test_perts: list[str]) -> ad.AnnData:

@@ -155,3 +155,20 @@ def test_latent_input_runs_on_the_biojepac_encoder_and_round_trips(tmp_path):
     pred = again.predict(x, "A", "c1", 0)
     assert pred.shape == x.shape and (pred >= 0).all()
     np.testing.assert_allclose(pred, model.predict(x, "A", "c1", 0), atol=1e-5)
+
+
+def test_rerun_into_a_run_folder_with_another_seed_or_data_is_refused(tmp_path):
+    from biojepac.errors import InputError
+
+    adata = make_shift_screen(n_genes=6)
+    cfg = dataclasses.replace(TINY, set_size=8)
+    fit = lambda data, seed: trainer.fit(data, cfg, "onehot", trainer.FitConfig(
+        n_steps=2, batch_size=2, seed=seed, run_dpath=tmp_path / "run", progress=False))
+    fit(adata, 0)
+    fit(adata, 0)  # same settings and data: resumes (here: already finished)
+    with pytest.raises(InputError, match=r"run: its checkpoint was made with other settings \(fit.seed: 0 there, 1 now"):
+        fit(adata, 1)
+    other = adata.copy()
+    other.X = np.asarray(other.X) * 2
+    with pytest.raises(InputError, match=r"data.x_sum: "):
+        fit(other, 0)

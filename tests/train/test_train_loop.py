@@ -1,5 +1,6 @@
 """The shared training machinery: exact EMA, exact resume after a kill, same loss on 4 devices as 1."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
+from biojepac.errors import InputError
 from biojepac.train import ema, loop
 
 SCRIPT = r'''
@@ -94,3 +97,27 @@ def test_four_devices_same_loss_as_one():
         out[n] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out[4]["n_devices"] == 4 and out[1]["n_devices"] == 1
     np.testing.assert_allclose(out[4]["loss"], out[1]["loss"], rtol=1e-5)
+
+
+def test_rerun_with_other_settings_is_refused_and_same_settings_resume(tmp_path: pathlib.Path):
+    cfg = loop.LoopConfig(n_steps=4, log_every=1, ckpt_every=2, progress=False)
+    header = {"seed": 0, "config": {"d": 8}, "data": {"genes": "abc", "n_cells": 64}}
+    state, step_fn, get_batch = make_problem()
+    loop.run_loop(state, step_fn, get_batch, cfg, tmp_path / "run", header=header, stop_after=3)
+    for other, setting in [({**header, "seed": 1}, "seed: 0 there, 1 now"),
+                           ({**header, "config": {"d": 16}}, "config.d: 8 there, 16 now"),
+                           ({**header, "data": {"genes": "xyz", "n_cells": 64}}, 'data.genes: "abc" there, "xyz" now'),
+                           ({"seed": 0}, "config: {")]:
+        with pytest.raises(InputError) as err:
+            loop.run_loop(state, step_fn, get_batch, cfg, tmp_path / "run", header=other)
+        msg = str(err.value)
+        assert str(tmp_path / "run") in msg and setting in msg and "\n" not in msg, msg
+    # The same settings resume (from the step-2 checkpoint) to the end; n_steps may change between calls.
+    out = loop.run_loop(state, step_fn, get_batch, cfg, tmp_path / "run", header=header)
+    assert int(out.step) == 4
+    out = loop.run_loop(state, step_fn, get_batch, dataclasses.replace(cfg, n_steps=6), tmp_path / "run", header=header)
+    assert int(out.step) == 6
+    # A truncated checkpoint is one line, not a traceback.
+    (tmp_path / "run" / "ckpt.eqx").write_bytes(b'{"seed"')
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        loop.run_loop(state, step_fn, get_batch, cfg, tmp_path / "run", header=header)

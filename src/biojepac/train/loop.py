@@ -13,6 +13,9 @@ How a new model uses it:
   so the step *is* the data position and a resumed run sees exactly the batches it would have seen.
 - Each batch field's leading axis is cells; it is sharded over every device (`train.mesh`).
 - `run_dpath` gets `ckpt.eqx` (atomic, resumed automatically) and `metrics.jsonl`.
+- `header` says what the run is: its settings and a fingerprint of its data (`data.fingerprint`). It is
+  saved in the checkpoint, and a rerun whose header differs is refused (`check_resume`), so a folder
+  made with another seed, preset, config or data is never silently resumed.
 """
 
 import dataclasses
@@ -28,6 +31,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from biojepac.errors import InputError
 from biojepac.io import write_text_atomic
 from biojepac.train import checkpoint, mesh as meshlib
 
@@ -106,6 +110,43 @@ def _trim_metrics(metrics_fpath: pathlib.Path, last_step: int) -> None:
     write_text_atomic(metrics_fpath, "".join(r + "\n" for r in rows))
 
 
+RESUME_FREE_KEYS = ("step", "n_steps")
+"""Header keys a rerun may change: the position, and the stopping step (a stage trained in pieces)."""
+
+
+def _differences(saved, now, path: str = "") -> list[str]:
+    """Each setting that differs between two JSON-like headers, as 'path: X there, Y now'."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in [*now, *(k for k in saved if k not in now)]:
+            if not path and key in RESUME_FREE_KEYS:
+                continue
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in saved:
+                out.append(f"{sub}: not recorded there, {_short(now[key])} now")
+            elif key not in now:
+                out.append(f"{sub}: {_short(saved[key])} there, not given now")
+            else:
+                out += _differences(saved[key], now[key], sub)
+        return out
+    return [] if saved == now else [f"{path or 'header'}: {_short(saved)} there, {_short(now)} now"]
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_resume(run_dpath: pathlib.Path, saved: dict, header: dict) -> None:
+    """Refuse to resume a checkpoint whose header (settings, data fingerprint) differs from this run's."""
+    now = json.loads(json.dumps(header, default=str))  # as it is stored: tuples are lists, paths strings
+    diffs = _differences(saved, now)
+    if diffs:
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise InputError(f"{run_dpath}: its checkpoint was made with other settings ({'; '.join(diffs[:3])}{more}); "
+                         "give another --run-dpath, or delete that folder to start afresh")
+
+
 def run_loop(
     state: TrainState,
     step_fn: Callable,
@@ -116,7 +157,8 @@ def run_loop(
     desc: str = "train",
     stop_after: int | None = None,
 ) -> TrainState:
-    """Train to `cfg.n_steps`, resuming from `run_dpath/ckpt.eqx` when present.
+    """Train to `cfg.n_steps`, resuming from `run_dpath/ckpt.eqx` when present and made with the same
+    `header` (otherwise an `InputError` names the folder and the settings that differ).
 
     `stop_after` ends the call after that many steps *without* a final checkpoint, which is how the
     tests simulate a run that was killed.
@@ -126,7 +168,16 @@ def run_loop(
     ckpt_fpath, metrics_fpath = run_dpath / checkpoint.CKPT_FNAME, run_dpath / "metrics.jsonl"
     header = dict(header or {})
     if ckpt_fpath.exists():
-        state, _ = checkpoint.load(ckpt_fpath, state)
+        try:
+            saved = checkpoint.load_header(ckpt_fpath)
+        except (OSError, ValueError) as e:  # truncated or not a checkpoint at all
+            raise InputError(f"{ckpt_fpath}: not a readable checkpoint ({e}); delete it to start afresh") from None
+        check_resume(run_dpath, saved, header)
+        try:
+            state, _ = checkpoint.load(ckpt_fpath, state)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise InputError(f"{ckpt_fpath}: its weights do not fit this run ({type(e).__name__}: {e}); "
+                             "delete it to start afresh") from None
     _trim_metrics(metrics_fpath, int(state.step))  # rows from steps that will be redone
     mesh = meshlib.make_mesh()
     state = meshlib.replicate(state, mesh)

@@ -13,6 +13,7 @@ import pathlib
 import jax
 import numpy as np
 
+from biojepac.data.fingerprint import shards_fingerprint
 from biojepac.data.stream import CellStream, StreamConfig
 from biojepac.models.jepa import stages
 from biojepac.models.jepa.config import get_preset
@@ -90,5 +91,9 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
         return {"x": x, "lib": log_library(x)}
 
     lcfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(10, n_steps // 10)), ckpt_every=cfg.ckpt_every, progress=cfg.progress and host == 0)
-    header = {"stage": "pretrain", "preset": cfg.preset, "n_genes": stream.n_genes, "shards": list(cfg.shards), "n_hosts": n_hosts}
+    # What the run is (settings that change the result, and the data): a rerun with others is refused.
+    settings = {k: getattr(cfg, k) for k in ("preset", "seed", "steps_scale", "n_tokens", "block_rows", "window_blocks",
+                                             "bf16", "grad_accum")}
+    header = {"stage": "pretrain", **settings, "batch_size": global_bs, "n_hosts": n_hosts,
+              "data": shards_fingerprint(stream.shards, stream.gene_names)}
     return loop.run_loop(state, step_fn, get_batch, lcfg, pathlib.Path(cfg.run_dpath), header=header, desc="pretrain(stream)")

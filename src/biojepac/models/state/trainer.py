@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
+from biojepac.data.fingerprint import screen_fingerprint
 from biojepac.data.pairing import control_slices
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, split_combo
 from biojepac.errors import InputError
@@ -175,7 +176,10 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
         import tempfile
 
         run_dpath = pathlib.Path(tempfile.mkdtemp(prefix="biojepac-state-"))
-    header = {"model": "state", "config": dataclasses.asdict(cfg), "fit": dataclasses.asdict(fit_cfg)}
+    # What the run is: a rerun into the same folder with other settings or data is refused, not resumed.
+    fit_settings = {k: v for k, v in dataclasses.asdict(fit_cfg).items() if k not in ("run_dpath", "progress")}
+    header = {"model": "state", "config": dataclasses.asdict(cfg), "fit": fit_settings,
+              "data": screen_fingerprint(train), "features": features.describe()}
     loop_cfg = LoopConfig(n_steps=fit_cfg.n_steps, log_every=max(1, min(50, fit_cfg.n_steps // 10)),
                           ckpt_every=max(1, min(500, fit_cfg.n_steps)), progress=fit_cfg.progress)
     state = run_loop(state, step_fn, sampler, loop_cfg, pathlib.Path(run_dpath), header=header, desc="state")
