@@ -80,7 +80,7 @@ class Workers:
 
 
 def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.ndarray,
-                workers: Workers | int = 1) -> GroupStats:
+                workers: Workers | int = 1, pvalues=None) -> GroupStats:
     """Sums, sums of squares and p-values of groups 1..P vs group 0 for a cells x genes matrix (CSR with
     sorted indices, or dense), which is only read.
 
@@ -91,7 +91,7 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     """
     if isinstance(workers, int):
         with Workers(workers) as own:
-            return group_stats(x, codes, n_per_group, own)
+            return group_stats(x, codes, n_per_group, own, pvalues)
     n_groups, n_genes = len(n_per_group), x.shape[1]
     csr = sp.issparse(x)
     if csr:
@@ -126,7 +126,7 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     for job in [workers.pool.submit(run, k) for k in range(len(bounds) - 1)]:
         job.result()
 
-    return GroupStats(sums, sumsq, _pvalues(u, nnz, ties, ctrl_ties, n_per_group.astype(np.float64)))
+    return GroupStats(sums, sumsq, (pvalues or _pvalues)(u, nnz, ties, ctrl_ties, n_per_group.astype(np.float64)))
 
 
 def mwu_pvalues(cols, vals, groups, n_per_group, n_cols: int) -> np.ndarray:

@@ -1,0 +1,371 @@
+"""The VCC 2026 metrics (cell-eval2 0.20.0, `run --preset vcc2026`), vectorised over perturbations and genes.
+
+Definitions (cell-eval2's `docs/vcc2026_metrics/` and `configs/vcc2026.yaml`; read there, reimplemented here):
+both files are raw counts with the same genes; the prediction's effects and its DE test use the REAL control
+cells (`control_source: real`); every metric drops the perturbation's own target gene.
+
+- Pseudobulk `b_p = log1p(P_p * (TS / sum_g P_p))`, P_p the group's count sums, TS = 5e4.
+- `pds_cosine`: cosine distance between the predicted effect `b^_p - b_ctrl` and every real effect, with the
+  columns of ALL panel targets removed; zero norm -> distance 1; clipped to [0, 2]; midrank of the true
+  perturbation, PDS = 1 - rank / (n - 1).
+- `expr_mse_unbiased_capped` / `expr_distance_unbiased`: squared distances corrected by a delete-one-cell
+  jackknife C_p of the pseudobulk; the prediction's correction is capped at the real one and scaled down by
+  rho = min(1, B / claim) (B: its across-perturbation spread); `expr_mse_unbiased_capped_norm` is
+  sum N_p / sum D_p.
+- DE: per perturbation vs the control, scanpy's Wilcoxon rank-sum (tie-corrected, no continuity correction)
+  on log1p(CPM); genes whose control mean CPM exceeds 5; BH per perturbation over those genes; significant
+  = p_adj < 0.05; lfc = log2((mean CPM pert + 1e-9) / (mean CPM ctrl + 1e-9)).
+- `de_wilcoxon_sig_jaccard`, `de_wilcoxon_direction_fidelity_yield_raw` (k / max(n_pred, n_real)),
+  `de_wilcoxon_direction_reach_raw` (deepest prefix of the prediction's ranking of the real significant
+  genes with sign purity >= 0.9), `de_wilcoxon_lfc_nmae` (over real significant genes with finite lfc,
+  >= 10 of them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+import scipy.special
+
+from biojepac.errors import InputError
+from biojepac.eval import mwu
+
+BULK_TARGET_SUM = 5e4
+CPM_TARGET_SUM = 1e6
+MIN_CTRL_CPM = 5.0
+ALPHA = 0.05
+LFC_EPS = 1e-9
+REACH_P0 = 0.9
+LFC_MIN_GATE = 10
+MAX_CELL_TOTAL = 1e6
+METRICS = ("pds_cosine", "expr_mse_unbiased_capped", "de_wilcoxon_direction_fidelity_yield_raw",
+           "de_wilcoxon_direction_reach_raw", "de_wilcoxon_sig_jaccard", "de_wilcoxon_lfc_nmae")
+"""Per-perturbation columns, cell-eval2's names."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CountScreen:
+    """Raw counts grouped by perturbation: group 0 is the control, 1..P are `perts` (sorted)."""
+
+    name: str
+    x: sp.csr_matrix
+    """Cells x genes, float64 counts, CSR with sorted indices."""
+    codes: np.ndarray
+    perts: np.ndarray
+    genes: np.ndarray
+
+
+def count_screen(x, labels, genes, *, control: str, name: str) -> CountScreen:
+    """Check raw counts (non-negative integers, no cell total above 1e6) and group the cells."""
+    x = sp.csr_matrix(x, dtype=np.float64)
+    x.sum_duplicates()
+    x.sort_indices()
+    d = x.data
+    if d.size and (d.min() < 0 or not np.all(np.isfinite(d)) or np.any(d != np.round(d))):
+        raise InputError(f"{name}: VCC 2026 needs raw integer counts (non-negative, integral)")
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    if totals.size and totals.max() > MAX_CELL_TOTAL:
+        raise InputError(f"{name}: a cell totals {totals.max():.0f} counts, above {MAX_CELL_TOTAL:.0f}")
+    labels = np.asarray(labels).astype(str)
+    if control not in labels:
+        raise InputError(f"{name}: no control cells labelled {control!r}")
+    perts = np.unique(labels[labels != control])
+    codes = np.where(labels == control, 0, np.searchsorted(perts, labels) + 1)
+    return CountScreen(name, x, codes.astype(np.int64), perts, np.asarray(genes).astype(str))
+
+
+def target_columns(perts, genes, target_gene_map: dict | None = None) -> np.ndarray:
+    """Column of each perturbation's own target gene, -1 where it resolves to none: the map first (a None
+    value declares no target), else the label itself as a gene name (cell-eval2's rule)."""
+    pos = {g: k for k, g in enumerate(genes)}
+    if len(pos) != len(genes):
+        raise InputError("duplicate gene names: target-gene exclusion needs unique names")
+    tmap = target_gene_map or {}
+    out = np.full(len(perts), -1, np.int64)
+    for i, p in enumerate(perts):
+        gene = tmap.get(p, p) if p in tmap or "*" not in tmap else tmap["*"]
+        if gene is not None and gene in pos:
+            out[i] = pos[gene]
+    return out
+
+
+def group_sums(x: sp.csr_matrix, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """(groups x genes) count sums; exact in float64 for integer counts, whatever the order."""
+    ind = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes)))
+    return np.asarray((ind @ x).todense())
+
+
+def bulk_lognorm(sums: np.ndarray) -> np.ndarray:
+    totals = sums.sum(axis=1)
+    scale = np.zeros_like(totals)
+    ok = totals > 0
+    scale[ok] = BULK_TARGET_SUM / totals[ok]
+    return np.log1p(sums * scale[:, None])
+
+
+@numba.njit(parallel=True, cache=True)
+def _jackknife(indptr, indices, data, order, bounds, sums, ts):
+    """Delete-one-cell jackknife C_p = (n-1)/n sum_g sum_i (v_ig - mean_i v_ig)^2 per group, with
+    v_ig = log1p(TS (P_g - y_ig) / (S_p - l_i)), shifted by b_g = log1p(TS P_g / S_p) as cell-eval2 does."""
+    n_groups, n_genes = sums.shape
+    out = np.zeros(n_groups)
+    for p in numba.prange(n_groups):
+        lo, hi = bounds[p], bounds[p + 1]
+        n = hi - lo
+        P = sums[p]
+        tot = P.sum()
+        if n < 2 or tot <= 0.0:
+            continue
+        b = np.log1p(ts * P / tot)
+        s1 = np.zeros(n_genes)
+        s2 = np.zeros(n_genes)
+        for k in range(lo, hi):
+            r = order[k]
+            lib = 0.0
+            for j in range(indptr[r], indptr[r + 1]):
+                lib += data[j]
+            rem = tot - lib
+            j = indptr[r]
+            end = indptr[r + 1]
+            for g in range(n_genes):
+                y = 0.0
+                if j < end and indices[j] == g:
+                    y = data[j]
+                    j += 1
+                v = np.log1p(ts * (P[g] - y) / rem) if rem > 0 else 0.0
+                v -= b[g]
+                s1[g] += v
+                s2[g] += v * v
+        q = 0.0
+        for g in range(n_genes):
+            q += s2[g] - s1[g] ** 2 / n
+        out[p] = max(((n - 1) / n) * q, 0.0)
+    return out
+
+
+def jackknife(sc: CountScreen, sums: np.ndarray) -> np.ndarray:
+    order = np.argsort(sc.codes, kind="stable")
+    bounds = np.searchsorted(sc.codes[order], np.arange(sums.shape[0] + 1))
+    return _jackknife(sc.x.indptr, sc.x.indices, sc.x.data, order, bounds, sums, BULK_TARGET_SUM)
+
+
+def pds_cosine(pred_b, real_b, panel_cols) -> np.ndarray:
+    """Rows 1.. of pred_b / real_b are the perturbations (aligned), row 0 the real control."""
+    keep = np.ones(real_b.shape[1], bool)
+    keep[panel_cols] = False
+    pe = (pred_b[1:] - real_b[0])[:, keep]
+    re = (real_b[1:] - real_b[0])[:, keep]
+    sim = pe @ re.T
+    denom = np.sqrt(np.einsum("ig,ig->i", pe, pe))[:, None] * np.sqrt(np.einsum("jg,jg->j", re, re))[None, :]
+    cos = np.zeros_like(sim)
+    nz = denom != 0
+    cos[nz] = sim[nz] / denom[nz]
+    dist = np.clip(1.0 - cos, 0.0, 2.0)
+    match = np.diag(dist)[:, None]
+    n = len(dist)
+    rank = (dist < match).sum(axis=1) + ((dist == match).sum(axis=1) - 1) / 2.0
+    return 1.0 - rank / (n - 1) if n > 1 else np.ones(n)
+
+
+def _drop_target(summed, a, b, tcols):
+    """Remove each row's own target-gene term from a summed squared distance, one scalar at a time as
+    cell-eval2 does (a scalar float64 square is not always bit-equal to the array one)."""
+    out = summed.copy()
+    n_row = np.full(len(summed), float(a.shape[1]))
+    for k in np.flatnonzero(tcols >= 0):
+        c = tcols[k]
+        out[k] -= (float(a[k, c]) - float(b[k, c])) ** 2
+        n_row[k] -= 1
+    return out, n_row
+
+
+def expr_mse(pred_b, real_b, pred_c, real_c, tcols) -> tuple[np.ndarray, np.ndarray]:
+    """(N_p, D_p) per perturbation; the metric is N.sum() / D.sum()."""
+    pm, rm = pred_b[1:], real_b[1:]
+    n_genes = pm.shape[1]
+    w = 1.0 / np.where(tcols >= 0, n_genes - 1.0, float(n_genes))
+    term = np.minimum(pred_c[1:], 1.0 * real_c[1:])
+    claim = float((term * w).sum())
+    if claim > 0.0:
+        dev = pm - pm.mean(axis=0)
+        s1 = np.einsum("ij,i->j", dev, w)
+        s2 = np.einsum("ij,ij,i->j", dev, dev, w)
+        wsum = np.full(n_genes, float(w.sum()))
+        cnt = np.full(n_genes, float(len(pm)))
+        for k in np.flatnonzero(tcols >= 0):
+            c = tcols[k]
+            v = dev[k, c]
+            s1[c] -= w[k] * v
+            s2[c] -= w[k] * v * v
+            wsum[c] -= w[k]
+            cnt[c] -= 1.0
+        ok = (cnt >= 2.0) & (wsum > 0.0)
+        budget = float(np.maximum(s2[ok] - s1[ok] ** 2 / wsum[ok], 0.0).sum()) if ok.any() else 0.0
+        ratio = budget / claim
+        if ratio < 1.0:
+            term = term * ratio
+    d = pm - rm
+    num, n_row = _drop_target(np.einsum("ij,ij->i", d, d) - term - real_c[1:], pm, rm, tcols)
+    ctrl = np.broadcast_to(real_b[0], rm.shape)
+    e = rm - ctrl
+    den, _ = _drop_target(np.einsum("ij,ij->i", e, e) - real_c[1:] - np.full(len(rm), real_c[0]), rm, ctrl, tcols)
+    return num / n_row, den / n_row
+
+
+@dataclasses.dataclass(frozen=True)
+class DETable:
+    """One side's DE over the kept genes: perturbations x kept genes."""
+
+    lfc: np.ndarray
+    pval: np.ndarray
+    padj: np.ndarray
+
+
+def _scanpy_pvalues(u, nnz, ties, ctrl_ties, n_per_group):
+    """scanpy's `wilcoxon(tie_correct=True)` p-values from the U statistics, operation for operation."""
+    n2 = n_per_group[0]
+    n1 = n_per_group[1:, None]
+    zc = n2 - nnz[0]
+    zp = n1 - nnz[1:]
+    u1 = u[1:] + nnz[1:] * zc + 0.5 * zp * zc
+    rank_sum = u1 + n1 * (n1 + 1) / 2
+    zeros = zp + zc
+    tie_sum = ctrl_ties + ties[1:] + (zeros - 1.0) * zeros * (zeros + 1.0)
+    size = n1 + n2
+    tc = 1.0 - tie_sum / (size**3 - size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(tc * n1 * n2 * (n1 + n2 + 1) / 12.0)
+        z = (rank_sum - (n1 * ((n1 + n2 + 1) / 2.0))) / std
+    z[np.isnan(z)] = 0
+    return 2 * scipy.special.ndtr(-np.abs(z))
+
+
+def _cpm_log1p(x: sp.csr_matrix) -> sp.csr_matrix:
+    """scanpy normalize_total(target_sum=1e6) then log1p, in float64 (cell-eval2's DE input)."""
+    totals = _row_sums(x.indptr, x.data)
+    per = totals / CPM_TARGET_SUM
+    per[per == 0] = 1.0
+    out = sp.csr_matrix((x.data / np.repeat(per, np.diff(x.indptr)), x.indices, x.indptr), shape=x.shape)
+    out.data = np.log1p(out.data)
+    return out, out.data.copy()
+
+
+@numba.njit(cache=True)
+def _row_sums(indptr, data):
+    out = np.zeros(len(indptr) - 1)
+    for r in range(len(indptr) - 1):
+        c = 0.0
+        for j in range(indptr[r], indptr[r + 1]):
+            c += data[j]
+        out[r] = c
+    return out
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    """scipy's false_discovery_control(method='bh') per row."""
+    m = p.shape[1]
+    order = np.argsort(p, axis=1)
+    ps = np.take_along_axis(p, order, axis=1) * (m / np.arange(1, m + 1))
+    ps = np.minimum.accumulate(ps[:, ::-1], axis=1)[:, ::-1]
+    out = np.empty_like(ps)
+    np.put_along_axis(out, order, np.clip(ps, 0, 1), axis=1)
+    return out
+
+
+def de_table(sc: CountScreen, kept_ctrl_cpm_mean=None, workers: int = 2) -> tuple[DETable, np.ndarray]:
+    """DE of each perturbation vs the screen's own control (group 0). Returns the table over the kept genes
+    and the kept mask (control mean CPM > 5)."""
+    logx, _ = _cpm_log1p(sc.x)
+    n_per = np.bincount(sc.codes, minlength=len(sc.perts) + 1)
+    st = mwu.group_stats(logx, sc.codes, n_per, workers, _scanpy_pvalues)
+    # arithmetic CPM means, from the linear CPM values (expm1 of log1p is not exact: recompute)
+    totals = _row_sums(sc.x.indptr, sc.x.data)
+    per = totals / CPM_TARGET_SUM
+    per[per == 0] = 1.0
+    cpm = sp.csr_matrix((sc.x.data / np.repeat(per, np.diff(sc.x.indptr)), sc.x.indices, sc.x.indptr),
+                        shape=sc.x.shape)
+    means = group_sums(cpm, sc.codes, len(n_per)) / n_per[:, None]
+    kept = means[0] > MIN_CTRL_CPM
+    lfc = np.log2((means[1:, kept] + LFC_EPS) / (means[0, kept] + LFC_EPS))
+    pval = st.pval[:, kept]
+    return DETable(lfc, pval, _bh(pval) if kept.any() else pval), kept
+
+
+def de_metrics(real: DETable, pred: DETable, own: np.ndarray, kept_genes: np.ndarray) -> dict[str, np.ndarray]:
+    """The four DE metrics per perturbation. `own` (perts x kept genes) marks each perturbation's target."""
+    rs = (real.padj < ALPHA) & ~own
+    ps = (pred.padj < ALPHA) & ~own
+    tp = (rs & ps).sum(1)
+    union = rs.sum(1) + ps.sum(1) - tp
+    jac = np.where(union == 0, 1.0, tp / np.maximum(union, 1))
+    defined_r = np.isfinite(real.lfc) & (real.lfc != 0)
+    defined_p = np.isfinite(pred.lfc) & (pred.lfc != 0)
+    match = defined_r & defined_p & (np.sign(pred.lfc) == np.sign(real.lfc))
+    n_conf = rs.sum(1)
+    scored = ps & defined_r
+    n_pred = scored.sum(1)
+    k = (scored & match).sum(1)
+    mx = np.maximum(n_pred, n_conf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fid = np.where(mx == 0, np.nan, k / mx)
+    # reach: rank the real significant genes by the prediction's confidence
+    reach = np.full(len(rs), np.nan)
+    rank_padj = np.where(np.isnan(pred.padj), np.inf, pred.padj)
+    rank_p = np.where(np.isnan(pred.pval), np.inf, pred.pval)
+    abs_l = np.where(np.isnan(pred.lfc), -np.inf, np.abs(pred.lfc))
+    for i in np.flatnonzero(n_conf > 0):
+        idx = np.flatnonzero(rs[i])
+        o = np.lexsort((kept_genes[idx], -abs_l[i, idx], rank_p[i, idx], rank_padj[i, idx], ~ps[i, idx]))
+        idx = idx[o]
+        nd = np.cumsum(defined_r[i, idx])
+        nm = np.cumsum(match[i, idx])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pur = np.where(nd > 0, nm / np.maximum(nd, 1), np.nan)
+        hit = nd[pur >= REACH_P0]
+        reach[i] = (hit.max() if hit.size else 0) / n_conf[i]
+    # LFC NMAE over the real gate
+    gate = rs & np.isfinite(real.lfc)
+    pl = np.where(np.isfinite(pred.lfc), pred.lfc, 0.0)
+    n_gate = gate.sum(1)
+    num = np.where(gate, np.abs(pl - np.where(gate, real.lfc, 0)), 0).sum(1)
+    den = np.where(gate, np.abs(np.where(gate, real.lfc, 0)), 0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nmae = np.where((n_gate >= LFC_MIN_GATE) & (den > 0), (num / n_gate) / (den / n_gate), np.nan)
+    return {"de_wilcoxon_direction_fidelity_yield_raw": fid, "de_wilcoxon_direction_reach_raw": reach,
+            "de_wilcoxon_sig_jaccard": jac, "de_wilcoxon_lfc_nmae": nmae}
+
+
+def score_pair(pred: CountScreen, real: CountScreen, target_gene_map: dict | None = None,
+               workers: int = 2) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-perturbation metrics (rows = real.perts) and the aggregates of one context."""
+    if not np.array_equal(pred.genes, real.genes):
+        raise InputError(f"{pred.name}: genes differ from {real.name} (names and order must match)")
+    if not np.array_equal(pred.perts, real.perts):
+        missing = sorted(set(real.perts) ^ set(pred.perts))[:5]
+        raise InputError(f"{pred.name}: perturbation labels differ from {real.name}, e.g. {missing}")
+    n_groups = len(real.perts) + 1
+    tcols = target_columns(real.perts, real.genes, target_gene_map)
+    rsum, psum = group_sums(real.x, real.codes, n_groups), group_sums(pred.x, pred.codes, n_groups)
+    rb, pb = bulk_lognorm(rsum), bulk_lognorm(psum)
+    rc, pc = jackknife(real, rsum), jackknife(pred, psum)
+    out = {"pds_cosine": pds_cosine(pb, rb, np.unique(tcols[tcols >= 0]))}
+    num, den = expr_mse(pb, rb, pc, rc, tcols)
+    out["expr_mse_unbiased_capped"] = num
+    out["expr_distance_unbiased"] = den
+    # the prediction's DE runs against the REAL control cells
+    ctrl = real.x[real.codes == 0]
+    pmask = pred.codes > 0
+    px = sp.vstack([pred.x[pmask], ctrl], format="csr")
+    pcodes = np.r_[pred.codes[pmask], np.zeros(ctrl.shape[0], np.int64)]
+    pde_sc = CountScreen(pred.name, px, pcodes, pred.perts, pred.genes)
+    rde, kept = de_table(real, workers=workers)
+    pde, _ = de_table(pde_sc, workers=workers)
+    kidx = np.flatnonzero(kept)
+    own = tcols[:, None] == kidx[None, :]
+    out.update(de_metrics(rde, pde, own, real.genes[kept]))
+    agg = {m: float(np.nanmean(out[m])) for m in METRICS if m != "expr_mse_unbiased_capped"}
+    agg["expr_mse_unbiased_capped_norm"] = float(num.sum() / den.sum())
+    return out, agg
