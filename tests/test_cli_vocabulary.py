@@ -36,7 +36,7 @@ SYNONYMS = {
 """Field name -> the vocabulary word to use instead (anywhere in a command, nested configs included)."""
 TOP_LEVEL_SYNONYMS = {"n_steps": "steps_scale"}
 """Names allowed inside a nested config but not as a command's own flag."""
-MODEL_PRESETS = {"tiny", "cpu-small", "paper"}
+MODEL_PRESETS = {"tiny", "cpu-small", "paper", "state_sm", "state", "state_lg"}  # the last three: arc-state's ST sizes (issue 15)
 SCREEN_PRESETS = {"tiny", "demo", "realistic"}
 POSITIONAL = typing.get_args(tyro.conf.Positional[int])[1]
 

@@ -50,8 +50,10 @@ def build(name: str, *, features=None, preset: Preset = "cpu-small", run_dpath: 
         bcfg = BaselineConfig(features=spec, feature_fallback=fallback, combo_fallback=fallback)
         provider = None if features is None or isinstance(features, str) else features
         return MODELS[name](bcfg, provider), {"kind": name, "config": dataclasses.asdict(bcfg), **_features_record(features)}
-    if preset not in PRESETS:
-        raise InputError(f"preset {preset!r}: expected one of {list(PRESETS)}")
+    state_only = ("state_sm", "state", "state_lg")  # arc-state's ST sizes, for the state model only
+    if preset not in PRESETS and not (name in ("state", "state-pb") and preset in state_only):
+        raise InputError(f"preset {preset!r}: expected one of {list(PRESETS)}"
+                         + (f" (the state model also takes {list(state_only)})" if preset in state_only else ""))
     if name in ("state", "state-pb"):
         from biojepac.models.state.model import StateModel
         from biojepac.models.state.trainer import PRESETS as STATE_PRESETS

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Literal
 
 import anndata as ad
 import equinox as eqx
@@ -18,9 +19,11 @@ import numpy as np
 from biojepac.errors import InputError
 from biojepac.features import DEFAULT_FEATURES
 from biojepac.models.state import trainer
-from biojepac.models.base import Preset
 from biojepac.models.saved import save_model_dir
 from biojepac.models.state.network import StateConfig, StateMeta, StateTransition, predict_set_cells
+
+StatePreset = Literal["tiny", "cpu-small", "paper", "state_sm", "state", "state_lg"]
+"""The shared presets plus arc-state's size names (`trainer.PRESETS`; paper = state_sm)."""
 
 KIND = "state"
 """The `kind` written to `model.json`, which `biojepac predict` dispatches on."""
@@ -99,8 +102,9 @@ class TrainStateConfig:
     """Training screen (.h5ad, canonical schema; raw counts are normalised to log1p, recorded)."""
     run_dpath: pathlib.Path = pathlib.Path("runs/state")
     """Run folder: ckpt.eqx + metrics.jsonl while training (resumed when present), model/ when done."""
-    preset: Preset = "cpu-small"
-    """Model size and schedule: tiny | cpu-small | paper (see `trainer.PRESETS`)."""
+    preset: StatePreset = "cpu-small"
+    """Model size and schedule: tiny | cpu-small | paper, or arc-state's state_sm | state | state_lg
+    (paper = state_sm; see `trainer.PRESETS`)."""
     features: str = DEFAULT_FEATURES
     """Perturbation features: a `biojepac.features.make_provider` spec (expr|go, go, expr+go, onehot, file:PATH);
     the default works for perturbations unseen in training, which onehot cannot embed."""
