@@ -56,3 +56,27 @@ def test_mismatch_messages_name_genes_plainly(tmp_path, screen_factory):
     with pytest.raises(InputError, match=r"position 0: 'G119' vs 'G000'") as err:
         check_pair(read_scored_screen(tmp_path / "real.h5ad", **kw), read_scored_screen(tmp_path / "pred.h5ad", **kw))
     assert "np.str_" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("role", ["pred", "real", "screen"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_nan_and_inf_are_refused_naming_file_cell_and_gene(tmp_path, screen_factory, bad, role, sparse):
+    """A non-finite value anywhere is an error naming its file, cell and gene, never a skipped perturbation."""
+    from biojepac.eval.evaluate import evaluate
+
+    files = {r: screen_factory(i, counts=False, sparse=sparse) for i, r in enumerate(("pred", "real", "screen"), 1)}
+    x = files[role].X
+    dense = x.toarray() if sparse else x
+    row = int(np.flatnonzero(dense[:, 10] > 0)[3])  # a stored entry, so the sparse file holds it too
+    dense[row, 10] = bad
+    files[role].X = sp.csr_matrix(dense) if sparse else dense
+    for r, adata in files.items():
+        adata.write_h5ad(tmp_path / f"{r}.h5ad")
+    label = files[role].obs.target_gene.iloc[row]
+    with pytest.raises(InputError) as err:
+        evaluate(tmp_path / "pred.h5ad", tmp_path / "real.h5ad", train=tmp_path / "screen.h5ad", profile="vcc",
+                 n_boot=10)
+    msg = str(err.value)
+    assert msg.startswith(str(tmp_path / f"{role}.h5ad")) and f"cell {row} (target_gene {label!r}), gene 'G010'" in msg, msg
+    assert f"non-finite value {float(bad)}" in msg

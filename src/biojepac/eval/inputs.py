@@ -72,7 +72,7 @@ def read_scored_screen(
         x = x if owned else x.copy()
         x.sum_duplicates()
         owned = True
-    was_counts = not is_lognorm(x, name)
+    was_counts = not is_lognorm(x, name, labels=labels, genes=genes, pert_col=pert_col)
     if was_counts and sp.issparse(x):  # normalised in place on our own copy: the caller's is never touched
         x = _normalize_counts_sparse(x if owned else x.copy(), name)
     elif was_counts:
@@ -80,13 +80,16 @@ def read_scored_screen(
     return ScoredScreen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
 
 
-def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
-    """`values.classify` on one compiled pass over the stored values: True for log1p, False for counts."""
+def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str, *, labels=None, genes=None, pert_col: str = "") -> bool:
+    """`values.classify` on one compiled pass over the stored values: True for log1p, False for counts.
+    NaN, inf and negative values are refused in the same pass (an `InputError` naming the cell and gene)."""
     vals = (x.data if sp.issparse(x) else x).reshape(-1)
     if vals.size == 0:
         return False
     eps = vals.dtype.type(FRACTION_EPS) if vals.dtype.kind == "f" else FRACTION_EPS  # compare in the data's precision
-    vmin, vmax, fractional = value_range(vals, eps)
+    vmin, vmax, fractional, nonfinite = value_range(vals, eps)
+    if nonfinite:
+        _refuse_nonfinite(x, vals, name, labels, genes, pert_col)
     if vmin < 0:
         raise InputError(f"{name}: negative expression value {float(vmin):.3g}; expected counts or log1p")
     hint = "pass raw integer counts or log1p(normalised) values, not a mix"
@@ -95,13 +98,30 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str) -> bool:
 
 @numba.njit(nogil=True, cache=True)
 def value_range(vals, eps):
-    """(min, max, whether any value's fractional part exceeds eps) in one pass: `values.is_fractional`, compiled."""
-    vmin, vmax, fractional = vals[0], vals[0], False
+    """(min, max, whether any value's fractional part exceeds eps, whether any value is NaN or +-inf) in one
+    pass: `values.is_fractional`, compiled. The non-finite test reuses the fractional part (NaN exactly for
+    NaN and +-inf), so it costs one comparison per value (no measurable time)."""
+    vmin, vmax, fractional, nonfinite = vals[0], vals[0], False, False
     for v in vals:
         vmin = min(vmin, v)
         vmax = max(vmax, v)
-        fractional |= v - np.floor(v) > eps  # modf's fractional part, for the values >= 0 that count
-    return vmin, vmax, fractional
+        frac = v - np.floor(v)  # modf's fractional part, for the values >= 0 that count
+        fractional |= frac > eps
+        nonfinite |= frac != frac
+    return vmin, vmax, fractional, nonfinite
+
+
+def _refuse_nonfinite(x, vals: np.ndarray, name: str, labels, genes, pert_col: str) -> None:
+    """Only on the error path: find the first NaN / inf and name its cell (row and label) and gene."""
+    pos = int(np.flatnonzero(~np.isfinite(vals))[0])
+    if sp.issparse(x):
+        row, col = int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])
+    else:
+        row, col = divmod(pos, x.shape[1])
+    cell = f"cell {row}" + (f" ({pert_col} {str(labels[row])!r})" if labels is not None else "")
+    gene = f"gene {str(genes[col])!r}" if genes is not None else f"gene {col}"
+    raise InputError(f"{name}: non-finite value {float(vals[pos])} at {cell}, {gene}; "
+                     "NaN and inf cannot be scored: fix or drop those cells")
 
 
 def check_pair(real: ScoredScreen, other: ScoredScreen) -> None:
