@@ -6,6 +6,7 @@ import pytest
 
 from biojepac.data import normalize, ooc, pairing
 from biojepac.data.stream import CellStream, StreamConfig
+from biojepac.errors import InputError
 from random_screen import build_random_screen
 
 
@@ -70,3 +71,16 @@ def test_gene_harmonisation_matches_in_memory(screen_fpath, tmp_path):
     assert list(got.var_names) == list(mem.var_names) and got.var_names[0] == "NEW0" and got.var_names[1] == "G001"
     assert list(got.obs["target_gene"]) == labels
     assert got.uns["biojepac"]["gene_map"] and got.uns["biojepac"]["label_map"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+def test_nan_inf_and_negative_values_are_refused_naming_cell_and_gene(tmp_path, bad):
+    screen = build_random_screen(n_cells=500, n_genes=30, seed=4)
+    x = screen.X.toarray()
+    x[450, 7] = bad
+    screen.X = type(screen.X)(x)
+    src, dst = tmp_path / "screen.h5ad", tmp_path / "out.h5ad"
+    screen.write_h5ad(src)
+    with pytest.raises(InputError, match=rf"screen.h5ad: .*value {bad:g} at cell 'cell450', gene 'G007'"):
+        ooc.prepare_out_of_core(src, dst, ooc.OocConfig(n_top_genes=0, chunk_rows=200))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["screen.h5ad"]  # no output, no temporary file

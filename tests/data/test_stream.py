@@ -111,3 +111,16 @@ def test_missing_controls_and_columns_are_named(tmp_path):
     screen.write_h5ad(fpath)
     with pytest.raises(InputError, match="'batch'"):
         stream.CellStream(_cfg((str(fpath),), kind="pairs"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -2.0])
+def test_nan_inf_and_negative_values_are_refused_naming_row_and_gene(tmp_path, bad):
+    screen = build_random_screen(n_cells=120, n_genes=30, seed=2)
+    x = screen.X.toarray()
+    x[77, 4] = bad
+    screen.X = type(screen.X)(x)
+    fpath = tmp_path / "bad.h5ad"
+    screen.write_h5ad(fpath)
+    s = stream.CellStream(_cfg((str(fpath),), kind="cells", cell_repr="dense", batch_size=120, block_rows=40))
+    with pytest.raises(InputError, match=rf"bad.h5ad: value {bad:g} at row 77, gene 'G004'; expression must be finite"):
+        s.batch_at(0)

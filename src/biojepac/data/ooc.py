@@ -66,6 +66,8 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
 
         # Pass 1: totals (float64 sum rounded to float32, as scanpy's normalize_total), max and the integer check.
         parts = dask.compute(*[dask.delayed(_row_facts)(b) for b in blocks])
+        if any(p[3] is not None for p in parts):
+            _refuse_bad_values(parts, x.chunks[0], src_fpath, obs, var)
         totals = np.concatenate([p[0] for p in parts])
         if cfg.expect == "auto":
             vmax = max([p[1] for p in parts], default=0.0)
@@ -133,12 +135,27 @@ def _as_csr(block) -> sp.csr_matrix:
     return block if isinstance(block, sp.csr_matrix) else sp.csr_matrix(np.asarray(block))
 
 
-def _row_facts(block) -> tuple[np.ndarray, float, bool]:
-    """Per-row totals, the largest value and whether any value is fractional."""
+def _row_facts(block) -> tuple[np.ndarray, float, bool, tuple[int, int, float] | None]:
+    """Per-row totals, the largest value, whether any value is fractional, and the first NaN / inf /
+    negative value as (row in block, gene index, value), or None."""
     m = _as_csr(block)
+    bad = np.flatnonzero(~(m.data >= 0) | (m.data == np.inf))  # NaN fails `>= 0` too
+    if bad.size:
+        j = int(bad[0])
+        return None, 0.0, False, (int(np.searchsorted(m.indptr, j, side="right") - 1), int(m.indices[j]), float(m.data[j]))
     totals = np.add.reduceat(m.data.astype(np.float64), m.indptr[:-1]) if m.nnz else np.zeros(m.shape[0])
     totals[np.diff(m.indptr) == 0] = 0.0  # reduceat repeats the next value for empty rows
-    return totals.astype(np.float32), float(m.data.max(initial=0.0)), bool(is_fractional(m.data).any())
+    return totals.astype(np.float32), float(m.data.max(initial=0.0)), bool(is_fractional(m.data).any()), None
+
+
+def _refuse_bad_values(parts, block_rows, src_fpath, obs: pd.DataFrame, var: pd.DataFrame) -> None:
+    """The first NaN, inf or negative value in file order, as one line naming the cell and gene."""
+    for part, row0 in zip(parts, np.cumsum([0, *block_rows])):
+        if part[3] is not None:
+            row, col, value = part[3]
+            what = "negative" if value < 0 and np.isfinite(value) else "non-finite"
+            raise InputError(f"{src_fpath}: {what} value {value:g} at cell {str(obs.index[row0 + row])!r}, "
+                             f"gene {str(var.index[col])!r}; expression must be finite and >= 0")
 
 
 def _scale(totals: np.ndarray, is_counts: bool, cfg: OocConfig, src_fpath) -> tuple[np.ndarray | None, dict]:

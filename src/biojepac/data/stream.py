@@ -98,7 +98,13 @@ class CsrShard:
         """CSR (indptr from 0, indices, data) of rows [start, stop)."""
         indptr = np.asarray(self._indptr[start : stop + 1], dtype=np.int64)
         lo, hi = int(indptr[0]), int(indptr[-1])
-        return indptr - lo, np.asarray(self._indices[lo:hi], dtype=np.int32), np.asarray(self._data[lo:hi], dtype=np.float32)
+        indices, data = np.asarray(self._indices[lo:hi], dtype=np.int32), np.asarray(self._data[lo:hi], dtype=np.float32)
+        if not (data.min(initial=0.0) >= 0 and data.max(initial=0.0) < np.inf):  # NaN fails both; no copy made
+            j = int(np.flatnonzero(~(data >= 0) | (data == np.inf))[0])
+            row = start + int(np.searchsorted(indptr - lo, j, side="right") - 1)
+            raise InputError(f"{self.fpath}: value {float(data[j]):g} at row {row}, gene {str(self.var_names()[indices[j]])!r}; "
+                             "expression must be finite and >= 0 (prepare shards with `biojepac data prepare-ooc`)")
+        return indptr - lo, indices, data
 
 
 @dataclasses.dataclass
