@@ -62,6 +62,11 @@ COMMANDS: dict = {
             "biojepac.data.splits:SplitCommand",
             "biojepac.data.splits:run_split",
         ),
+        "state-toml": (
+            "Read a STATE / cell-load experiment TOML ([datasets], [training], [zeroshot], [fewshot]) into a split JSON.",
+            "biojepac.data.state_toml:StateTomlCommand",
+            "biojepac.data.state_toml:run_state_toml",
+        ),
     },
     "train": {
         "biojepac": (

@@ -10,6 +10,7 @@ Four kinds:
 - `zeroshot_context`: a whole context is held out.
 - `combination`: genes are split; test combinations are labelled `combo_seen0/1/2` by how many of their
   single perturbations are in train (GEARS), plus `unseen_single` for held-out singles.
+A fifth, `state_toml`, is read from a STATE experiment TOML (`biojepac.data.state_toml`).
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ from biojepac.errors import InputError
 from biojepac.io import write_text_atomic
 
 Item = tuple[str, str]
-Kind = typing.Literal["unseen_perturbation", "fewshot_context", "zeroshot_context", "combination"]
+Kind = typing.Literal["unseen_perturbation", "fewshot_context", "zeroshot_context", "combination", "state_toml"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +186,11 @@ def assert_no_leak(split: Split) -> None:
                     n_seen = sum((ctx, g) in train for g in schema.split_combo(label))
                     if n_seen != int(group[-1]):
                         raise LeakError(f"split {split.name!r}: {label!r} in {group!r} has {n_seen} singles in train")
+    elif split.kind == "state_toml":
+        for ctx, fold in split.params["zeroshot"].items():
+            leaked = sorted(it for it in split.train if it[0] == ctx and fold != "train")
+            if leaked:
+                raise LeakError(f"split {split.name!r}: zeroshot context {ctx!r} ({fold}) appears in training: {leaked[0]}")
     else:
         typing.assert_never(split.kind)
 
@@ -281,6 +287,8 @@ def run_split(cmd: SplitCommand) -> Split:
         split = make_zeroshot_context_split(adata, cmd.context, seed=cmd.seed)
     elif cmd.kind == "combination":
         split = make_combination_split(adata, cmd.seed, cmd.fractions)
+    elif cmd.kind == "state_toml":
+        raise InputError(f"{cmd.screen}: a state_toml split is read from a STATE TOML: biojepac data state-toml --toml PATH --screen S --out O")
     else:
         typing.assert_never(cmd.kind)
     assert_no_leak(split)
