@@ -106,3 +106,47 @@ def test_split_predict_then_evaluate(tmp_path):
     per = pd.read_csv(tmp_path / "eval" / "per_perturbation.csv", index_col=0)
     assert sorted(per.index) == test_perts
     assert "vcc_score" in json.loads((tmp_path / "eval" / "aggregates.json").read_text())  # the --screen baseline
+
+
+@pytest.mark.parametrize("change", ["reordered", "renamed", "missing"])
+def test_saved_model_refuses_a_screen_with_other_genes(files, change):
+    tmp, train = files
+    CellMean().fit(train).save(tmp / "saved")
+    genes = list(train.var_names)
+    other = {"reordered": lambda a: a[:, genes[::-1]].copy(),
+             "renamed": lambda a: _renamed(a, {"G003": "NEW3"}),
+             "missing": lambda a: a[:, genes[:-2]].copy()}[change](train)
+    other.write_h5ad(tmp / "other.h5ad")
+    expect = {"reordered": r"same genes in another order \(position 0: 'G039' here, 'G000' in the model.*reorder the screen",
+              "renamed": r"40 vs 40; first difference at position 3; missing here e.g. \['G003'\], not in the model e.g. \['NEW3'\]",
+              "missing": r"38 vs 40; first difference at position 38; missing here e.g. \['G038', 'G039'\]"}[change]
+    with pytest.raises(InputError, match=rf"other.h5ad: genes differ from the model's \(.*saved/model.json 'genes'.*{expect}"):
+        run_predict(PredictCommand(model=str(tmp / "saved"), screen=tmp / "other.h5ad", out=tmp / "x.h5ad", context="c1",
+                                   perturbations=("G001",)))
+    assert not (tmp / "x.h5ad").exists()
+
+
+def _renamed(adata, mapping):
+    adata = adata.copy()
+    adata.var_names = [mapping.get(g, g) for g in adata.var_names]
+    return adata
+
+
+def test_model_json_cannot_name_code_to_run(files):
+    """A `loader` (or similar) field naming a callable is refused; nothing it names is imported or called."""
+    tmp, train = files
+    CellMean().fit(train).save(tmp / "saved")
+    probe = tmp / "probe_mod.py"
+    probe.write_text(f"import pathlib\npathlib.Path({str(tmp / 'RAN')!r}).touch()\ndef load(*a, **k):\n    pass\n")
+    meta = json.loads((tmp / "saved" / "model.json").read_text())
+    (tmp / "saved" / "model.json").write_text(json.dumps({**meta, "loader": "probe_mod:load"}))
+    import sys
+
+    sys.path.insert(0, str(tmp))
+    try:
+        with pytest.raises(InputError, match=r"model.json: field 'loader' is not part of the format"):
+            run_predict(PredictCommand(model=str(tmp / "saved"), screen=tmp / "train.h5ad", out=tmp / "x.h5ad",
+                                       context="c1", perturbations=("G001",)))
+    finally:
+        sys.path.remove(str(tmp))
+    assert not (tmp / "RAN").exists() and "probe_mod" not in sys.modules

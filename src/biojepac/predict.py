@@ -26,6 +26,7 @@ from biojepac.errors import InputError
 from biojepac.features import DEFAULT_FEATURES
 from biojepac.io import command_line, write_h5ad_atomic
 from biojepac.models import registry
+from biojepac.models.saved import check_genes, read_meta
 
 @dataclasses.dataclass(frozen=True)
 class PredictCommand:
@@ -110,6 +111,7 @@ def get_model(cfg: PredictCommand, train: ad.AnnData):
     path = pathlib.Path(cfg.model)
     if path.is_dir():
         model = registry.load(path)
+        check_genes(read_meta(path)["genes"], train.var_names, path, str(cfg.screen))
         return model, {"path": str(path), "kind": model.name}
     if cfg.model in registry.NEURAL:
         raise InputError(f"--model {cfg.model}: train it first (`biojepac train {cfg.model.split('-')[0]}`) and "

@@ -49,4 +49,32 @@ def read_meta(dpath: pathlib.Path) -> dict:
     for key in ("kind", "config", "genes"):
         if key not in meta:
             raise InputError(f"{fpath}: missing field {key!r}")
+    named_code = [key for key in CODE_FIELDS if key in meta]
+    if named_code:  # never imported or called: say so rather than let a reader think it was honoured
+        raise InputError(f"{fpath}: field {named_code[0]!r} is not part of the format; a model is rebuilt only "
+                         f"by the loader of its kind ({meta['kind']!r}), never by code the folder names; remove it")
     return meta
+
+
+CODE_FIELDS = ("loader", "entry_point", "callable", "module")
+"""Fields other formats use to name code to import; refused, so no model folder appears to run code."""
+
+
+def check_genes(model_genes: Sequence[str], screen_genes: Sequence[str], model_dpath, screen_name: str) -> None:
+    """A saved model reads and writes exactly its `genes`, in order: refuse a screen whose genes differ,
+    with the first differences and how to fix them."""
+    model_genes, screen_genes = list(map(str, model_genes)), list(map(str, screen_genes))
+    if model_genes == screen_genes:
+        return
+    where = f"{screen_name}: genes differ from the model's ({pathlib.Path(model_dpath) / META_FNAME} 'genes'"
+    if sorted(model_genes) == sorted(screen_genes) and len(set(model_genes)) == len(model_genes):
+        pos = [i for i, (a, b) in enumerate(zip(model_genes, screen_genes)) if a != b][:3]
+        first = ", ".join(f"position {i}: {screen_genes[i]!r} here, {model_genes[i]!r} in the model" for i in pos)
+        raise InputError(f"{where}): same genes in another order ({first}); "
+                         "reorder the screen's var to the model's genes (adata[:, genes])")
+    missing = [g for g in model_genes if g not in set(screen_genes)]
+    extra = [g for g in screen_genes if g not in set(model_genes)]
+    first = next((i for i, (a, b) in enumerate(zip(model_genes, screen_genes)) if a != b), min(len(model_genes), len(screen_genes)))
+    raise InputError(f"{where}: {len(screen_genes)} vs {len(model_genes)}; first difference at position {first}; "
+                     f"missing here e.g. {missing[:5]}, not in the model e.g. {extra[:5]}); "
+                     "give the screen the model was trained on, or one with the same genes in the same order")
