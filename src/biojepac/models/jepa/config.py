@@ -61,7 +61,13 @@ class PretrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ComposeConfig:
-    """Stage 2: the action composer, trained with InfoNCE."""
+    """Stage 2: the action composer, pretrained to read the response from the perturbation features."""
+
+    objective: Literal["response", "infonce"] = "response"
+    """`response`: regress the top principal components of the training perturbations' pseudobulk deltas from
+    their features; `infonce`: InfoNCE between two feature-dropout views (no biological signal; the ablation)."""
+    n_components: int = 16
+    """`response`: principal components regressed."""
 
     d_content: int = 320
     """Shared content latent c."""
@@ -166,7 +172,7 @@ def get_preset(name: str) -> BioJepacConfig:
         return BioJepacConfig(
             encoder=EncoderConfig(d=16, n_layers=1, n_heads=2, gene_id_bias=True),
             pretrain=r(base.pretrain, pred_d=16, pred_layers=1, n_steps=200, batch_size=16, lr=3e-3),
-            compose=r(base.compose, d_content=16, d_mode=8, hidden=32, n_steps=20, batch_size=4, lr=3e-3),
+            compose=r(base.compose, d_content=16, d_mode=8, hidden=32, n_steps=200, batch_size=16, lr=3e-3),
             predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=300, batch_size=8, lr=3e-3),
             decode=r(base.decode, n_steps=600, batch_size=16, lr=1e-2),
         )

@@ -56,6 +56,15 @@ def compose_loss(composer, _extra, batch, key, *, cfg, modalities: tuple[str, ..
     return loss, {"info_nce": loss}
 
 
+def response_loss(params, _extra, batch, key):
+    """Stage 2 (`response`): the action latent, through a linear head, regresses the standardised principal
+    components of each training perturbation's pseudobulk delta."""
+    composer, head = params
+    pred = jax.vmap(lambda f, m: head(composer("gene", f, m)))(batch["gene"], batch["mode"])
+    loss = jnp.mean((pred - batch["y"]) ** 2)
+    return loss, {"response_mse": loss}
+
+
 def predict_loss(params, extra, batch, key, *, cfg, modality: str = "gene"):
     """Stage 3 on cell sets. For each group: S control cells, read by the frozen teacher and moved by the
     prior shift, plus the predictor's residual, against the group's mean latent shift, its pseudobulk

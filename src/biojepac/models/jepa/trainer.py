@@ -179,10 +179,10 @@ def fit_biojepac(
     decoder = train_decode(run, mods.decoder, teacher)
     if skip("compose"):
         return None
-    composer, mode = train_compose(run, mods.composer)
+    stats = group_stats(scr, teacher)
+    composer, mode = train_compose(run, mods.composer, stats, k_pred)
     if skip("predict"):
         return None
-    stats = group_stats(scr, teacher)
     # The prior is fitted on latent shifts that decode exactly to the measured pseudobulk deltas: the
     # teacher's own mean shifts decode to them only approximately (r ~0.95 on the synthetic tasks), and
     # that readout error would cost the prior its accuracy in expression, where it is scored.
@@ -212,19 +212,38 @@ def train_pretrain(run: Run, student, key: jax.Array):
     return st.params[0], st.extra
 
 
-def train_compose(run: Run, composer):
-    """Stage 2 -> (composer, the screen's most common perturbation mode)."""
+def train_compose(run: Run, composer, stats: "GroupStats", key: jax.Array):
+    """Stage 2 -> (composer, the screen's most common perturbation mode).
+
+    `response` (default): the composer learns to tell, from a perturbation's features alone, the main
+    axes of its measured response: a linear head on its action latent regresses the top principal
+    components of the training groups' pseudobulk deltas (standardised). `infonce`: InfoNCE between
+    two feature-dropout views, which carries no biological information (kept for the ablation)."""
     cfg, c, scr = run.cfg, run.cfg.compose, run.scr
-    order = np.argsort(np.asarray(scr.features.keys))  # keys in sorted order: batches independent of file order
-    f_table = scr.features.matrix[order]
     mode = int(np.bincount(scr.mode_c).argmax())
-    sampler = loop.EpochSampler(len(f_table), min(c.batch_size, len(f_table)), cfg.seed + 2)
-    get = lambda step: {"gene": f_table[sampler(step)], "mode": np.full(sampler.batch_size, mode, np.int32)}
-    st = run.stage(
-        "compose", composer, None, functools.partial(stages.compose_loss, cfg=c, modalities=("gene",)), None,
-        get, run.steps(c.n_steps), c.lr, cfg.seed + 12,
-    )
-    return st.params, mode
+    if c.objective == "infonce":
+        order = np.argsort(np.asarray(scr.features.keys))  # keys in sorted order: batches independent of file order
+        f_table = scr.features.matrix[order]
+        sampler = loop.EpochSampler(len(f_table), min(c.batch_size, len(f_table)), cfg.seed + 2)
+        get = lambda step: {"gene": f_table[sampler(step)], "mode": np.full(sampler.batch_size, mode, np.int32)}
+        st = run.stage("compose", composer, None, functools.partial(stages.compose_loss, cfg=c, modalities=("gene",)),
+                       None, get, run.steps(c.n_steps), c.lr, cfg.seed + 12)
+        return st.params, mode
+    y = stats.delta_x - stats.delta_x.mean(0)
+    u, s, _ = np.linalg.svd(y, full_matrices=False)
+    k = max(1, min(c.n_components, len(y) - 1))
+    scores = (u[:, :k] * s[:k]) / np.maximum((u[:, :k] * s[:k]).std(0), 1e-12)
+    feat = scr.features.vectors(list(stats.labels))
+    head = eqx.nn.Linear(c.d_content, k, key=key)
+    sampler = loop.EpochSampler(len(y), min(c.batch_size, len(y)), cfg.seed + 2)
+
+    def get(step):
+        idx = sampler(step)
+        return {"gene": feat[idx], "mode": np.full(len(idx), mode, np.int32), "y": scores[idx].astype(np.float32)}
+
+    st = run.stage("compose", (composer, head), None, stages.response_loss, None, get, run.steps(c.n_steps), c.lr,
+                   cfg.seed + 12)
+    return st.params[0], mode
 
 
 @dataclasses.dataclass
