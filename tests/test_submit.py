@@ -74,3 +74,14 @@ def test_validation_errors(tmp_path):
     with pytest.raises(InputError, match="not log1p"):
         run_submit(SubmitConfig(pred=tmp_path / "big.h5ad", genes=tmp_path / "genes.csv", out=tmp_path / "x.vcc"))
     assert not (tmp_path / "x.vcc").exists()
+
+
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path):
+    from test_io import dead_pid
+
+    _, genes = make_pred(tmp_path, counts=False)
+    stale = tmp_path / f".sub.vcc.tmp{dead_pid()}-abc"
+    stale.mkdir()
+    (stale / "pred.h5ad").write_text("half")
+    run_submit(SubmitConfig(pred=tmp_path / "pred.h5ad", genes=tmp_path / "genes.csv", out=tmp_path / "sub.vcc"))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

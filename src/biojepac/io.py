@@ -15,12 +15,51 @@ if TYPE_CHECKING:
     import anndata as ad
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(fpath: str | os.PathLike) -> None:
+    """Remove the hidden `.NAME.tmp<pid>...` siblings of `fpath` that a killed run left behind. The pid in
+    the name says whose it is: a temporary of a process still running (a concurrent writer) is kept."""
+    import glob
+    import re
+    import shutil
+
+    fpath = pathlib.Path(fpath)
+    if not fpath.parent.is_dir():
+        return
+    pattern = re.compile(re.escape(f".{fpath.name}.tmp") + r"(?:-old)?(\d+)")
+    for stale in fpath.parent.glob(f".{glob.escape(fpath.name)}.tmp*"):
+        m = pattern.match(stale.name)
+        if m and (int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1)))):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def temp_sibling(fpath: str | os.PathLike) -> pathlib.Path:
+    """The hidden temporary name this process writes `fpath` under (suffix kept), after removing the
+    ones killed runs left."""
+    fpath = pathlib.Path(fpath)
+    fpath.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(fpath)
+    return fpath.with_name(f".{fpath.name}.tmp{os.getpid()}{fpath.suffix}")
+
+
 def atomic_write(fpath: str | os.PathLike, write: Callable[[pathlib.Path], object]) -> pathlib.Path:
     """Call `write(tmp_fpath)`, then move the result to `fpath`. The temporary name keeps the suffix,
     so writers that infer the format from it (matplotlib, `np.savez`) behave as for `fpath`."""
     fpath = pathlib.Path(fpath)
-    fpath.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fpath.with_name(f".{fpath.name}.tmp{os.getpid()}{fpath.suffix}")
+    tmp = temp_sibling(fpath)
     try:
         write(tmp)
         os.replace(tmp, fpath)
@@ -38,18 +77,27 @@ def write_dir_atomic(dpath: str | os.PathLike, write: Callable[[pathlib.Path], o
 
     dpath = pathlib.Path(dpath)
     dpath.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dpath.parent.glob(f".{dpath.name}.tmp*"):  # left by a killed earlier write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=dpath.parent, prefix=f".{dpath.name}.tmp"))
+    remove_stale_temps(dpath)  # left by a killed earlier write (a concurrent writer's is kept)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=dpath.parent, prefix=f".{dpath.name}.tmp{os.getpid()}-"))
     try:
         write(tmp)
-        if dpath.exists():
-            old = dpath.with_name(f".{dpath.name}.tmp-old{os.getpid()}")
-            os.replace(dpath, old)
-            os.replace(tmp, dpath)
-            shutil.rmtree(old, ignore_errors=True)
+        olds = []
+        for _ in range(10):  # another writer may put its folder in place between our two renames: retry
+            if dpath.exists():
+                olds.append(pathlib.Path(tempfile.mkdtemp(dir=dpath.parent, prefix=f".{dpath.name}.tmp-old{os.getpid()}-")))
+                try:
+                    os.replace(dpath, olds[-1] / "x")
+                except FileNotFoundError:  # the other writer moved it first
+                    pass
+            try:
+                os.replace(tmp, dpath)
+                break
+            except OSError:  # dpath reappeared (another writer's, complete): move it away again
+                continue
         else:
-            os.replace(tmp, dpath)
+            raise OSError(f"{dpath}: could not move the new folder into place (other writers kept replacing it)")
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dpath

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from biojepac.data import schema
 from biojepac.data.values import classify, is_fractional, size_factors, target_sum
 from biojepac.errors import InputError
+from biojepac.io import remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def run_submit(cfg: SubmitConfig) -> pathlib.Path:
         x = _RowReader(f["X"], str(cfg.pred))
         scale = scan_submission_values(x, col_order, cfg)
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cfg.out.parent, prefix=f".{cfg.out.name}.") as tmp:
+        remove_stale_temps(cfg.out)  # what a killed earlier run left; the pid in the name marks ours
+        with tempfile.TemporaryDirectory(dir=cfg.out.parent, prefix=f".{cfg.out.name}.tmp{os.getpid()}-") as tmp:
             h5_fpath = pathlib.Path(tmp) / "pred.h5ad"
             new_obs = pd.DataFrame({schema.PERT_COL: obs[cfg.pert_col].to_numpy()},
                                    index=np.arange(len(obs)).astype(str))

@@ -84,3 +84,12 @@ def test_nan_inf_and_negative_values_are_refused_naming_cell_and_gene(tmp_path, 
     with pytest.raises(InputError, match=rf"screen.h5ad: .*value {bad:g} at cell 'cell450', gene 'G007'"):
         ooc.prepare_out_of_core(src, dst, ooc.OocConfig(n_top_genes=0, chunk_rows=200))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["screen.h5ad"]  # no output, no temporary file
+
+
+def test_a_killed_runs_temporary_file_is_removed_by_the_next_run(screen_fpath, tmp_path):
+    from test_io import dead_pid
+
+    stale = tmp_path / f".out.h5ad.tmp{dead_pid()}.h5ad"
+    stale.write_text("half a file")
+    ooc.prepare_out_of_core(screen_fpath, tmp_path / "out.h5ad", ooc.OocConfig(n_top_genes=0, chunk_rows=256))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]

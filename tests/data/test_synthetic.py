@@ -174,3 +174,13 @@ def test_cli_synth_and_split_round_trip(tmp_path):
     split = load_split(split_fpath)
     assert sum(c == "ctx1" for c, _ in split.train) == 3
     assert main(args + ["--kind", "zeroshot_context"]) == 2  # needs --context: one-line error, no traceback
+
+
+def test_synth_removes_a_killed_runs_temporary_file(tmp_path):
+    from test_io import dead_pid
+
+    from biojepac.data.synthetic import SynthCommand, run_synth
+
+    (tmp_path / f".s.h5ad.tmp{dead_pid()}.h5ad").write_text("half a file")
+    run_synth(SynthCommand(out=tmp_path / "s.h5ad", screen_preset="tiny"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5ad"]

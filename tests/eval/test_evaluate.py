@@ -103,3 +103,34 @@ def test_csv_is_what_pandas_writes():
     columns = {"mae": np.array([0.1, np.nan, 1e-12]), "r2": np.array([-np.inf, 3.0, 2 / 3]), "n": np.array([5.0, 0.0, 12.0])}
     ref = pd.DataFrame(columns, index=pd.Index(perts, name="perturbation")).to_csv()
     assert _csv_text(perts, columns) == ref
+
+
+def test_output_folder_is_replaced_whole_or_not_at_all(tmp_path, screen_factory, monkeypatch):
+    from biojepac.errors import InputError
+    from biojepac.eval import report
+
+    real, pred = screen_factory(1), screen_factory(2, counts=False, noise=0.5)
+    out = tmp_path / "out"
+    evaluate(real, real, profile="report", out_dpath=out, n_boot=10)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"per_perturbation.csv", "aggregates.json", "report.md"} <= set(first)
+
+    def killed(*args, **kwargs):  # the second run dies after its CSV and JSON, while plotting
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pred, real, profile="report", out_dpath=out, n_boot=10)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # all of run 1, nothing of run 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    monkeypatch.undo()
+    # A rerun without plots leaves no stale report.md or PNGs of the earlier run beside its files.
+    evaluate(pred, real, profile="report", out_dpath=out, n_boot=10, plots=False)
+    assert sorted(p.name for p in out.iterdir()) == ["aggregates.json", "per_perturbation.csv"]
+    # A folder holding anything else is refused before any work, and left alone.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"out: holds files that are not an evaluation's \(e.g. \['notes.txt'\]\)"):
+        evaluate(pred, real, profile="report", out_dpath=out, n_boot=10)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        evaluate(pred, real, profile="report", out_dpath=tmp_path / "file", n_boot=10)

@@ -28,6 +28,7 @@ from biojepac.data import schema
 from biojepac.data.pairing import group_codes
 from biojepac.data.values import Expect, classify, is_fractional, size_factors, target_sum
 from biojepac.errors import InputError
+from biojepac.io import temp_sibling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,33 +102,36 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         if missing:
             raise InputError(f"{src_fpath}: obs has no column {missing[0]!r} to pseudobulk by")
         groups, codes = group_codes(obs, keys) if keys else (None, None)
-        tmp_fpath = dst_fpath.with_name(dst_fpath.name + f".tmp{os.getpid()}")
+        tmp_fpath = temp_sibling(dst_fpath)  # hidden; removed by the next run if this one is killed
         pb_sums = np.zeros((len(groups), int(var_mask.sum()))) if keys else None
-        with h5py.File(tmp_fpath, "w") as out:
-            writer = CsrWriter(out, int(var_mask.sum()), cfg.out_chunk_nnz)
-            row0 = 0
-            for b in blocks:
-                chunk = _prepared(b.compute(), factor, row0, is_counts, var_mask)
-                writer.append(chunk)
+        try:
+            with h5py.File(tmp_fpath, "w") as out:
+                writer = CsrWriter(out, int(var_mask.sum()), cfg.out_chunk_nnz)
+                row0 = 0
+                for b in blocks:
+                    chunk = _prepared(b.compute(), factor, row0, is_counts, var_mask)
+                    writer.append(chunk)
+                    if keys:
+                        ind = sp.csr_matrix((np.ones(chunk.shape[0]), (codes[row0 : row0 + chunk.shape[0]], np.arange(chunk.shape[0]))), shape=(len(groups), chunk.shape[0]))
+                        pb_sums += np.asarray((ind @ chunk.astype(np.float64)).todense())
+                    row0 += chunk.shape[0]
+                writer.close(row0)
+                out_obs = obs.copy()
+                out_obs["total_counts"] = totals
+                prov["transform"] = transform
+                prov["hvg"] = {"n_top": int(cfg.n_top_genes), "flavor": cfg.hvg_flavor, "n_selected": int(var_mask.sum())}
+                prov["prepared_out_of_core"] = {"source": str(src_fpath), "chunk_rows": cfg.chunk_rows}
+                out_uns = {**{k: v for k, v in uns.items() if k != schema.UNS_KEY}, schema.UNS_KEY: prov}
                 if keys:
-                    ind = sp.csr_matrix((np.ones(chunk.shape[0]), (codes[row0 : row0 + chunk.shape[0]], np.arange(chunk.shape[0]))), shape=(len(groups), chunk.shape[0]))
-                    pb_sums += np.asarray((ind @ chunk.astype(np.float64)).todense())
-                row0 += chunk.shape[0]
-            writer.close(row0)
-            out_obs = obs.copy()
-            out_obs["total_counts"] = totals
-            prov["transform"] = transform
-            prov["hvg"] = {"n_top": int(cfg.n_top_genes), "flavor": cfg.hvg_flavor, "n_selected": int(var_mask.sum())}
-            prov["prepared_out_of_core"] = {"source": str(src_fpath), "chunk_rows": cfg.chunk_rows}
-            out_uns = {**{k: v for k, v in uns.items() if k != schema.UNS_KEY}, schema.UNS_KEY: prov}
-            if keys:
-                n_cells = np.bincount(codes, minlength=len(groups))
-                out_uns["pseudobulk"] = {"groups": groups.assign(n_cells=n_cells), "means": pb_sums / n_cells[:, None]}
-            out.attrs["encoding-type"], out.attrs["encoding-version"] = "anndata", "0.1.0"
-            ad.io.write_elem(out, "obs", out_obs)
-            ad.io.write_elem(out, "var", out_var)
-            ad.io.write_elem(out, "uns", out_uns)
-        os.replace(tmp_fpath, dst_fpath)
+                    n_cells = np.bincount(codes, minlength=len(groups))
+                    out_uns["pseudobulk"] = {"groups": groups.assign(n_cells=n_cells), "means": pb_sums / n_cells[:, None]}
+                out.attrs["encoding-type"], out.attrs["encoding-version"] = "anndata", "0.1.0"
+                ad.io.write_elem(out, "obs", out_obs)
+                ad.io.write_elem(out, "var", out_var)
+                ad.io.write_elem(out, "uns", out_uns)
+            os.replace(tmp_fpath, dst_fpath)
+        finally:
+            tmp_fpath.unlink(missing_ok=True)  # gone after a failure; already renamed after success
     return {"n_cells": int(x.shape[0]), "n_genes_in": int(x.shape[1]), "n_genes_out": int(var_mask.sum()), "transform": transform}
 
 

@@ -21,7 +21,7 @@ from typing import Literal, TYPE_CHECKING
 import numpy as np
 from biojepac.data import schema
 from biojepac.errors import InputError
-from biojepac.io import write_text_atomic
+from biojepac.io import write_dir_atomic
 from biojepac.eval import bootstrap, calibrated, vcc
 from biojepac.eval.inputs import ScoredScreen, check_pair, make_baseline_screen, read_scored_screen
 from biojepac.eval.report_metrics import report_metrics
@@ -108,6 +108,8 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
         raise InputError(f"profile {profile!r} is not one of vcc, report, calibrated, all")
     if baseline is not None and train is not None:
         raise InputError("give either a baseline file or a training file, not both")
+    if out_dpath is not None:
+        check_out_dpath(pathlib.Path(out_dpath))  # before the work, not after it
     t0 = time.perf_counter()
     kw = dict(pert_col=pert_col, control=control)
     use_vcc, use_rep, use_cal = (profile in (p, "all") for p in ("vcc", "report", "calibrated"))
@@ -213,20 +215,45 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
     return agg
 
 
+OUTPUT_SUFFIXES = (".csv", ".json", ".md", ".png")
+"""What an evaluation folder holds; a folder with anything else is not replaced."""
+
+
+def check_out_dpath(out_dpath: pathlib.Path) -> None:
+    """The output folder is replaced whole, so it must be new, empty or an earlier evaluation's."""
+    if out_dpath.exists() and not out_dpath.is_dir():
+        raise InputError(f"--out-dpath {out_dpath}: exists and is not a folder")
+    if out_dpath.is_dir():
+        other = sorted(p.name for p in out_dpath.iterdir() if p.is_dir() or p.suffix not in OUTPUT_SUFFIXES)
+        if other:
+            raise InputError(f"--out-dpath {out_dpath}: holds files that are not an evaluation's (e.g. {other[:3]}); "
+                             "evaluate replaces its whole output folder: give a new or empty one")
+
+
 def _write(out_dpath: pathlib.Path, perts, columns: dict, agg: dict, real_sc, real_s, pred_s, plots: bool) -> dict[str, str]:
-    out_dpath.mkdir(parents=True, exist_ok=True)
-    csv_fpath, json_fpath = out_dpath / "per_perturbation.csv", out_dpath / "aggregates.json"
-    write_text_atomic(csv_fpath, _csv_text(perts, columns))
-    write_text_atomic(json_fpath, json.dumps(agg, indent=2, default=float))
-    paths = {"per_perturbation": str(csv_fpath), "aggregates": str(json_fpath)}
-    if plots:
-        import pandas as pd
+    """Every file into a temporary folder beside `out_dpath`, renamed into place at the end: a killed run
+    or two runs into one folder never leave files of one run beside files of another."""
+    check_out_dpath(out_dpath)
+    names = {"per_perturbation": "per_perturbation.csv", "aggregates": "aggregates.json"}
 
-        from biojepac.eval import report  # matplotlib is slow to import; only load it when plotting
+    def write(tmp: pathlib.Path) -> None:
+        (tmp / names["per_perturbation"]).write_text(_csv_text(perts, columns))
+        (tmp / names["aggregates"]).write_text(json.dumps(agg, indent=2, default=float))
+        if plots:
+            import pandas as pd
 
-        per = pd.DataFrame(columns, index=pd.Index(perts, name="perturbation"))
-        paths["report"] = str(report.write_report(out_dpath, per, agg, real_sc, real_s, pred_s, write_text_atomic))
-    return paths
+            from biojepac.eval import report  # matplotlib is slow to import; only load it when plotting
+
+            per = pd.DataFrame(columns, index=pd.Index(perts, name="perturbation"))
+            names["report"] = report.write_report(tmp, per, agg, real_sc, real_s, pred_s, _write_plain).name
+
+    write_dir_atomic(out_dpath, write)
+    return {key: str(out_dpath / name) for key, name in names.items()}
+
+
+def _write_plain(fpath: pathlib.Path, data: str | bytes) -> None:
+    """Inside the temporary folder each file needs no rename of its own."""
+    fpath.write_bytes(data) if isinstance(data, bytes) else fpath.write_text(data)
 
 
 def _csv_text(perts, columns: dict) -> str:
