@@ -150,3 +150,21 @@ def test_model_json_cannot_name_code_to_run(files):
     finally:
         sys.path.remove(str(tmp))
     assert not (tmp / "RAN").exists() and "probe_mod" not in sys.modules
+
+
+@pytest.mark.parametrize("text,message", [
+    ("target_gene,n_cells\nG001,2.5\n", r"column 'n_cells' must be a positive whole number; bad rows: \['G001=2.5'\]"),
+    ("target_gene,n_cells\nG001,0\n", r".*bad rows: \['G001=0'\]"),
+    ("target_gene,n_cells\nG001,0.4\nG002,3\n", r".*bad rows: \['G001=0.4'\]"),
+    ("target_gene,n_cells\nG001,x\n", r".*bad rows: \['G001=x'\]"),
+    ("target_gene,n_cells\nG001,3\n,4\n", r"column 'target_gene' is blank on line\(s\) \[3\]"),
+    ("target_gene,n_cells\n", r"no rows under the header"),
+    ("", r"not a readable CSV"),
+])
+def test_bad_request_csvs_are_refused_in_one_line(files, text, message):
+    tmp, _ = files
+    (tmp / "req.csv").write_text(text)
+    with pytest.raises(InputError, match=r"req.csv: " + message):
+        run_predict(PredictCommand(model="cell-mean", screen=tmp / "train.h5ad", out=tmp / "x.h5ad", context="c1",
+                                   requests=tmp / "req.csv"))
+    assert not (tmp / "x.h5ad").exists()

@@ -87,14 +87,24 @@ def read_requests(cfg: PredictCommand) -> pd.DataFrame:
     if cfg.requests is not None:
         if not cfg.requests.is_file():
             raise InputError(f"{cfg.requests}: file not found")
-        df = pd.read_csv(cfg.requests)
+        try:
+            df = pd.read_csv(cfg.requests, dtype={"target_gene": str}, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise InputError(f"{cfg.requests}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
         missing = {"target_gene", "n_cells"} - set(df.columns)
         if missing:
             raise InputError(f"{cfg.requests}: missing column(s) {sorted(missing)}; expected target_gene,n_cells")
-        df = df[["target_gene", "n_cells"]].astype({"target_gene": str})
-        bad = df.loc[~(pd.to_numeric(df["n_cells"], errors="coerce") > 0), "target_gene"].tolist()
+        if df.empty:
+            raise InputError(f"{cfg.requests}: no rows under the header; list one perturbation per row")
+        df = df[["target_gene", "n_cells"]]
+        blank = [i + 2 for i, g in enumerate(df["target_gene"].str.strip()) if g == ""]  # +2: header, 1-based
+        if blank:
+            raise InputError(f"{cfg.requests}: column 'target_gene' is blank on line(s) {blank[:5]}")
+        n = pd.to_numeric(df["n_cells"], errors="coerce")
+        bad = [f"{g}={v}" for g, v, ok in zip(df["target_gene"], df["n_cells"], (n > 0) & (n == n.round())) if not ok]
         if bad:
-            raise InputError(f"{cfg.requests}: column 'n_cells' must be a positive integer; bad rows for {bad[:5]}")
+            raise InputError(f"{cfg.requests}: column 'n_cells' must be a positive whole number; bad rows: {bad[:5]}")
+        df = df.assign(n_cells=n)
     elif cfg.perturbations:
         df = pd.DataFrame({"target_gene": list(cfg.perturbations), "n_cells": cfg.n_cells})
     else:
