@@ -1,0 +1,168 @@
+"""Training throughput of our ST model at arc-state's sizes, against the matmul roofline measured in the same run.
+
+For each preset: one jitted training step (forward, backward, AdamW/clip update; the shared
+`train.loop.make_train_step`) on a batch of B sentences x S cells x G genes, timed after compilation;
+the sentence sampler (NumPy gathers from a screen in memory) timed separately, since the loop runs it
+between steps. FLOPs per step are XLA's own count of the compiled step (`cost_analysis`). The roofline is
+the best float32 matmul rate measured here: (B*S x d) @ (d x 4d), the backbone's largest product.
+
+Writes benchmarks/results/state_speed.md (and .json). Usage:
+    .venv/bin/python benchmarks/bench_state_speed.py [--presets state_sm cpu-small] [--steps 3]
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biojepac.models.state import trainer
+from biojepac.models.state.network import StateTransition
+from biojepac.train.loop import make_state, make_train_step
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "results" / "state_speed.md"
+N_GENES = 2000
+"""STATE's HVG space."""
+PERT_DIM = 5120
+"""ESM-2 gene embedding width (STATE's default perturbation features)."""
+ARC_STATE_QUOTED = 1160
+"""arc-state 0.11.1's training cells/s at its small size on these 2 cores, as quoted in issue 15 (not re-measured)."""
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_roofline(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """Best float32 FLOP/s of one jitted (m x k) @ (k x n)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (m, k))
+    b = jax.random.normal(jax.random.PRNGKey(1), (k, n))
+    f = jax.jit(jnp.dot)
+    jax.block_until_ready(f(a, b))
+    return 2 * m * k * n / best_of(lambda: f(a, b), repeats)
+
+
+def xla_flops(step_fn, state, batch) -> float:
+    """XLA's FLOP count of one compiled training step."""
+    import equinox as eqx
+
+    arrays, static = eqx.partition(state, eqx.is_array)
+    def arrays_only(a, bt):
+        new_state, metrics = step_fn(eqx.combine(a, static), bt)
+        return eqx.filter(new_state, eqx.is_array), metrics
+
+    lowered = jax.jit(arrays_only).lower(arrays, batch)
+    cost = lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def bench_preset(name: str, n_steps: int) -> dict:
+    cfg, fit_cfg = trainer.PRESETS[name]
+    b, s = fit_cfg.batch_size, cfg.set_size
+    rng = np.random.default_rng(0)
+    # A screen in memory for the sampler: 2 contexts x 1 batch, 50 perturbations, 4 sentences' worth of cells each.
+    n_cells = 2 * 51 * s
+    expr = rng.gamma(1.0, 0.5, size=(n_cells, N_GENES)).astype(np.float32)
+    import pandas as pd
+
+    obs = pd.DataFrame({"target_gene": np.tile(["non-targeting", *[f"P{i}" for i in range(50)]], 2 * s),
+                        "context": np.repeat(["c1", "c2"], 51 * s), "batch": "0"})
+    pert_table = rng.normal(size=(50, PERT_DIM)).astype(np.float32)
+    sampler = trainer.SentenceSampler(expr, expr, obs, pert_table, s, b, seed=0)
+    t0 = time.perf_counter()
+    batches = [sampler(i) for i in range(n_steps + 1)]
+    sampler_s = (time.perf_counter() - t0) / (n_steps + 1)
+
+    net = StateTransition(cfg, N_GENES, N_GENES, PERT_DIM, 2, 1, key=jax.random.PRNGKey(0))
+    n_params = sum(x.size for x in jax.tree.leaves(net) if isinstance(x, jax.Array))
+    optim = trainer.make_optimizer(fit_cfg)
+    state = make_state(net, optim, jax.random.PRNGKey(1))
+    step_fn = make_train_step(trainer.make_loss_fn(cfg), optim)
+    t0 = time.perf_counter()
+    flops = xla_flops(step_fn, state, batches[0])
+    state, _ = step_fn(state, batches[0])
+    jax.block_until_ready(state.params)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(n_steps):
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batches[i + 1])
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    d = cfg.d_model
+    roof = matmul_roofline(b * s, d, 4 * d)
+    cells = b * s
+    return {"preset": name, "d_model": d, "n_layers": cfg.n_layers, "set_size": s, "batch": b, "genes": N_GENES,
+            "backbone": cfg.backbone, "head": cfg.head, "n_params": int(n_params), "step_s": step_s,
+            "step_s_all": times, "sampler_s": sampler_s, "compile_s": compile_s,
+            "cells_per_s": cells / step_s, "cells_per_s_with_sampler": cells / (step_s + sampler_s),
+            "flops_per_step": flops, "achieved_flops": flops / step_s, "roofline_flops": roof}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["state_sm", "cpu-small"])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per preset (after one compiling step)")
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--render", action="store_true", help="rewrite the table from the saved .json, measuring nothing")
+    args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        rows, device, args.steps = saved["rows"], saved["device"], saved["steps"]
+    else:
+        rows = [bench_preset(p, args.steps) for p in args.presets]
+        device = f"{jax.devices()[0].platform} ({os.cpu_count()} cores visible, {platform.processor() or platform.machine()})"
+    lines = [
+        "# ST training throughput",
+        "",
+        f"Written by `benchmarks/bench_state_speed.py` on {device}, jax {jax.__version__}, float32. "
+        f"One training step = B sentences x S cells x {N_GENES} HVGs, perturbation features {PERT_DIM}-d; "
+        f"median of {args.steps} steps after compilation. FLOP/step is XLA's count for the compiled step; the "
+        "roofline is the best (B*S x d) @ (d x 4d) float32 matmul measured in the same run.",
+        "",
+        "| model | preset (d, layers, S, B) | params | step (s) | cells/s | cells/s incl. sampler | GFLOP/step | achieved GFLOP/s | matmul roofline GFLOP/s | % of roofline | cells/s at the roofline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| ours ({r['backbone']}, {r['head']} head) | {r['preset']} ({r['d_model']}, {r['n_layers']}, {r['set_size']}, {r['batch']}) "
+            f"| {r['n_params'] / 1e6:.1f}M | {r['step_s']:.2f} | {r['cells_per_s']:,.0f} | {r['cells_per_s_with_sampler']:,.0f} "
+            f"| {r['flops_per_step'] / 1e9:.2f} | {r['achieved_flops'] / 1e9:.1f} | {r['roofline_flops'] / 1e9:.1f} "
+            f"| {100 * r['achieved_flops'] / r['roofline_flops']:.0f}% "
+            f"| {r['roofline_flops'] * r['set_size'] * r['batch'] / r['flops_per_step']:,.0f} |")
+    lines += [
+        f"| arc-state 0.11.1 | small size (as quoted in issue 15) | | | ~{ARC_STATE_QUOTED:,} (quoted, **not measured here**) | | | | | | |",
+        "",
+        "arc-state is not installed on this machine (`benchmarks/peers/envs/state` is absent; "
+        "`benchmarks/peers/setup_state.sh` builds it), so its row is the figure quoted in issue 15, with its "
+        "exact configuration unknown; the two rows are not a measured comparison at equal settings.",
+        "Note: our perturbation encoder runs once per sentence; arc-state's runs once per cell (its `pert_emb` is "
+        "repeated over the set), which costs it an extra (S-1) MLP passes over a "
+        f"{PERT_DIM}-d input per sentence.",
+        "The last column is the ceiling of any implementation doing this step's FLOPs at the measured matmul "
+        "rate: a quoted figure above it at the same shapes would mean a different configuration (fewer genes, "
+        "smaller sentences or batch), so the quoted arc-state number cannot be compared with the state_sm row.",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    if not args.render:
+        args.out.with_suffix(".json").write_text(json.dumps({"device": device, "steps": args.steps, "rows": rows}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
