@@ -16,6 +16,7 @@ residual on top of this prior.
 """
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -68,6 +69,12 @@ class Prior:
                 out[i] = base + moved
             else:
                 need_ridge.append(i)
+        lacking = [i for i in need_ridge if features.missing([labels[i]])]
+        if lacking:  # nothing known about these: the context's typical shift, as the cell-mean baseline
+            warnings.warn(f"biojepac: no {features.name!r} features for {[labels[i] for i in lacking][:10]}; "
+                          "predicting the context's mean perturbation shift for them")
+            out[lacking] = base
+            need_ridge = [i for i in need_ridge if i not in lacking]
         if need_ridge:
             phi = features.vectors([labels[i] for i in need_ridge]).astype(np.float64) - self.feat_mean
             out[need_ridge] = base + phi @ self.coef

@@ -15,6 +15,7 @@ import functools
 import json
 import pathlib
 import tempfile
+import warnings
 
 import anndata as ad
 import equinox as eqx
@@ -88,13 +89,19 @@ def prepare_screen(adata: ad.AnnData, features: GeneTable) -> Screen:
     for col in (PERT_COL, CONTEXT_COL, BATCH_COL):
         if col not in adata.obs:
             raise InputError(f"training screen lacks obs column {col!r}")
+    labels = [CONTROL] + sorted(set(adata.obs[PERT_COL].astype(str)) - {CONTROL})
+    missing = set(features.missing(labels[1:])) if features.fallback == "error" else set()
+    if missing:  # as the baselines do: such perturbations cannot be embedded, so they cannot teach the map
+        lacking = sorted(lab for lab in labels[1:] if set(split_combo(lab)) & missing)
+        if len(lacking) == len(labels) - 1:
+            raise InputError(f"biojepac: no training perturbation has features in {features.name!r} "
+                             f"(e.g. {lacking[:5]}); choose a feature source that covers them")
+        warnings.warn(f"biojepac: {len(lacking)} training perturbations have no {features.name!r} features and are "
+                      f"left out of training: {lacking[:10]}")
+        adata = adata[~adata.obs[PERT_COL].astype(str).isin(lacking).to_numpy()]
+        labels = [lab for lab in labels if lab not in lacking]
     obs = adata.obs
     x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-    labels = [CONTROL] + sorted(set(obs[PERT_COL].astype(str)) - {CONTROL})
-    missing = features.missing(labels[1:])
-    if missing and features.fallback == "error":
-        raise InputError(f"biojepac: {len(missing)} training perturbation genes have no features in "
-                         f"{features.name!r}: {missing[:20]}; choose a feature source that covers them, or drop those perturbations")
     feat = features.vectors(labels)  # the control label maps to the zero vector
     pert_c = np.searchsorted(np.asarray(labels[1:]), obs[PERT_COL].astype(str).to_numpy()) + 1
     pert_c[(obs[PERT_COL] == CONTROL).to_numpy()] = 0
