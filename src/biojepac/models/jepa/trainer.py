@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from biojepac.data.pairing import control_slices
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL, split_combo
+from biojepac.data.fingerprint import screen_fingerprint
 from biojepac.errors import InputError
 from biojepac.features import resolve_features
 from biojepac.features.base import GeneTable
@@ -39,6 +40,10 @@ from biojepac.models.jepa.network import Modules, log_library, make_modules, mod
 from biojepac.train import checkpoint, ema, loop
 
 STAGES = ("pretrain", "decode", "compose", "predict")
+STAGE_SECTIONS = {"pretrain": ("encoder", "pretrain"), "decode": ("encoder", "pretrain", "decode"),
+                  "compose": ("encoder", "pretrain", "decode", "compose"),
+                  "predict": ("encoder", "pretrain", "decode", "compose", "predict", "decode_mode")}
+"""Config sections each stage's result depends on (recorded in its checkpoint, compared on resume)."""
 
 
 @dataclasses.dataclass
@@ -121,12 +126,13 @@ def make_optim(lr: float, n_steps: int, weight_decay: float = 1e-4) -> optax.Gra
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=weight_decay))
 
 
-def run_stage(name, params, extra, loss_fn, update_extra, get_batch, n_steps, lr, seed, run_dpath, progress, wandb_project=""):
+def run_stage(name, params, extra, loss_fn, update_extra, get_batch, n_steps, lr, seed, run_dpath, progress, wandb_project="",
+              header=None):
     optim = make_optim(lr, n_steps)
     state = loop.make_state(params, optim, jax.random.PRNGKey(seed), extra)
     step_fn = loop.make_train_step(loss_fn, optim, update_extra)
     cfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(50, n_steps // 10)), ckpt_every=max(50, n_steps // 5), progress=progress, wandb_project=wandb_project)
-    return loop.run_loop(state, step_fn, get_batch, cfg, run_dpath / name, header={"stage": name}, desc=name)
+    return loop.run_loop(state, step_fn, get_batch, cfg, run_dpath / name, header={"stage": name, **(header or {})}, desc=name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +145,16 @@ class Run:
     progress: bool = False
     wandb_project: str = ""
     steps_scale: float = 1.0
+    header: dict = dataclasses.field(default_factory=dict)
+    """The run's settings and data fingerprint, saved with every stage's checkpoint; a rerun into the same
+    folder with other settings is refused by the loop instead of resuming someone else's weights."""
+
+    def stage_header(self, name: str) -> dict:
+        """The settings stage `name` depends on: its own config section and those of the stages before it
+        (so a variant that changes only a later stage can reuse the earlier checkpoints)."""
+        sections = STAGE_SECTIONS[name]
+        config = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k in sections or k == "seed"}
+        return {**self.header, "config": config}
 
     def steps(self, n: int) -> int:
         return max(1, int(round(n * self.steps_scale)))
@@ -149,7 +165,7 @@ class Run:
 
     def stage(self, name, params, extra, loss_fn, update_extra, get_batch, n_steps, lr, seed):
         return run_stage(name, params, extra, loss_fn, update_extra, get_batch, n_steps, lr, seed, self.run_dpath,
-                         self.progress, self.wandb_project)
+                         self.progress, self.wandb_project, self.stage_header(name))
 
 
 def fit_biojepac(
@@ -163,7 +179,8 @@ def fit_biojepac(
     run_dpath = pathlib.Path(run_dpath)
     features = resolve_features(features, train_adata)
     scr = prepare_screen(train_adata, features if features is not None else default_features(train_adata))
-    run = Run(scr, cfg, run_dpath, progress, wandb_project, steps_scale)
+    header = {"steps_scale": steps_scale, "data": screen_fingerprint(train_adata), "features": scr.features.describe()}
+    run = Run(scr, cfg, run_dpath, progress, wandb_project, steps_scale, header)
     assert cfg.encoder.token_mode == "all", "the predict stage reads every gene as a token (token_mode='all')"
     k_mods, k_pred = jax.random.split(jax.random.PRNGKey(cfg.seed))
     contexts = sorted(set(train_adata.obs[CONTEXT_COL].astype(str)))
@@ -386,7 +403,8 @@ def _run(run: Run, name: str, state, step_fn, get_batch, end: int, n_steps: int)
     """Train to step `end` of an `n_steps` stage (resuming from its checkpoint)."""
     lcfg = loop.LoopConfig(n_steps=end, log_every=max(1, min(50, n_steps // 10)), ckpt_every=max(50, n_steps // 5),
                            progress=run.progress, wandb_project=run.wandb_project)
-    return loop.run_loop(state, step_fn, get_batch, lcfg, run.run_dpath / name, header={"stage": name}, desc=name)
+    return loop.run_loop(state, step_fn, get_batch, lcfg, run.run_dpath / name, header={"stage": name, **run.stage_header(name)},
+                         desc=name)
 
 
 def _split(params, composer, finetune_composer: bool):
