@@ -173,7 +173,7 @@ def get_preset(name: str) -> BioJepacConfig:
             encoder=EncoderConfig(d=16, n_layers=1, n_heads=2, gene_id_bias=True),
             pretrain=r(base.pretrain, pred_d=16, pred_layers=1, n_steps=200, batch_size=16, lr=3e-3),
             compose=r(base.compose, d_content=16, d_mode=8, hidden=32, n_steps=200, batch_size=16, lr=3e-3),
-            predict=r(base.predict, d=16, n_layers=1, n_heads=2, n_steps=300, batch_size=8, lr=3e-3),
+            predict=r(base.predict, d=16, n_layers=1, n_heads=2, set_size=8, n_steps=200, batch_size=8, lr=3e-3, n_evals=4),
             decode=r(base.decode, n_steps=600, batch_size=16, lr=1e-2),
         )
     raise ValueError(f"unknown preset {name!r}; choose tiny, cpu-small or paper")
