@@ -11,7 +11,6 @@ Writes benchmarks/results/state_speed.md (and .json). Usage:
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib

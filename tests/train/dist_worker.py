@@ -68,7 +68,8 @@ def main() -> None:
         mesh = dist.make_mesh()
         state = dist.replicate(state, mesh)
         _, losses, emb = run(state, plain, batches(shard, host, n_hosts, 3), lambda b: dist.global_batch(b, mesh))
-        print(json.dumps({"host": host, "n_hosts": n_hosts, "n_devices": len(jax.devices()), "losses": losses, "emb_sum": float(emb.sum()), "emb00": float(emb[0, 0])}))
+        print(json.dumps({"host": host, "n_hosts": n_hosts, "n_devices": len(jax.devices()), "losses": losses,
+                          "emb_sum": float(emb.sum()), "emb00": float(emb[0, 0])}))
     elif mode == "single":
         n_hosts = int(sys.argv[3])
         per_host = [batches(shard, h, n_hosts, 3) for h in range(n_hosts)]

@@ -44,7 +44,8 @@ def _free_port() -> int:
 def test_two_processes_on_localhost_match_one_process(shard):
     port = _free_port()
     cmds = [
-        ([sys.executable, str(WORKER), "host", shard], _env(1, BIOJEPAC_COORDINATOR=f"127.0.0.1:{port}", BIOJEPAC_NUM_PROCESSES="2", BIOJEPAC_PROCESS_ID=str(i)))
+        ([sys.executable, str(WORKER), "host", shard],
+         _env(1, BIOJEPAC_COORDINATOR=f"127.0.0.1:{port}", BIOJEPAC_NUM_PROCESSES="2", BIOJEPAC_PROCESS_ID=str(i)))
         for i in range(2)
     ] + [([sys.executable, str(WORKER), "single", shard, "2"], _env(1))]  # the reference, run alongside
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd, env in cmds]

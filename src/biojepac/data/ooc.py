@@ -72,7 +72,8 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         totals = np.concatenate([p[0] for p in parts])
         if cfg.expect == "auto":
             vmax = max([p[1] for p in parts], default=0.0)
-            is_counts = classify(vmax, not any(p[2] for p in parts), str(src_fpath), hint="set expect='log1p' or 'counts' if you know better") == "counts"
+            hint = "set expect='log1p' or 'counts' if you know better"
+            is_counts = classify(vmax, not any(p[2] for p in parts), str(src_fpath), hint=hint) == "counts"
         else:
             is_counts = cfg.expect == "counts"
         factor, transform = _scale(totals, is_counts, cfg, src_fpath)
@@ -112,7 +113,8 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
                     chunk = _prepared(b.compute(), factor, row0, is_counts, var_mask)
                     writer.append(chunk)
                     if keys:
-                        ind = sp.csr_matrix((np.ones(chunk.shape[0]), (codes[row0 : row0 + chunk.shape[0]], np.arange(chunk.shape[0]))), shape=(len(groups), chunk.shape[0]))
+                        n_rows = chunk.shape[0]
+                        ind = sp.csr_matrix((np.ones(n_rows), (codes[row0 : row0 + n_rows], np.arange(n_rows))), shape=(len(groups), n_rows))
                         pb_sums += np.asarray((ind @ chunk.astype(np.float64)).todense())
                     row0 += chunk.shape[0]
                 writer.close(row0)

@@ -207,7 +207,8 @@ def split_masks(adata: ad.AnnData, split: Split) -> dict[str, np.ndarray]:
         missing = [k for k in keys if k not in present]
         if missing:
             c, p = missing[0].split("\x1f")
-            raise InputError(f"{schema.source_name(adata)}: split {split.name!r} lists {p!r} in context {c!r}, which has no cells ({schema.PERT_COL!r})")
+            raise InputError(f"{schema.source_name(adata)}: split {split.name!r} lists {p!r} in context {c!r}, "
+                             f"which has no cells ({schema.PERT_COL!r})")
         masks[fold] = np.isin(cell_key, keys)
     masks["train"] |= pert == schema.CONTROL
     return masks

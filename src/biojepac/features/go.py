@@ -2,7 +2,8 @@
 
 Reads the table shipped with the package (`features/data/human_gene_go.tsv.xz`: symbol, go_id, aspect;
 built by `scripts/build_go_table.py`, GO annotations CC BY 4.0), the GO Consortium's GAF 2.2 file
-(`goa_human.gaf[.gz]`), or a TSV with columns symbol, go_id, evidence, aspect (`human_gene_go.tsv.gz`). Why TF-IDF + SVD rather than propagation over the GO graph: see docs/features.md
+(`goa_human.gaf[.gz]`), or a TSV with columns symbol, go_id, evidence, aspect (`human_gene_go.tsv.gz`).
+Why TF-IDF + SVD rather than propagation over the GO graph: see docs/features.md
 (short version: the ontology graph is not available offline, IDF already down-weights the broad terms
 that propagation would add everywhere, and SVD merges co-annotated terms into shared directions).
 """

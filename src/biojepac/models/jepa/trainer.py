@@ -131,7 +131,8 @@ def run_stage(name, params, extra, loss_fn, update_extra, get_batch, n_steps, lr
     optim = make_optim(lr, n_steps)
     state = loop.make_state(params, optim, jax.random.PRNGKey(seed), extra)
     step_fn = loop.make_train_step(loss_fn, optim, update_extra)
-    cfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(50, n_steps // 10)), ckpt_every=max(50, n_steps // 5), progress=progress, wandb_project=wandb_project)
+    cfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(50, n_steps // 10)), ckpt_every=max(50, n_steps // 5),
+                          progress=progress, wandb_project=wandb_project)
     return loop.run_loop(state, step_fn, get_batch, cfg, run_dpath / name, header={"stage": name, **(header or {})}, desc=name)
 
 
