@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -124,6 +125,8 @@ def predict(cfg: BenchConfig, task: tasklib.Task, model: str) -> dict:
     if pred_fpath.exists() and info_fpath.exists() and not cfg.force:
         info = json.loads(info_fpath.read_text())
         return {**run, **info["run"], "note": (info["run"].get("note", "") + " (cached prediction)").strip()}
+    if cfg.force:  # recompute from scratch: a run folder left by earlier code must not be resumed
+        shutil.rmtree(work / "run", ignore_errors=True)
     t0 = time.perf_counter()
     if model in PEERS:
         cmd = peers.command(model, task, work, pred_fpath, cfg)
