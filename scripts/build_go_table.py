@@ -17,14 +17,12 @@ Run: `.venv/bin/python scripts/build_go_table.py [--src ../shared/data/human_gen
 """
 
 import argparse
-import csv
-import io
-import lzma
 import pathlib
 
 import pandas as pd
 
 from biojepac.features.go import GoConfig, read_go_annotations
+from biojepac.io import write_xz_tsv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "human_gene_go.tsv.gz"
@@ -37,9 +35,7 @@ def build(src: pathlib.Path, dst: pathlib.Path, min_genes: int) -> pd.DataFrame:
     df = df[~df["evidence"].isin(cfg.exclude_evidence)][["symbol", "go_id", "aspect"]].drop_duplicates()
     df = df[df.groupby("go_id")["symbol"].transform("size") >= min_genes]
     df = df.sort_values(["symbol", "go_id"], kind="stable").reset_index(drop=True)
-    buf = io.StringIO()
-    df.to_csv(buf, sep="\t", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
-    dst.write_bytes(lzma.compress(buf.getvalue().encode(), preset=9 | lzma.PRESET_EXTREME))
+    write_xz_tsv(df, dst)
     return df
 
 

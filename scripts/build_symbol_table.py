@@ -11,11 +11,10 @@ Run: `.venv/bin/python scripts/build_symbol_table.py [--src ../shared/data/human
 
 import argparse
 import csv
-import io
-import lzma
 import pathlib
 
 import pandas as pd
+from biojepac.io import write_xz_tsv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "human_gene_ids.tsv.gz"
@@ -27,10 +26,7 @@ def build(src: pathlib.Path, dst: pathlib.Path) -> pd.DataFrame:
     df = pd.read_csv(src, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
     df = df[(df["gene_type"] != "biological-region") & (df["symbol"] != "")]
     df = df[COLUMNS].sort_values("symbol", kind="stable").reset_index(drop=True)
-    buf = io.StringIO()
-    df.to_csv(buf, sep="\t", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
-    # A fixed preset and no timestamp in the .xz container: reproducible bytes.
-    dst.write_bytes(lzma.compress(buf.getvalue().encode(), preset=9 | lzma.PRESET_EXTREME))
+    write_xz_tsv(df, dst)
     return df
 
 

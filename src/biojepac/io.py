@@ -128,3 +128,15 @@ def command_line(prog: str, cfg) -> str:
         elif value is not None:
             parts += [flag, str(value)]
     return " ".join(parts)
+
+
+def write_xz_tsv(df, dst: str | os.PathLike) -> pathlib.Path:
+    """A table as reproducible bytes (package data): tab-separated, LF line ends, no quoting, .xz with a
+    fixed preset (the container has no timestamp), written atomically."""
+    import csv
+    import io
+    import lzma
+
+    buf = io.StringIO()
+    df.to_csv(buf, sep="\t", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
+    return write_text_atomic(dst, lzma.compress(buf.getvalue().encode(), preset=9 | lzma.PRESET_EXTREME))

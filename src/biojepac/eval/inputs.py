@@ -172,7 +172,7 @@ def _normalize_counts_sparse(x: sp.csr_matrix, name: str) -> sp.csr_matrix:
     """
     if np.issubdtype(x.dtype, np.integer):
         x.data = x.data.astype(np.float32)
-    totals = _row_totals(x.indptr, x.data).astype(x.data.dtype)
+    totals = row_totals(x.indptr, x.data).astype(x.data.dtype)
     scale = size_factors(totals, target_sum(totals, "median", name, median_over="all"))
     _divide_rows(x.indptr, x.data, scale)
     np.log1p(x.data, out=x.data)
@@ -180,7 +180,8 @@ def _normalize_counts_sparse(x: sp.csr_matrix, name: str) -> sp.csr_matrix:
 
 
 @numba.njit(nogil=True, cache=True)
-def _row_totals(indptr, data):
+def row_totals(indptr, data):
+    """Sum of each CSR row's stored values (float64), one compiled pass."""
     out = np.zeros(len(indptr) - 1)
     for r in range(len(indptr) - 1):
         total = 0.0

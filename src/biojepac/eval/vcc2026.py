@@ -32,6 +32,7 @@ import scipy.special
 
 from biojepac.errors import InputError
 from biojepac.eval import mwu
+from biojepac.eval.inputs import row_totals
 
 BULK_TARGET_SUM = 5e4
 CPM_TARGET_SUM = 1e6
@@ -245,23 +246,12 @@ def _scanpy_pvalues(u, nnz, ties, ctrl_ties, n_per_group):
 
 def _cpm_log1p(x: sp.csr_matrix) -> sp.csr_matrix:
     """scanpy normalize_total(target_sum=1e6) then log1p, in float64 (cell-eval2's DE input)."""
-    totals = _row_sums(x.indptr, x.data)
+    totals = row_totals(x.indptr, x.data)
     per = totals / CPM_TARGET_SUM
     per[per == 0] = 1.0
     out = sp.csr_matrix((x.data / np.repeat(per, np.diff(x.indptr)), x.indices, x.indptr), shape=x.shape)
     out.data = np.log1p(out.data)
     return out, out.data.copy()
-
-
-@numba.njit(cache=True)
-def _row_sums(indptr, data):
-    out = np.zeros(len(indptr) - 1)
-    for r in range(len(indptr) - 1):
-        c = 0.0
-        for j in range(indptr[r], indptr[r + 1]):
-            c += data[j]
-        out[r] = c
-    return out
 
 
 def _bh(p: np.ndarray) -> np.ndarray:
@@ -282,7 +272,7 @@ def de_table(sc: CountScreen, kept_ctrl_cpm_mean=None, workers: int = 2) -> tupl
     n_per = np.bincount(sc.codes, minlength=len(sc.perts) + 1)
     st = mwu.group_stats(logx, sc.codes, n_per, workers, _scanpy_pvalues)
     # arithmetic CPM means, from the linear CPM values (expm1 of log1p is not exact: recompute)
-    totals = _row_sums(sc.x.indptr, sc.x.data)
+    totals = row_totals(sc.x.indptr, sc.x.data)
     per = totals / CPM_TARGET_SUM
     per[per == 0] = 1.0
     cpm = sp.csr_matrix((sc.x.data / np.repeat(per, np.diff(sc.x.indptr)), sc.x.indices, sc.x.indptr),
