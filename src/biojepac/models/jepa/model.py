@@ -85,13 +85,17 @@ class BioJepacModel:
         n = len(x)
         x_pad = np.concatenate([x, np.zeros(((-n) % CHUNK, x.shape[1]), np.float32)])
         lib = log_library(x_pad)
-        prior = jnp.asarray(self.prior.shift([target_gene], context, self.features)[0].reshape(len(self.genes), -1))
+        measured = self.prior.is_measured(target_gene, context)
+        shift = self.prior.shift([target_gene], context, self.features)[0]
+        if self.cfg.predict.prior == "none" and not measured:  # the ablation without a prior: the residual alone
+            shift = np.zeros_like(shift)
+        prior = jnp.asarray(shift.reshape(len(self.genes), -1))
         embeddable = not self.features.missing([target_gene])
         f = jnp.asarray(self.features.vectors([target_gene])[0] if embeddable else np.zeros(self.features.dim, np.float32))
         ctx = jnp.asarray(self.contexts.index(context) + 1 if context in self.contexts else 0)
         target = jnp.asarray(np.isin(self.genes, split_combo(target_gene)).astype(np.float32))
         # The residual corrects the prior's guesses; a measured perturbation's prior is its measurement.
-        residual = self.use_residual and embeddable and not self.prior.is_measured(target_gene, context)
+        residual = self.use_residual and embeddable and not measured
         outs = [_predict_chunk(self.mods, x_pad[i : i + CHUNK], lib[i : i + CHUNK], prior, f, jnp.asarray(self.mode),
                                ctx, target, jnp.asarray(residual)) for i in range(0, len(x_pad), CHUNK)]
         mean, var, shift = (np.concatenate([np.asarray(o[j]) for o in outs])[:n] for j in range(3))
