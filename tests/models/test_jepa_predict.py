@@ -182,3 +182,17 @@ def test_shuffled_labels_predict_nothing_for_held_out_perturbations():
     base = deltas.mean(0)
     r = np.mean([np.corrcoef(t - base, p - base)[0, 1] for t, p in zip(truth, pred)])
     assert abs(r) < 0.3, r
+
+
+def test_context_transfer_prior_moves_measured_shifts_scaled_by_shared_perturbations():
+    """p measured in context a only: its prior in b is its shift in a times |Δ_b| / |Δ_a| over the
+    perturbations both contexts measured (the context-transfer baseline's rule)."""
+    rng = np.random.default_rng(3)
+    shared = rng.normal(size=(4, 5))
+    labels = np.asarray(["S0", "S1", "S2", "S3", "P"] + ["S0", "S1", "S2", "S3"])
+    ctx = np.asarray([0] * 5 + [1] * 4)
+    delta = np.vstack([shared, rng.normal(size=(1, 5)), 2.5 * shared])
+    feats = GeneTable(name="f", keys=("S0", "S1", "S2", "S3", "P"), matrix=rng.normal(size=(5, 3)))
+    prior, _ = fit_prior(labels, ctx, np.asarray(["a", "b"]), delta, feats)
+    np.testing.assert_allclose(prior.shift(["P"], "b", feats)[0], 2.5 * delta[4], rtol=1e-5)
+    np.testing.assert_allclose(prior.shift(["P"], "a", feats)[0], delta[4], rtol=1e-6)  # measured there

@@ -4,12 +4,13 @@ With Δz(p, c) the mean teacher latent of p's cells in context c minus that of c
 token's latent, flattened), fitted on the training perturbations:
 
     prior(p, c) = Δz(p, c)           when p was measured in c (a training perturbation)
-                = base_c + T(p, c)   when p was measured in another context (context transfer)
+                = T(p, c)            when p was measured in another context (context transfer)
                 = base_c + B·φ(p)    otherwise (ridge from the perturbation features φ)
 
 `base_c` is the mean shift of c's training perturbations (of all of them for a context not in
-training): the latent twin of the cell-mean baseline. `T` moves p's measured residual shifts
-(Δz − base) from the other contexts, rescaled by the ratio of the contexts' typical residual sizes.
+training): the latent twin of the cell-mean baseline. `T` moves p's measured shifts from the
+other contexts, each rescaled by how strongly the two contexts respond (the norm ratio of their shifts
+over the perturbations both measured), as the context-transfer baseline does in expression.
 B is ridge regression on centred features with λ chosen by exact leave-one-out error over a grid
 (the hat-matrix shortcut), so nothing is tuned by hand. The action-conditioned predictor learns a
 residual on top of this prior.
@@ -39,8 +40,9 @@ class Prior:
     """(groups, D) measured mean latent shifts."""
     base: np.ndarray
     """(contexts, D) mean shift of each context's perturbations."""
-    scale: np.ndarray
-    """(contexts,) RMS size of each context's residual shifts (for context transfer)."""
+    scale_cc: np.ndarray
+    """(contexts, contexts) context transfer scale c <- c': |Δ_c| / |Δ_c'| over the perturbations both
+    measured (1 when they share none), as the context-transfer baseline."""
     coef: np.ndarray
     """(features, D) ridge coefficients B."""
     feat_mean: np.ndarray
@@ -66,7 +68,7 @@ class Prior:
             if len(same):  # measured here: the measurement is the best estimate of its mean shift
                 out[i] = self.delta[same[0]]
             elif (moved := self.transfer(label, c)) is not None:
-                out[i] = base + moved
+                out[i] = moved
             else:
                 need_ridge.append(i)
         lacking = [i for i in need_ridge if features.missing([labels[i]])]
@@ -81,15 +83,14 @@ class Prior:
         return out
 
     def transfer(self, label: str, c: int) -> np.ndarray | None:
-        """p's residual shifts measured in contexts other than `c` (-1: a new context), rescaled to c's
-        typical residual size and averaged; None when p was measured nowhere else."""
+        """p's shifts measured in contexts other than `c` (-1: a new context), each rescaled to c by how
+        strongly the two contexts respond (`scale_cc`), averaged; None when p was measured nowhere else."""
         other = (self.labels == label) & (self.group_ctx != c)
         if not other.any():
             return None
         src = self.group_ctx[other]
-        resid = self.delta[other] - self.base[src]
-        size = self.scale[c] if c >= 0 else self.scale.mean()
-        return (resid * (size / np.maximum(self.scale[src], 1e-12))[:, None]).mean(0)
+        scale = self.scale_cc[c, src] if c >= 0 else np.ones(len(src))
+        return (self.delta[other] * scale[:, None]).mean(0)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -109,22 +110,27 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
     transfer part from the other contexts): the prior errors the residual predictor learns to correct.
     `readout(shifts) -> expression shifts`, the linear map from latent to expression, makes λ the one with the
     smallest leave-one-out error in expression, the space the predictions are scored in."""
-    delta = np.asarray(delta, np.float64)
+    labels, group_ctx, delta = np.asarray(labels, str), np.asarray(group_ctx), np.asarray(delta, np.float64)
     n_ctx = len(contexts)
     base = np.stack([delta[group_ctx == c].mean(0) if (group_ctx == c).any() else delta.mean(0) for c in range(n_ctx)])
     resid = delta - base[group_ctx]
-    rms = np.sqrt((resid**2).sum(1))
-    scale = np.asarray([rms[group_ctx == c].mean() if (group_ctx == c).sum() > 1 else rms.mean() for c in range(n_ctx)])
+    scale_cc = np.ones((n_ctx, n_ctx))
+    for a in range(n_ctx):
+        for b in range(n_ctx):
+            shared = np.intersect1d(labels[group_ctx == a], labels[group_ctx == b])
+            if a != b and len(shared):
+                rows = lambda c: [int(np.flatnonzero((labels == lab) & (group_ctx == c))[0]) for lab in shared]
+                scale_cc[a, b] = np.sqrt((delta[rows(a)] ** 2).sum() / max((delta[rows(b)] ** 2).sum(), 1e-12))
     phi = features.vectors(list(labels)).astype(np.float64)
     feat_mean = phi.mean(0)
     coef, lam, loo_fit = ridge_loo(phi - feat_mean, resid, readout)
     prior = Prior(np.asarray(labels, str), np.asarray(group_ctx), np.asarray(contexts, str), delta.astype(np.float32),
-                  base.astype(np.float32), scale.astype(np.float32), coef.astype(np.float32),
+                  base.astype(np.float32), scale_cc.astype(np.float32), coef.astype(np.float32),
                   feat_mean.astype(np.float32), lam)
     out_of_sample = base[group_ctx] + loo_fit
     for i in range(len(labels)):
         if (moved := prior.transfer(labels[i], group_ctx[i])) is not None:
-            out_of_sample[i] = base[group_ctx[i]] + moved
+            out_of_sample[i] = moved
     return prior, out_of_sample.astype(np.float32)
 
 
