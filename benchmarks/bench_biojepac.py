@@ -15,6 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from biojepac.models.jepa.attention import Block
 from biojepac.models.jepa.config import get_preset
@@ -70,7 +71,10 @@ def bench_throughput(n_steps=20) -> list[dict]:
         mesh = meshlib.make_mesh()
         state = meshlib.replicate(state, mesh)
         batch = meshlib.shard_batch(get_batch(0), mesh)
-        n_cells = len(next(iter(batch.values())))
+        # Cells a step reads: the batch's leading axis, times the set size where a batch holds cell sets
+        # (the predict stage: groups x S control cells, plus as many perturbed cells read by the teacher).
+        first = next(iter(batch.values()))
+        n_cells = int(np.prod(first.shape[:-1])) * (2 if "x_pert" in batch and first.ndim == 3 else 1)
         t0 = time.perf_counter()
         state, _ = step_fn(state, batch)
         jax.block_until_ready(state)
