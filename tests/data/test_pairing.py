@@ -220,9 +220,9 @@ def test_state_sampler_and_jepa_pools_obey_the_rule():
     # BioJEPAC: every cell's control slice (what its training batches draw from) is the rule's pool.
     with pytest.warns(UserWarning, match="batch 'b1' of context 'c2'"):
         scr = jepa_trainer.prepare_screen(adata, jepa_trainer.default_features(adata))
-    offset, count = scr.ctrl_pick
+    order, offset, count = scr.controls.order, scr.controls.offset, scr.controls.count
     for i in range(adata.n_obs):
-        assert set(scr.ctrl_order[offset[i] : offset[i] + count[i]].tolist()) == want[i]
+        assert set(order[offset[i] : offset[i] + count[i]].tolist()) == want[i]
     # Neither borrows controls from another context: a context without controls stops both.
     no_ctrl = adata[~((obs["context"] == "c1") & (obs["target_gene"] == schema.CONTROL)).to_numpy()].copy()
     x = x[: no_ctrl.n_obs]

@@ -102,7 +102,7 @@ def test_predict_loss_is_stationary_at_the_target(fitted):
     g = np.arange(4)
     rng = np.random.default_rng(0)
     cells = np.stack([rng.choice(stats.cells[i], 8) for i in g])
-    ctrl = scr.ctrl_order[scr.ctrl_pick[0][cells]]
+    ctrl = scr.controls.order[scr.controls.offset[cells]]
     batch = {"x_ctrl": scr.x_cg[ctrl], "lib_ctrl": scr.lib_c[ctrl], "x_pert": scr.x_cg[cells], "lib_pert": scr.lib_c[cells],
              "prior": stats.delta_z[g], "feat": model.features.vectors(list(stats.labels[g])),
              "mode": np.zeros(4, np.int32), "ctx": np.ones(4, np.int32), "target": stats.target[g],

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
-from biojepac.data.pairing import control_slices
+from biojepac.data.pairing import ControlSlices, control_slices
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL, split_combo
 from biojepac.data.fingerprint import screen_fingerprint
 from biojepac.errors import InputError
@@ -61,8 +61,8 @@ class Screen:
     mode_c: np.ndarray
     feat_pf: np.ndarray
     features: GeneTable
-    ctrl_pick: tuple[np.ndarray, np.ndarray]  # per cell: offset, count into `ctrl_order`
-    ctrl_order: np.ndarray
+    controls: ControlSlices
+    """Each cell's control pool (`data.pairing`'s one rule)."""
 
 
 @dataclasses.dataclass
@@ -111,14 +111,11 @@ def prepare_screen(adata: ad.AnnData, features: GeneTable) -> Screen:
     pert_c = np.searchsorted(np.asarray(labels[1:]), obs[PERT_COL].astype(str).to_numpy()) + 1
     pert_c[(obs[PERT_COL] == CONTROL).to_numpy()] = 0
     modes = obs[PERT_TYPE_COL].astype(str).map(mode_index).to_numpy() if PERT_TYPE_COL in obs else np.zeros(len(obs), int)
-    # Control pairing by the one rule (`data.pairing.control_slices`): same context and batch, else same
-    # context (warned), never another context; each cell's pool is a contiguous slice of `order`.
+    # Control pairing by the one rule: same context and batch, else same context (warned), never another.
     ctx = obs[CONTEXT_COL].astype(str).to_numpy()
     pools = control_slices(obs[CONTEXT_COL], obs[BATCH_COL], pert_c == 0, "biojepac: training screen")
-    order, offset, count = pools.order, pools.offset, pools.count
     x32 = x.astype(np.float32)
-    return Screen(list(map(str, adata.var_names)), x32, log_library(x32), pert_c, labels, ctx, modes, feat, features,
-                  (offset, count), order)
+    return Screen(list(map(str, adata.var_names)), x32, log_library(x32), pert_c, labels, ctx, modes, feat, features, pools)
 
 
 def make_optim(lr: float, n_steps: int, weight_decay: float = 1e-4) -> optax.GradientTransformation:
@@ -313,8 +310,9 @@ def group_stats(scr: Screen, teacher, chunk: int = 256) -> GroupStats:
         for part in split_combo(str(label)):
             if part in gene_index:
                 target[r, gene_index[part]] = 1.0
+    cells_of = np.split(np.argsort(group_c, kind="stable"), np.cumsum(counts)[:-1])  # each group's rows, in order
     return GroupStats(labels, ctx_g[keep], ctx_names, (mean_z[keep] - mean_z[ref]).reshape(len(keep), n_genes, d).astype(np.float32),
-                      (mean_x[keep] - mean_x[ref]).astype(np.float32), [np.flatnonzero(group_c == g) for g in keep], target)
+                      (mean_x[keep] - mean_x[ref]).astype(np.float32), [cells_of[g] for g in keep], target)
 
 
 def lift_to_latent(delta_x: np.ndarray, w_gd: np.ndarray) -> np.ndarray:
@@ -351,8 +349,7 @@ def train_predict(run: Run, predictor, composer, teacher, decoder, stats: GroupS
     def sets(groups: np.ndarray, seed: int, step: int) -> dict:
         r = np.random.default_rng([seed, step])
         pert = np.stack([r.choice(stats.cells[g], c.set_size, replace=len(stats.cells[g]) < c.set_size) for g in groups])
-        offset, count = scr.ctrl_pick
-        ctrl = scr.ctrl_order[offset[pert] + np.floor(r.random(pert.shape) * count[pert]).astype(int)]
+        ctrl = scr.controls.draw(pert, r.random(pert.shape))
         return {"x_ctrl": scr.x_cg[ctrl], "lib_ctrl": scr.lib_c[ctrl], "x_pert": scr.x_cg[pert], "lib_pert": scr.lib_c[pert],
                 "prior": prior_gd[groups], "feat": feat[groups], "mode": np.full(len(groups), mode, np.int32),
                 "ctx": ctx_index[groups].astype(np.int32), "target": stats.target[groups],
