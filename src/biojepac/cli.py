@@ -57,6 +57,11 @@ COMMANDS: dict = {
             "biojepac.data.ooc:PrepareOocCommand",
             "biojepac.data.ooc:run_prepare_ooc",
         ),
+        "combine": (
+            "Combine several screens into one gene space (symbols/Ensembl matched, same normalisation, missing genes masked), out of core.",
+            "biojepac.data.combine:CombineConfig",
+            "biojepac.data.combine:run_combine",
+        ),
         "split": (
             "Make a leak-checked train/val/test split JSON from a canonical .h5ad screen.",
             "biojepac.data.splits:SplitCommand",

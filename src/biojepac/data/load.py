@@ -167,12 +167,18 @@ def validate_screen(adata: ad.AnnData, source: str, *, expect: Expect = "auto") 
 
     Returns whether X holds counts or log1p values (detected, or `expect` when given).
     """
-    for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL, schema.PERT_TYPE_COL):
-        if col not in adata.obs.columns:
-            raise InputError(f"{source}: obs column {col!r} not found; obs has {list(adata.obs.columns)}")
-    _check_genes(adata.var_names, source)
-    _check_cells(adata.obs, source)
+    validate_labels(adata.obs, adata.var_names, source)
     return _check_values(adata, source, expect)
+
+
+def validate_labels(obs: pd.DataFrame, var_names, source: str) -> None:
+    """The checks of `validate_screen` that need no pass over X: canonical obs columns, unique non-empty
+    gene names, every context with controls (for readers that scan X their own way, e.g. `data.combine`)."""
+    for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL, schema.PERT_TYPE_COL):
+        if col not in obs.columns:
+            raise InputError(f"{source}: obs column {col!r} not found; obs has {list(obs.columns)}")
+    _check_genes(var_names, source)
+    _check_cells(obs, source)
 
 
 def _check_genes(names: pd.Index, source: str) -> None:

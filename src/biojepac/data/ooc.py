@@ -66,7 +66,7 @@ def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.
         blocks = x.to_delayed().ravel()
 
         # Pass 1: totals (float64 sum rounded to float32, as scanpy's normalize_total), max and the integer check.
-        parts = dask.compute(*[dask.delayed(_row_facts)(b) for b in blocks])
+        parts = dask.compute(*[dask.delayed(row_facts)(b) for b in blocks])
         if any(p[3] is not None for p in parts):
             _refuse_bad_values(parts, x.chunks[0], src_fpath, obs, var)
         totals = np.concatenate([p[0] for p in parts])
@@ -141,7 +141,7 @@ def _as_csr(block) -> sp.csr_matrix:
     return block if isinstance(block, sp.csr_matrix) else sp.csr_matrix(np.asarray(block))
 
 
-def _row_facts(block) -> tuple[np.ndarray, float, bool, tuple[int, int, float] | None]:
+def row_facts(block) -> tuple[np.ndarray, float, bool, tuple[int, int, float] | None]:
     """Per-row totals, the largest value, whether any value is fractional, and the first NaN / inf /
     negative value as (row in block, gene index, value), or None."""
     m = _as_csr(block)
