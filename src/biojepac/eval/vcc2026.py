@@ -57,16 +57,22 @@ class CountScreen:
     codes: np.ndarray
     perts: np.ndarray
     genes: np.ndarray
+    control: str = "non-targeting"
+    """The control's label."""
 
 
-def count_screen(x, labels, genes, *, control: str, name: str) -> CountScreen:
-    """Check raw counts (non-negative integers, no cell total above 1e6) and group the cells."""
+def count_screen(x, labels, genes, *, control: str, name: str, integral: bool = True) -> CountScreen:
+    """Check raw counts (non-negative integers, no cell total above 1e6) and group the cells. `integral=False`
+    admits fractional values (the baseline's scaled control cells, as cell-eval2 allows them there)."""
     x = sp.csr_matrix(x, dtype=np.float64)
     x.sum_duplicates()
     x.sort_indices()
     d = x.data
-    if d.size and (d.min() < 0 or not np.all(np.isfinite(d)) or np.any(d != np.round(d))):
-        raise InputError(f"{name}: VCC 2026 needs raw integer counts (non-negative, integral)")
+    if d.size and (d.min() < 0 or not np.all(np.isfinite(d))):
+        raise InputError(f"{name}: VCC 2026 needs raw counts (non-negative, finite)")
+    if integral and d.size and np.any(d != np.round(d)):
+        bad = int(np.searchsorted(x.indptr, np.flatnonzero(d != np.round(d))[0], side="right") - 1)
+        raise InputError(f"{name}: VCC 2026 needs raw integer counts; cell {bad} holds a fractional value")
     totals = np.asarray(x.sum(axis=1)).ravel()
     if totals.size and totals.max() > MAX_CELL_TOTAL:
         raise InputError(f"{name}: a cell totals {totals.max():.0f} counts, above {MAX_CELL_TOTAL:.0f}")
@@ -75,21 +81,28 @@ def count_screen(x, labels, genes, *, control: str, name: str) -> CountScreen:
         raise InputError(f"{name}: no control cells labelled {control!r}")
     perts = np.unique(labels[labels != control])
     codes = np.where(labels == control, 0, np.searchsorted(perts, labels) + 1)
-    return CountScreen(name, x, codes.astype(np.int64), perts, np.asarray(genes).astype(str))
+    return CountScreen(name, x, codes.astype(np.int64), perts, np.asarray(genes).astype(str), control)
 
 
 def target_columns(perts, genes, target_gene_map: dict | None = None) -> np.ndarray:
-    """Column of each perturbation's own target gene, -1 where it resolves to none: the map first (a None
-    value declares no target), else the label itself as a gene name (cell-eval2's rule)."""
+    """Column of each perturbation's own target gene, -1 where it resolves to none (cell-eval2's rule): the
+    map's entry first (None declares no target gene), else none when the map's "*" entry is None, else the
+    label itself as a gene name. No label resolving at all is an error, as in cell-eval2: the labels are
+    then construct IDs and need a map."""
     pos = {g: k for k, g in enumerate(genes)}
     if len(pos) != len(genes):
         raise InputError("duplicate gene names: target-gene exclusion needs unique names")
     tmap = target_gene_map or {}
     out = np.full(len(perts), -1, np.int64)
+    declared = 0
     for i, p in enumerate(perts):
-        gene = tmap.get(p, p) if p in tmap or "*" not in tmap else tmap["*"]
+        gene = tmap[p] if p in tmap else (None if "*" in tmap and tmap["*"] is None else p)
+        declared += gene is None
         if gene is not None and gene in pos:
             out[i] = pos[gene]
+    if len(perts) and declared == 0 and (out < 0).all():
+        raise InputError(f"no perturbation label names a measured gene (e.g. {perts[0]!r}): target genes cannot "
+                         "be excluded; give a target-gene map (label -> gene, or none)")
     return out
 
 
@@ -153,11 +166,12 @@ def jackknife(sc: CountScreen, sums: np.ndarray) -> np.ndarray:
     return _jackknife(sc.x.indptr, sc.x.indices, sc.x.data, order, bounds, sums, BULK_TARGET_SUM)
 
 
-def pds_cosine(pred_b, real_b, panel_cols) -> np.ndarray:
-    """Rows 1.. of pred_b / real_b are the perturbations (aligned), row 0 the real control."""
+def pds_cosine(pred_b, real_b, panel_cols, pred_ctrl: np.ndarray | None = None) -> np.ndarray:
+    """Rows 1.. of pred_b / real_b are the perturbations (aligned), row 0 the control. The predicted effect is
+    taken against the real control, or against `pred_ctrl` (cell-eval2's `control_source: pred`)."""
     keep = np.ones(real_b.shape[1], bool)
     keep[panel_cols] = False
-    pe = (pred_b[1:] - real_b[0])[:, keep]
+    pe = (pred_b[1:] - (real_b[0] if pred_ctrl is None else pred_ctrl))[:, keep]
     re = (real_b[1:] - real_b[0])[:, keep]
     sim = pe @ re.T
     denom = np.sqrt(np.einsum("ig,ig->i", pe, pe))[:, None] * np.sqrt(np.einsum("jg,jg->j", re, re))[None, :]
@@ -265,7 +279,7 @@ def _bh(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def de_table(sc: CountScreen, kept_ctrl_cpm_mean=None, workers: int = 2) -> tuple[DETable, np.ndarray]:
+def de_table(sc: CountScreen, workers: int = 2) -> tuple[DETable, np.ndarray]:
     """DE of each perturbation vs the screen's own control (group 0). Returns the table over the kept genes
     and the kept mask (control mean CPM > 5)."""
     logx, _ = _cpm_log1p(sc.x)
@@ -284,10 +298,24 @@ def de_table(sc: CountScreen, kept_ctrl_cpm_mean=None, workers: int = 2) -> tupl
     return DETable(lfc, pval, _bh(pval) if kept.any() else pval), kept
 
 
-def de_metrics(real: DETable, pred: DETable, own: np.ndarray, kept_genes: np.ndarray) -> dict[str, np.ndarray]:
-    """The four DE metrics per perturbation. `own` (perts x kept genes) marks each perturbation's target."""
-    rs = (real.padj < ALPHA) & ~own
-    ps = (pred.padj < ALPHA) & ~own
+def on_genes(table: DETable, kept: np.ndarray, axis: np.ndarray) -> DETable:
+    """The table over the genes `axis` (a mask over all genes, covering `kept`); genes this side's control
+    filter dropped are absent from its table (cell-eval2 inner-joins them away) and read NaN here."""
+    cols = np.flatnonzero(kept[axis])
+    out = []
+    for a in (table.lfc, table.pval, table.padj):
+        full = np.full((a.shape[0], int(axis.sum())), np.nan)
+        full[:, cols] = a
+        out.append(full)
+    return DETable(*out)
+
+
+def de_metrics(real: DETable, pred: DETable, own: np.ndarray, genes: np.ndarray) -> dict[str, np.ndarray]:
+    """The four DE metrics per perturbation over one gene axis (NaN marks a gene absent from a side's table).
+    `own` (perts x genes) marks each perturbation's target gene."""
+    with np.errstate(invalid="ignore"):
+        rs = (real.padj < ALPHA) & ~own
+        ps = (pred.padj < ALPHA) & ~own
     tp = (rs & ps).sum(1)
     union = rs.sum(1) + ps.sum(1) - tp
     jac = np.where(union == 0, 1.0, tp / np.maximum(union, 1))
@@ -301,14 +329,15 @@ def de_metrics(real: DETable, pred: DETable, own: np.ndarray, kept_genes: np.nda
     mx = np.maximum(n_pred, n_conf)
     with np.errstate(invalid="ignore", divide="ignore"):
         fid = np.where(mx == 0, np.nan, k / mx)
-    # reach: rank the real significant genes by the prediction's confidence
+    # reach: rank the real significant genes both tables hold by the prediction's confidence
     reach = np.full(len(rs), np.nan)
+    in_pred = ~np.isnan(pred.pval)
     rank_padj = np.where(np.isnan(pred.padj), np.inf, pred.padj)
     rank_p = np.where(np.isnan(pred.pval), np.inf, pred.pval)
     abs_l = np.where(np.isnan(pred.lfc), -np.inf, np.abs(pred.lfc))
     for i in np.flatnonzero(n_conf > 0):
-        idx = np.flatnonzero(rs[i])
-        o = np.lexsort((kept_genes[idx], -abs_l[i, idx], rank_p[i, idx], rank_padj[i, idx], ~ps[i, idx]))
+        idx = np.flatnonzero(rs[i] & in_pred[i])
+        o = np.lexsort((genes[idx], -abs_l[i, idx], rank_p[i, idx], rank_padj[i, idx], ~ps[i, idx]))
         idx = idx[o]
         nd = np.cumsum(defined_r[i, idx])
         nm = np.cumsum(match[i, idx])
@@ -316,7 +345,7 @@ def de_metrics(real: DETable, pred: DETable, own: np.ndarray, kept_genes: np.nda
             pur = np.where(nd > 0, nm / np.maximum(nd, 1), np.nan)
         hit = nd[pur >= REACH_P0]
         reach[i] = (hit.max() if hit.size else 0) / n_conf[i]
-    # LFC NMAE over the real gate
+    # LFC NMAE over the real gate; a predicted LFC that is missing or not finite counts as 0
     gate = rs & np.isfinite(real.lfc)
     pl = np.where(np.isfinite(pred.lfc), pred.lfc, 0.0)
     n_gate = gate.sum(1)
@@ -328,34 +357,73 @@ def de_metrics(real: DETable, pred: DETable, own: np.ndarray, kept_genes: np.nda
             "de_wilcoxon_sig_jaccard": jac, "de_wilcoxon_lfc_nmae": nmae}
 
 
-def score_pair(pred: CountScreen, real: CountScreen, target_gene_map: dict | None = None,
-               workers: int = 2) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per-perturbation metrics (rows = real.perts) and the aggregates of one context."""
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """What the metrics read of one file: pseudobulks, jackknife corrections and the DE table."""
+
+    bulk: np.ndarray
+    """(1 + perts) x genes log pseudobulk; row 0 the control."""
+    jack: np.ndarray
+    """Jackknife correction per group."""
+    de: DETable
+    kept: np.ndarray
+    """Genes the DE table holds (its control's mean CPM above 5)."""
+
+
+def side(sc: CountScreen, de_control: CountScreen | None = None, workers: int = 2) -> Side:
+    """Summarise one file. With `de_control`, its DE runs against that screen's control cells instead of its
+    own (cell-eval2's `control_source: real` for a prediction)."""
+    sums = group_sums(sc.x, sc.codes, len(sc.perts) + 1)
+    de_sc = sc
+    if de_control is not None:
+        ctrl = de_control.x[de_control.codes == 0]
+        pmask = sc.codes > 0
+        de_sc = dataclasses.replace(sc, x=sp.vstack([sc.x[pmask], ctrl], format="csr"),
+                                    codes=np.r_[sc.codes[pmask], np.zeros(ctrl.shape[0], np.int64)])
+    de, kept = de_table(de_sc, workers=workers)
+    return Side(bulk_lognorm(sums), jackknife(sc, sums), de, kept)
+
+
+def check_alike(pred: CountScreen, real: CountScreen) -> None:
     if not np.array_equal(pred.genes, real.genes):
         raise InputError(f"{pred.name}: genes differ from {real.name} (names and order must match)")
     if not np.array_equal(pred.perts, real.perts):
         missing = sorted(set(real.perts) ^ set(pred.perts))[:5]
         raise InputError(f"{pred.name}: perturbation labels differ from {real.name}, e.g. {missing}")
-    n_groups = len(real.perts) + 1
-    tcols = target_columns(real.perts, real.genes, target_gene_map)
-    rsum, psum = group_sums(real.x, real.codes, n_groups), group_sums(pred.x, pred.codes, n_groups)
-    rb, pb = bulk_lognorm(rsum), bulk_lognorm(psum)
-    rc, pc = jackknife(real, rsum), jackknife(pred, psum)
-    out = {"pds_cosine": pds_cosine(pb, rb, np.unique(tcols[tcols >= 0]))}
-    num, den = expr_mse(pb, rb, pc, rc, tcols)
+
+
+def score_sides(ps: Side, rs: Side, tcols: np.ndarray, genes: np.ndarray,
+                control_source: str = "real") -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-perturbation metrics and the aggregates of one (prediction, reference) pair of summaries.
+    `control_source="pred"` takes the predicted effects against the prediction's own control (cell-eval2's
+    setting for the split-half replicate)."""
+    out = {"pds_cosine": pds_cosine(ps.bulk, rs.bulk, np.unique(tcols[tcols >= 0]),
+                                    ps.bulk[0] if control_source == "pred" else None)}
+    num, den = expr_mse(ps.bulk, rs.bulk, ps.jack, rs.jack, tcols)
     out["expr_mse_unbiased_capped"] = num
     out["expr_distance_unbiased"] = den
-    # the prediction's DE runs against the REAL control cells
-    ctrl = real.x[real.codes == 0]
-    pmask = pred.codes > 0
-    px = sp.vstack([pred.x[pmask], ctrl], format="csr")
-    pcodes = np.r_[pred.codes[pmask], np.zeros(ctrl.shape[0], np.int64)]
-    pde_sc = CountScreen(pred.name, px, pcodes, pred.perts, pred.genes)
-    rde, kept = de_table(real, workers=workers)
-    pde, _ = de_table(pde_sc, workers=workers)
-    kidx = np.flatnonzero(kept)
+    axis = rs.kept | ps.kept
+    kidx = np.flatnonzero(axis)
     own = tcols[:, None] == kidx[None, :]
-    out.update(de_metrics(rde, pde, own, real.genes[kept]))
-    agg = {m: float(np.nanmean(out[m])) for m in METRICS if m != "expr_mse_unbiased_capped"}
-    agg["expr_mse_unbiased_capped_norm"] = float(num.sum() / den.sum())
-    return out, agg
+    out.update(de_metrics(on_genes(rs.de, rs.kept, axis), on_genes(ps.de, ps.kept, axis), own, genes[axis]))
+    return out, aggregate(out)
+
+
+def aggregate(per: dict[str, np.ndarray]) -> dict[str, float]:
+    """cell-eval2's `mean` row: NaN-skipping means, and the ratio of sums over perturbations where both parts
+    are finite."""
+    with np.errstate(invalid="ignore"):
+        agg = {m: float(np.nanmean(per[m])) if np.any(~np.isnan(per[m])) else float("nan")
+               for m in METRICS if m != "expr_mse_unbiased_capped"}
+        num, den = per["expr_mse_unbiased_capped"], per["expr_distance_unbiased"]
+        ok = np.isfinite(num) & np.isfinite(den)
+        agg["expr_mse_unbiased_capped_norm"] = float(num[ok].sum() / den[ok].sum()) if ok.any() else float("nan")
+    return agg
+
+
+def score_pair(pred: CountScreen, real: CountScreen, target_gene_map: dict | None = None,
+               workers: int = 2) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-perturbation metrics (rows = real.perts) and the aggregates of one context."""
+    check_alike(pred, real)
+    tcols = target_columns(real.perts, real.genes, target_gene_map)
+    return score_sides(side(pred, real, workers), side(real, workers=workers), tcols, real.genes)
