@@ -2,8 +2,10 @@
 
 Profiles: `vcc` (cell-eval 0.8.2's MAE/PDS/DES and score), `report` (the BioJEPAC report's metrics),
 `calibrated` (cosine PDS, DE Jaccard/direction, LFC nMAE, each normalised between baseline and a split-half
-ceiling), `all`. With `--screen`, the cell-mean baseline is built from the training screen as cell-eval builds
-it; with `--baseline`, a baseline prediction file is scored the same way. Inputs are never modified.
+ceiling), `all` (those three), and `vcc2026` (cell-eval2 0.20.0's `--preset vcc2026` on raw counts: the six
+metrics, its baseline, its split-half replicate and the score, per context; `eval.vcc2026_scale`).
+With `--screen`, the cell-mean baseline is built from the training screen as cell-eval builds it; with
+`--baseline`, a baseline prediction file is scored the same way. Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from biojepac.eval.stats import N_THREADS, Summary, small_pages, summarize, warm
 if TYPE_CHECKING:
     import anndata as ad
 
-Profile = Literal["vcc", "report", "calibrated", "all"]
+Profile = Literal["vcc", "report", "calibrated", "all", "vcc2026"]
 HEADLINE = ("overlap_at_N", "discrimination_score_l1", "mae", "pearson_delta", "pearson_delta_top20", "mse",
             "r2", "r2_top50", "shift_magnitude", *calibrated.NAMES)
 
@@ -49,7 +51,7 @@ class EvaluateConfig:
     screen: pathlib.Path | None = None
     """Training screen (.h5ad): build cell-eval's cell-mean baseline from its cells (instead of --baseline)."""
     profile: Profile = "all"
-    """Which metrics: vcc, report, calibrated or all."""
+    """Which metrics: vcc, report, calibrated, all (the three), or vcc2026 (raw counts; cell-eval2's profile)."""
     pert_col: str = schema.PERT_COL
     """obs column holding the perturbation label."""
     control: str = schema.CONTROL
@@ -60,9 +62,20 @@ class EvaluateConfig:
     """Seed for the bootstrap and the split-half ceiling."""
     plots: bool = True
     """Write report.md with PNG plots (CSV and JSON are always written)."""
+    context_col: str | None = None
+    """vcc2026: obs column naming each cell's context (cell line); each context is scored on its own scale."""
+    target_map: pathlib.Path | None = None
+    """vcc2026: CSV `label,gene` giving a label's target gene (empty gene: none), over our gene harmonisation."""
 
 
 def run_evaluate(cfg: EvaluateConfig) -> None:
+    if cfg.profile == "vcc2026":
+        out = evaluate_vcc2026(cfg.pred, cfg.real, out_dpath=cfg.out_dpath, pert_col=cfg.pert_col, control=cfg.control,
+                               context_col=cfg.context_col, target_gene_map=read_target_map(cfg.target_map))
+        for ctx, res in out["contexts"].items():
+            print(f"{ctx or 'score'}: " + ", ".join(f"{k} {x:.4f}" for k, x in res["scores"].items()))
+        print(f"wrote {', '.join(out['paths'].values())}  ({out['seconds']:.1f} s)")
+        return
     out = _score(  # no DataFrame needed: pandas is not even imported without the report
         cfg.pred, cfg.real, baseline=cfg.baseline, train=cfg.screen, profile=cfg.profile, out_dpath=cfg.out_dpath,
         pert_col=cfg.pert_col, control=cfg.control, n_boot=cfg.n_boot, seed=cfg.seed, plots=cfg.plots,
@@ -87,13 +100,19 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     plots: bool = True,
+    context_col: str | None = None,
+    target_gene_map: dict | None = None,
 ) -> dict:
     """Score `pred` against `real`. Returns {"per_perturbation": DataFrame, "aggregates": dict, "paths": dict}.
 
     Writes nothing when `out_dpath` is None; `plots=False` writes the CSV and JSON but no report.
+    `profile="vcc2026"` is `evaluate_vcc2026` (raw counts; `context_col`, `target_gene_map` apply to it only).
     """
     import pandas as pd
 
+    if profile == "vcc2026":
+        return evaluate_vcc2026(pred, real, out_dpath=out_dpath, pert_col=pert_col, control=control,
+                                context_col=context_col, target_gene_map=target_gene_map)
     out = _score(pred, real, baseline=baseline, train=train, profile=profile, out_dpath=out_dpath, pert_col=pert_col,
                  control=control, n_boot=n_boot, seed=seed, plots=plots)
     per = pd.DataFrame(out.pop("columns"), index=pd.Index(out.pop("perts"), name="perturbation"))
@@ -105,7 +124,7 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
            seed: int, plots: bool) -> dict:
     """`evaluate` with the per-perturbation table as {"perts": labels, "columns": {name: values}}."""
     if profile not in ("vcc", "report", "calibrated", "all"):
-        raise InputError(f"profile {profile!r} is not one of vcc, report, calibrated, all")
+        raise InputError(f"profile {profile!r} is not one of vcc, report, calibrated, all (vcc2026: evaluate_vcc2026)")
     if baseline is not None and train is not None:
         raise InputError("give either a baseline file or a training file, not both")
     if out_dpath is not None:
@@ -213,6 +232,69 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
                     k: calibrated.normalise(agg[k], agg["baseline"][k], agg["ceiling"][k]) for k in calibrated.NAMES
                 }
     return agg
+
+
+def evaluate_vcc2026(pred, real, *, out_dpath: str | pathlib.Path | None = None, pert_col: str = schema.PERT_COL,
+                     control: str = schema.CONTROL, context_col: str | None = None,
+                     target_gene_map: dict | None = None) -> dict:
+    """The vcc2026 profile: per-perturbation metrics under cell-eval2's names, and per context the aggregates of
+    the prediction, the baseline and the replicate with the scores. Writes per_perturbation.csv, scores.csv
+    and aggregates.json when `out_dpath` is given."""
+    from biojepac.eval import vcc2026_scale
+
+    if out_dpath is not None:
+        check_out_dpath(pathlib.Path(out_dpath))
+    t0 = time.perf_counter()
+    res = vcc2026_scale.score_files(pred, real, pert_col=pert_col, control=control, context_col=context_col,
+                                    target_gene_map=target_gene_map)
+    contexts = {ctx: {"user": r.user, "baseline": r.baseline, "replicate": r.replicate, "scores": r.scores,
+                      "replicate_splits": r.splits} for ctx, r in res.items()}
+    agg = {"contexts": contexts, "avg_score": float(np.mean([r.scores["avg_score"] for r in res.values()])),
+           "seconds": time.perf_counter() - t0,
+           "inputs": {"pred": str(pred), "real": str(real), "profile": "vcc2026", "context_col": context_col}}
+    columns = {"context": np.concatenate([[c] * len(r.perts) for c, r in res.items()]),
+               **{m: np.concatenate([r.per_perturbation[m] for r in res.values()]) for m in res[next(iter(res))].per_perturbation}}
+    perts = np.concatenate([r.perts for r in res.values()])
+    if context_col is None:
+        del columns["context"]
+    nan = float("nan")
+    rows = [[ctx, m, r.user[m], r.baseline[m], r.replicate[m], r.scores[m]] if m != "avg_score"
+            else [ctx, m, nan, nan, nan, r.scores[m]] for ctx, r in res.items() for m in r.scores]
+    paths = {}
+    if out_dpath is not None:
+        names = {"per_perturbation": "per_perturbation.csv", "scores": "scores.csv", "aggregates": "aggregates.json"}
+
+        def write(tmp: pathlib.Path) -> None:
+            (tmp / names["per_perturbation"]).write_text(_csv_text(perts, columns))
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows(
+                [["context", "metric", "user", "baseline", "replicate", "score"]]
+                + [[c, m, *("" if np.isnan(x) else repr(float(x)) for x in vals)] for c, m, *vals in rows])
+            (tmp / names["scores"]).write_text(buf.getvalue())
+            (tmp / names["aggregates"]).write_text(json.dumps(agg, indent=2, default=float))
+
+        write_dir_atomic(pathlib.Path(out_dpath), write)
+        paths = {k: str(pathlib.Path(out_dpath) / n) for k, n in names.items()}
+    import pandas as pd
+
+    per = pd.DataFrame(columns, index=pd.Index(perts, name="perturbation"))
+    return {"per_perturbation": per, "contexts": contexts, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
+
+
+def read_target_map(fpath: pathlib.Path | None) -> dict | None:
+    """`label,gene` rows (a header line `label,gene` is skipped); an empty gene declares no target gene."""
+    if fpath is None:
+        return None
+    if not fpath.is_file():
+        raise InputError(f"--target-map {fpath}: file not found")
+    out = {}
+    for i, row in enumerate(csv.reader(fpath.read_text().splitlines())):
+        if not row or (i == 0 and row[:2] == ["label", "gene"]):
+            continue
+        if len(row) != 2:
+            raise InputError(f"--target-map {fpath}: line {i + 1} is not `label,gene`: {row}")
+        out[row[0]] = row[1] or None
+    return out
 
 
 OUTPUT_SUFFIXES = (".csv", ".json", ".md", ".png")

@@ -40,6 +40,22 @@ def read_h5ad_parts(fpath: pathlib.Path, pert_col: str) -> tuple[np.ndarray, np.
         raise InputError(f"{fpath}: not a readable .h5ad file ({e})") from None
 
 
+def read_obs_column(fpath: pathlib.Path, col: str) -> np.ndarray:
+    """One obs column of a file as str, without reading X."""
+    if not fpath.is_file():
+        raise InputError(f"{fpath}: file not found")
+    try:
+        with h5py.File(fpath, "r") as f:
+            return _obs_column(f, fpath, col)
+    except _Unsupported:
+        import anndata as ad
+
+        obs = ad.read_h5ad(fpath, backed="r").obs
+        if col not in obs.columns:
+            raise InputError(f"{fpath}: obs column {col!r} not found (have {list(obs.columns)})") from None
+        return obs[col].astype(str).to_numpy()
+
+
 def _obs_column(f: h5py.File, fpath: pathlib.Path, pert_col: str) -> np.ndarray:
     obs = f.get("obs")
     if not isinstance(obs, h5py.Group) or obs.attrs.get("encoding-type") != "dataframe":

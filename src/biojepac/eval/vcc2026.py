@@ -106,6 +106,29 @@ def target_columns(perts, genes, target_gene_map: dict | None = None) -> np.ndar
     return out
 
 
+def harmonised_target_map(perts, genes, symbols=None) -> dict[str, str]:
+    """label -> measured gene for the labels that are not themselves a gene name but name one through our gene
+    harmonisation (`data.genes`: outdated symbols, aliases, Ensembl IDs; QARS -> QARS1): both sides are
+    mapped to current symbols and matched when exactly one measured gene shares the label's symbol.
+    Ambiguous and unknown labels get no entry (scored without exclusion, as cell-eval2 does)."""
+    from biojepac.data.genes import load_symbols
+
+    table = symbols or load_symbols()
+    gene_set = set(genes)
+    by_symbol: dict[str, list[str]] = {}
+    for g in genes:
+        by_symbol.setdefault(table.canonical(g) or g, []).append(g)
+    out = {}
+    for p in perts:
+        if p in gene_set:
+            continue
+        sym = table.canonical(p)
+        hits = by_symbol.get(sym, []) if sym is not None else []
+        if len(hits) == 1:
+            out[p] = hits[0]
+    return out
+
+
 def group_sums(x: sp.csr_matrix, codes: np.ndarray, n_groups: int) -> np.ndarray:
     """(groups x genes) count sums; exact in float64 for integer counts, whatever the order."""
     ind = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes)))

@@ -26,13 +26,18 @@ Read in cell-eval2's `baseline.py`, `anchor.py`, `ceiling.py`, `lfc_nmae_ref.py`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import pathlib
 
 import numpy as np
 import scipy.sparse as sp
 
 from biojepac.errors import InputError
 from biojepac.eval import vcc2026 as v
+from biojepac.eval.h5read import anndata_parts, read_h5ad_parts, read_obs_column
+
+logger = logging.getLogger(__name__)
 
 BASE_SEED = 0
 N_SPLITS = 5
@@ -57,6 +62,52 @@ class ContextScore:
     """Per scored metric, plus `avg_score`."""
     splits: list[dict[str, float]]
     """The replicate's per-split aggregates."""
+
+
+def score_files(pred, real, *, pert_col: str, control: str, context_col: str | None = None,
+                target_gene_map: dict | None = None, harmonise: bool = True, workers: int = 2,
+                base_seed: int = BASE_SEED, n_splits: int = N_SPLITS) -> dict[str, ContextScore]:
+    """Score two files (paths or AnnData) context by context ({"": ...} without `context_col`).
+
+    The target gene of each label: `target_gene_map` first, then (with `harmonise`) our gene harmonisation for
+    labels that are not a gene name themselves, then the label itself."""
+    preds = load_contexts(pred, pert_col=pert_col, control=control, context_col=context_col)
+    reals = load_contexts(real, pert_col=pert_col, control=control, context_col=context_col)
+    if set(preds) != set(reals):
+        raise InputError(f"contexts differ: prediction {sorted(preds)}, reference {sorted(reals)}")
+    out = {}
+    for ctx in sorted(reals):
+        r = reals[ctx]
+        tmap = dict(v.harmonised_target_map(r.perts, r.genes) if harmonise else {})
+        tmap.update(target_gene_map or {})
+        unresolved = [str(p) for p, c in zip(r.perts, v.target_columns(r.perts, r.genes, tmap)) if c < 0 and
+                      tmap.get(p, "") is not None]
+        if unresolved:
+            logger.warning("%s%s: %d of %d labels name no measured gene and are scored without target-gene "
+                           "exclusion, e.g. %s", r.name, f" [{ctx}]" if ctx else "", len(unresolved), len(r.perts),
+                           unresolved[:5])
+        out[ctx] = score_context(preds[ctx], r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits)
+    return out
+
+
+def load_contexts(src, *, pert_col: str, control: str, context_col: str | None = None) -> dict[str, v.CountScreen]:
+    """Read a file's raw counts (never modifying an AnnData passed in) and split it by `context_col`."""
+    if isinstance(src, (str, pathlib.Path)):
+        name = str(src)
+        labels, genes, x = read_h5ad_parts(pathlib.Path(src), pert_col)
+        ctx = read_obs_column(pathlib.Path(src), context_col) if context_col else None
+    else:
+        name = "<AnnData>"
+        labels, genes, x = anndata_parts(src, name, pert_col)
+        x = x.copy()  # the checks sort and convert in place: never on the caller's matrix
+        if context_col and context_col not in src.obs.columns:
+            raise InputError(f"{name}: obs column {context_col!r} not found (have {list(src.obs.columns)})")
+        ctx = src.obs[context_col].astype(str).to_numpy() if context_col else None
+    x = sp.csr_matrix(x)
+    if ctx is None:
+        return {"": v.count_screen(x, labels, genes, control=control, name=name)}
+    return {c: v.count_screen(x[ctx == c], labels[ctx == c], genes, control=control, name=f"{name} [{c}]")
+            for c in np.unique(ctx)}
 
 
 def score_context(pred: v.CountScreen, real: v.CountScreen, target_gene_map: dict | None = None, *,
