@@ -343,7 +343,8 @@ def _csv_text(perts, columns: dict) -> str:
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
     out.writerow(["perturbation", *columns])
-    cells = [[("" if np.isnan(v) else repr(float(v))) for v in values] for values in columns.values()]
+    cells = [[v if isinstance(v, str) else ("" if np.isnan(v) else repr(float(v))) for v in values]
+             for values in columns.values()]
     out.writerows([str(p), *row] for p, row in zip(perts, zip(*cells)))
     return buf.getvalue()
 

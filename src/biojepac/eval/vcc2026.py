@@ -322,13 +322,13 @@ def de_table(sc: CountScreen, workers: int = 2) -> tuple[DETable, np.ndarray]:
 
 
 def on_genes(table: DETable, kept: np.ndarray, axis: np.ndarray) -> DETable:
-    """The table over the genes `axis` (a mask over all genes, covering `kept`); genes this side's control
-    filter dropped are absent from its table (cell-eval2 inner-joins them away) and read NaN here."""
-    cols = np.flatnonzero(kept[axis])
+    """The table over the genes `axis` (a mask over all genes); genes this side's control filter dropped are
+    absent from its table (cell-eval2 inner-joins them away) and read NaN here."""
+    dst, src = np.flatnonzero(kept[axis]), np.flatnonzero(axis[kept])
     out = []
     for a in (table.lfc, table.pval, table.padj):
         full = np.full((a.shape[0], int(axis.sum())), np.nan)
-        full[:, cols] = a
+        full[:, dst] = a[:, src]
         out.append(full)
     return DETable(*out)
 

@@ -83,9 +83,8 @@ def score_files(pred, real, *, pert_col: str, control: str, context_col: str | N
         unresolved = [str(p) for p, c in zip(r.perts, v.target_columns(r.perts, r.genes, tmap)) if c < 0 and
                       tmap.get(p, "") is not None]
         if unresolved:
-            logger.warning("%s%s: %d of %d labels name no measured gene and are scored without target-gene "
-                           "exclusion, e.g. %s", r.name, f" [{ctx}]" if ctx else "", len(unresolved), len(r.perts),
-                           unresolved[:5])
+            logger.warning("%s: %d of %d labels name no measured gene and are scored without target-gene "
+                           "exclusion, e.g. %s", r.name, len(unresolved), len(r.perts), unresolved[:5])
         out[ctx] = score_context(preds[ctx], r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits)
     return out
 
