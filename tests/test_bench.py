@@ -68,3 +68,32 @@ def test_task_folder_holds_no_test_cells(tmp_path):
     changed = adata.copy()
     changed.X[0, 0] += 1
     assert tasks.checksum(changed) != task.checksum
+
+
+def test_norman_combos_holds_out_every_double_and_the_bench_scores_additive_on_it(shared_data_dpath, tmp_path):
+    """`norman-combos`: every double of the fixture is test, every single trains; the bench worker runs the
+    `additive` baseline (and `linear`) on it, and where both singles were measured the two agree."""
+    from biojepac.bench import worker
+    from biojepac.data import schema
+    from biojepac.data.splits import assert_no_leak
+
+    task = tasks.get_task("norman-combos", shared_data_dpath, cache_dpath=tmp_path)
+    labels = set(task.adata.obs[schema.PERT_COL]) - {schema.CONTROL}
+    doubles = {lab for lab in labels if schema.COMBO_SEP in lab}
+    assert doubles and {p for _, p in task.split.test} == doubles
+    assert {p for _, p in task.split.train} == labels - doubles and not task.split.val
+    assert_no_leak(task.split)
+    seen2 = {p for _, p in task.split.subgroups["combo_seen2"]}
+    assert seen2 and all(set(schema.split_combo(p)) <= labels for p in seen2)
+    means = {}
+    for model in ("additive", "linear"):
+        work = tmp_path / model
+        spec = {"model": model, "task": task.name, "seed": 0, "data_dpath": str(shared_data_dpath),
+                "work_dpath": str(work), "out_fpath": str(work / "pred.h5ad"), "cache_dpath": str(tmp_path)}
+        info = worker.run(spec)
+        pred = ad.read_h5ad(work / "pred.h5ad")
+        assert set(pred.obs[schema.PERT_COL]) == doubles | {schema.CONTROL}
+        assert info["n_pred_cells"] == int(task.adata.obs[schema.PERT_COL].isin(doubles).sum())
+        means[model] = {p: np.asarray(pred[(pred.obs[schema.PERT_COL] == p).to_numpy()].X.mean(0)).ravel() for p in doubles}
+    for p in seen2:  # controls are drawn with the same seed, so the predicted means match
+        np.testing.assert_allclose(means["linear"][p], means["additive"][p], atol=1e-5)

@@ -198,6 +198,7 @@ def test_control_slices_context_without_controls_is_input_error():
 
 def test_state_sampler_and_jepa_pools_obey_the_rule():
     from biojepac.models.jepa import trainer as jepa_trainer
+    from biojepac.features import resolve_features
     from biojepac.models.state import trainer as state_trainer
 
     adata = _two_by_two(drop=("c2", "b1"))
@@ -219,7 +220,7 @@ def test_state_sampler_and_jepa_pools_obey_the_rule():
     assert n_fallback > 0  # the c2-b1 groups were sampled, and paired with c2-b0 controls
     # BioJEPAC: every cell's control slice (what its training batches draw from) is the rule's pool.
     with pytest.warns(UserWarning, match="batch 'b1' of context 'c2'"):
-        scr = jepa_trainer.prepare_screen(adata, jepa_trainer.default_features(adata))
+        scr = jepa_trainer.prepare_screen(adata, resolve_features(None, adata))
     order, offset, count = scr.controls.order, scr.controls.offset, scr.controls.count
     for i in range(adata.n_obs):
         assert set(order[offset[i] : offset[i] + count[i]].tolist()) == want[i]
@@ -231,4 +232,4 @@ def test_state_sampler_and_jepa_pools_obey_the_rule():
         state_trainer.SentenceSampler(x, x, no_ctrl.obs, np.eye(5, dtype=np.float32), 8, 16, seed=0)
     with pytest.raises(InputError, match="context 'c1'"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        jepa_trainer.prepare_screen(no_ctrl, jepa_trainer.default_features(no_ctrl))
+        jepa_trainer.prepare_screen(no_ctrl, resolve_features(None, no_ctrl))

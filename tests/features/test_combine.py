@@ -76,3 +76,25 @@ def test_loo_errors_match_refitting_without_each_gene():
         assert err == pytest.approx(brute, rel=0.05)
     w, b, rel = fit_map(x, y)
     assert rel == RIDGE_GRID[int(np.argmin(loo_errors(x, y)))]
+
+
+def test_default_takes_the_embedding_a_screen_ships_else_its_expression_embedding(random_screen):
+    """`varm|expr|go`: a screen's `varm['gene_embedding']` sets the coordinates when shipped; without it the
+    bare `varm` is left out (and said so) and `expr` does, exactly as the `expr` spec alone."""
+    from biojepac.features import DEFAULT_FEATURES, AbsentSource, resolve_features
+
+    assert DEFAULT_FEATURES == "varm|expr|go"
+    screen = random_screen.copy()
+    plain = resolve_features(None, screen)
+    genes = list(screen.var_names[:4])
+    np.testing.assert_array_equal(plain.vectors(genes), make_provider("expr", screen).vectors(genes))
+    assert plain.spec == DEFAULT_FEATURES and plain.source.startswith("varm: left out")
+    emb = np.random.default_rng(0).normal(size=(screen.n_vars, 7)).astype(np.float32)
+    screen.varm["gene_embedding"] = emb
+    shipped = resolve_features(None, screen)
+    assert shipped.dim == 7 and shipped.name.startswith("varm:gene_embedding")
+    np.testing.assert_array_equal(shipped.vectors(genes), emb[:4])
+    with pytest.raises(AbsentSource, match="ships no gene embedding"):  # alone it is not optional
+        make_provider("varm", random_screen)
+    with pytest.raises(InputError, match=r"varm\['other'\]"):  # a key the user named is never skipped
+        make_provider("varm:other|expr", random_screen)

@@ -88,12 +88,12 @@ def test_predict_with_default_features_on_a_renamed_screen(shared_data_dpath, tm
     assert cli.main(args) == 0
     pred = ad.read_h5ad(out)
     assert set(pred.obs[schema.PERT_COL]) == {*perts, schema.CONTROL}
-    assert json.loads(pred.uns["biojepac"]["features"])["spec"] == DEFAULT_FEATURES == "expr|go"
+    assert json.loads(pred.uns["biojepac"]["features"])["spec"] == DEFAULT_FEATURES == "varm|expr|go"
     # The features are used: predictions differ between perturbations (the cell mean would not).
     means = np.stack([np.asarray(pred[(pred.obs[schema.PERT_COL] == p).to_numpy()].X.mean(0)).ravel() for p in perts])
     assert np.all(np.isfinite(means)) and np.abs(means - means.mean(0)).max() > 1e-4
 
-    with pytest.raises(InputError, match=r"'expr\|go'.*IER5L"):
+    with pytest.raises(InputError, match=r"'varm\|expr\|go'.*IER5L"):
         from biojepac.data.load import read_training_screen
 
         train = read_training_screen(screen_fpath)
@@ -122,3 +122,25 @@ def test_state_trains_with_default_features_on_a_renamed_screen(shared_data_dpat
     for pert in sorted(test - {"IER5L"}) + ["MLL"]:
         out = model.predict(ctrl, pert, context, 0)
         assert out.shape == ctrl.shape and np.all(np.isfinite(out))
+
+
+@pytest.mark.slow
+def test_biojepac_trains_with_default_features_on_a_renamed_screen(shared_data_dpath, tmp_path):
+    """`train biojepac` resolves its features as every model does (`resolve_features`, DEFAULT_FEATURES):
+    MLL and targets that are not measured genes get vectors; IER5L is left out of training with a warning."""
+    from biojepac.data.load import read_training_screen
+    from biojepac.models import registry
+
+    norman, screen_fpath, split, _, _ = renamed_norman(shared_data_dpath, tmp_path)
+    train = read_training_screen(screen_fpath)
+    test = {p for _, p in split.test}
+    fit = train[~train.obs[schema.PERT_COL].isin(test - {"IER5L"}).to_numpy()].copy()
+    model, cfg = registry.build("biojepac", preset="tiny", steps_scale=0.02, run_dpath=tmp_path / "run")
+    assert cfg["features"] == "default"
+    with pytest.warns(UserWarning, match="IER5L"):
+        model.fit(fit)
+    assert model.features.spec == DEFAULT_FEATURES and model.features.source.startswith("varm: left out")
+    ctrl = np.asarray(fit[(fit.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()].X[:8].todense(), np.float32)
+    context = str(norman.obs[schema.CONTEXT_COL].iloc[0])
+    outs = [model.predict(ctrl, pert, context, 0) for pert in sorted(test - {"IER5L"}) + ["MLL"]]
+    assert all(o.shape == ctrl.shape and np.all(np.isfinite(o)) for o in outs)

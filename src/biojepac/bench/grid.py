@@ -24,10 +24,13 @@ import time
 
 from biojepac.io import write_text_atomic
 from biojepac.bench import tasks as tasklib
+from biojepac.features import DEFAULT_FEATURES
 from biojepac.models.base import Preset
 
-BASELINES = ("cell-mean", "control-mean", "context-transfer", "linear")
+BASELINES = ("cell-mean", "control-mean", "context-transfer", "linear", "additive")
 PEERS = ("STATE", "GEARS")
+FEATURE_MODELS = ("linear", "ridge", "knn", "state", "state-pb", "biojepac")
+"""Our models that read perturbation features: the bench gives them their default, `DEFAULT_FEATURES`."""
 REPO_DPATH = pathlib.Path(__file__).resolve().parents[3]
 """The checkout the bench runs from (its children run there; git commit recorded with each run)."""
 
@@ -36,7 +39,7 @@ REPO_DPATH = pathlib.Path(__file__).resolve().parents[3]
 class BenchConfig:
     models: tuple[str, ...] = (*BASELINES, "state", "biojepac", *PEERS)
     """Models: `models.registry` names (baseline kinds, `state`, `state-pb`, `biojepac`) and the peers STATE, GEARS."""
-    tasks: tuple[str, ...] = ("norman-unseen-single", "mcfaline-heldout-line", "synthetic-unseen-pert",
+    tasks: tuple[str, ...] = ("norman-unseen-single", "norman-combos", "mcfaline-heldout-line", "synthetic-unseen-pert",
                               "synthetic-fewshot-ctx")
     """Tasks (see biojepac.bench.tasks); real data first, so the peers' rows come early."""
     data_dpath: pathlib.Path = pathlib.Path("../shared/data")
@@ -106,6 +109,7 @@ def predict(cfg: BenchConfig, task: tasklib.Task, model: str) -> dict:
     key = {"task": task.name, "model": model, "seed": cfg.seed, "checksum": task.checksum,
            **({"state_preset": cfg.state_preset} if model in ("state", "state-pb") else {}),
            **({"biojepac_preset": cfg.biojepac_preset} if model == "biojepac" else {}),
+           **({"features": DEFAULT_FEATURES} if model in FEATURE_MODELS else {}),
            **({"steps_scale": cfg.steps_scale} if model in ("state", "state-pb", "biojepac") and cfg.steps_scale != 1 else {}),
            **({"steps": cfg.peer_state_steps} if model == "STATE" else {}),
            **({"epochs": cfg.peer_gears_epochs} if model == "GEARS" else {})}

@@ -5,10 +5,13 @@
 | synthetic-unseen-pert   | synthetic `demo`-sized screen          | perturbations held out in every context |
 | synthetic-fewshot-ctx   | the same screen                        | k perturbations of ctx2 seen, rest test |
 | norman-unseen-single    | Norman19 (K562, CRISPRa) singles only  | held-out single genes                   |
+| norman-combos           | Norman19, singles and doubles          | every double held out, singles train    |
 | mcfaline-heldout-line   | McFaline23 (3 glioblastoma lines)      | U87MG held out entirely (zero-shot)     |
 
-Synthetic genes have no GO annotation, so their feature table is the screen's own noisy network
-features (`varm["network_features"]`); real tasks use GO (TF-IDF + SVD) features.
+Our models run with their default features (`features.DEFAULT_FEATURES`, built on the training cells).
+`Task.features` is the table the external peers read from the task folder: synthetic genes have no GO
+annotation, so there it is the screen's own noisy network features (`varm["network_features"]`); real
+tasks give GO (TF-IDF + SVD) features.
 A *task folder* is what external peers (STATE, GEARS) read: train.h5ad (train + val items and all
 controls, obs `split`), requests.csv (the test items and their cell counts) and features.npz.
 """
@@ -27,7 +30,7 @@ from biojepac.data import schema
 from biojepac.io import atomic_write
 
 TaskName = typing.Literal["synthetic-unseen-pert", "synthetic-fewshot-ctx", "norman-unseen-single",
-                          "mcfaline-heldout-line"]
+                          "norman-combos", "mcfaline-heldout-line"]
 TASKS: tuple[str, ...] = typing.get_args(TaskName)
 
 
@@ -65,6 +68,11 @@ def get_task(name: str, data_dpath: pathlib.Path, seed: int = 0, cache_dpath: pa
         keep = (full.obs["dataset"] == "norman19").to_numpy() & ~full.obs[schema.PERT_COL].str.contains(r"\+").to_numpy()
         adata = full[keep].copy()
         split = splits.make_unseen_perturbation_split(adata, fractions=(0.6, 0.1, 0.3), seed=seed)
+    elif name == "norman-combos":
+        # GEARS' combination split with every gene in train and every double held out (`combo_seen2`
+        # when both singles were measured): the additive question, how well singles predict doubles.
+        adata = full[(full.obs["dataset"] == "norman19").to_numpy()].copy()
+        split = splits.make_combination_split(adata, seed=seed, gene_fractions=(1.0, 0.0, 0.0), seen2_test_fraction=1.0)
     elif name == "mcfaline-heldout-line":
         adata = full[(full.obs["dataset"] == "mcfaline23").to_numpy()].copy()
         split = splits.make_zeroshot_context_split(adata, "U87MG", val_fraction=0.1, seed=seed)

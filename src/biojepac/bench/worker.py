@@ -24,7 +24,9 @@ def make_model(name: str, task: tasklib.Task, spec: dict):
     from biojepac.models import registry
 
     preset = spec.get("state_preset", "cpu-small") if name.startswith("state") else spec.get("biojepac_preset", "tiny")
-    return registry.build(name, features=task.features, preset=preset, seed=spec["seed"], fallback="cell-mean",
+    # features=None: every model's own default (`features.DEFAULT_FEATURES`), as `biojepac predict` and
+    # `biojepac train` give a user; `task.features` is what the external peers read from the task folder.
+    return registry.build(name, features=None, preset=preset, seed=spec["seed"], fallback="cell-mean",
                           run_dpath=pathlib.Path(spec["work_dpath"]) / "run", steps_scale=spec.get("steps_scale", 1.0))
 
 

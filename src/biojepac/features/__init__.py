@@ -13,11 +13,12 @@ name its features in one word. Atomic specs:
 | `file:PATH`             | precomputed `.pt` / `.npz` / `.parquet` / `.csv`                          |
 | `esm:WEIGHTS:FASTA`     | ESM-2 (fair-esm) from local weights                                       |
 | `guides:PATH`           | guide k-mer counts averaged per target gene                               |
-| `varm:KEY`              | per-gene vectors stored in the training data's `varm[KEY]`                |
+| `varm:KEY` / `varm`     | per-gene vectors in the training data's `varm[KEY]`; bare: `VARM_KEYS`    |
 
 Combined (`features.combine`): `A+B` concatenates (each part RMS-normalised, zeros plus an indicator
 column where a part lacks the gene); `A|B` takes the first source that has the gene, later sources
-mapped into the first one's coordinates. `+` binds tighter than `|`: `expr|go+screen:S.h5ad`.
+mapped into the first one's coordinates. `+` binds tighter than `|`: `expr|go+screen:S.h5ad`. A bare
+`varm` (the gene embedding a screen ships) is optional in a `|` chain: a screen without one skips it.
 Every lookup harmonises gene symbols first (`base.GeneTable.match`).
 """
 
@@ -29,11 +30,22 @@ from biojepac.data.schema import PERT_COL
 from biojepac.errors import InputError
 from biojepac.features.base import FeatureProvider, GeneTable
 
-DEFAULT_FEATURES = "expr|go"
-"""The default perturbation features of every model that needs them (linear, ridge, knn, state, biojepac):
-the training screen's own gene embedding where the target is a measured gene, else GO mapped into it.
-Works on any human screen after a plain install; a synthetic screen's genes have no GO, so there `expr`
-alone applies (and targets that are not measured genes are reported)."""
+DEFAULT_FEATURES = "varm|expr|go"
+"""The default perturbation features of every model that needs them (linear, ridge, knn, state, biojepac),
+built by `resolve_features` / `make_provider` on the training screen: the gene embedding the screen ships
+in `varm` (`VARM_KEYS`) when it has one, else the screen's own expression embedding (`expr`) where the
+target is a measured gene; then GO mapped into those coordinates for targets that are not measured genes.
+A screen without a shipped embedding gets `expr|go`; one without GO symbols (synthetic) skips GO. Chosen on
+benchmarks/results/features.md: the best spec or within its CI on every task."""
+
+VARM_KEYS = ("gene_embedding", "network_features")
+"""`varm` keys a bare `varm` spec reads, first present wins: where a user ships a gene embedding with
+their screen (`gene_embedding`), or a synthetic screen its network features."""
+
+
+class AbsentSource(InputError):
+    """An optional source (bare `varm`) that the training screen does not ship; a `|` chain skips it."""
+
 
 def _need_train(spec: str, train: ad.AnnData | None) -> ad.AnnData:
     if train is None:
@@ -105,7 +117,13 @@ def _guides(arg: str, train: ad.AnnData | None) -> GeneTable:
 
 
 def _varm(arg: str, train: ad.AnnData | None) -> GeneTable:
-    key = arg or "network_features"
+    if not arg:
+        key = next((k for k in VARM_KEYS if train is not None and k in train.varm), None)
+        if key is None:
+            raise AbsentSource(f"feature spec 'varm': the training screen ships no gene embedding "
+                               f"(varm keys looked for: {', '.join(VARM_KEYS)})")
+    else:
+        key = arg
     if train is None or key not in train.varm:
         raise InputError(f"feature spec 'varm:{key}' needs training data with varm[{key!r}] (e.g. a synthetic screen)")
     return GeneTable(name=f"varm:{key}", keys=tuple(map(str, train.var_names)), matrix=train.varm[key],
@@ -138,12 +156,27 @@ def make_atomic_provider(spec: str, train: ad.AnnData | None = None) -> GeneTabl
 
 
 def build_spec(spec: str, train: ad.AnnData | None = None) -> tuple[GeneTable, list[list[GeneTable]]]:
-    """(the provider a spec names, its atomic sources grouped as `parse_spec` groups them)."""
+    """(the provider a spec names, its atomic sources grouped as `parse_spec` groups them).
+
+    In a `|` chain an optional source the screen does not ship (`AbsentSource`: bare `varm`) is left out
+    and the table's `source` says so; the next alternative then sets the coordinates."""
     from biojepac.features.combine import concat, fallback
 
-    parts = [[make_atomic_provider(a, train) for a in alt] for alt in parse_spec(spec)]
+    alts, parts, absent = parse_spec(spec), [], []
+    for alt in alts:
+        try:
+            parts.append([make_atomic_provider(a, train) for a in alt])
+        except AbsentSource as err:
+            if len(alts) == 1:
+                raise
+            absent.append(f"{'+'.join(alt)}: left out ({str(err).partition(': ')[2]})")
+    if not parts:
+        raise InputError(f"feature spec {spec!r}: none of its sources is available ({'; '.join(absent)})")
     tables = [p[0] if len(p) == 1 else concat(p, "+".join(t.spec for t in p)) for p in parts]
-    return (tables[0] if len(tables) == 1 else fallback(tables, spec)), parts
+    table = tables[0] if len(tables) == 1 else fallback(tables, spec)
+    if absent:
+        table = table.with_options(spec=spec, source="; ".join([*absent, table.source]))
+    return table, parts
 
 
 def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
@@ -151,13 +184,14 @@ def make_provider(spec: str, train: ad.AnnData | None = None) -> GeneTable:
     return build_spec(spec, train)[0]
 
 
-def resolve_features(features, train: ad.AnnData, default: str | None = None) -> GeneTable | None:
+def resolve_features(features, train: ad.AnnData, default: str = DEFAULT_FEATURES) -> GeneTable:
     """What a model's `features` argument may be, as a provider: a spec string (built on `train`), a
-    provider (kept), a dict gene -> vector, or None (the `default` spec; None stays None)."""
+    provider (kept), a dict gene -> vector, or None (the `default` spec, `DEFAULT_FEATURES` unless given).
+    Every model resolves its features here, so all share one default."""
     import numpy as np
 
     if features is None:
-        return None if default is None else make_provider(default, train)
+        return make_provider(default, train)
     if isinstance(features, str):
         return make_provider(features, train)
     if isinstance(features, dict):
@@ -167,5 +201,5 @@ def resolve_features(features, train: ad.AnnData, default: str | None = None) ->
     return features
 
 
-__all__ = ["DEFAULT_FEATURES", "FeatureProvider", "GeneTable", "build_spec", "make_provider", "parse_spec",
+__all__ = ["DEFAULT_FEATURES", "VARM_KEYS", "AbsentSource", "FeatureProvider", "GeneTable", "build_spec", "make_provider", "parse_spec",
            "resolve_features"]

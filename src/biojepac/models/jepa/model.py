@@ -53,7 +53,7 @@ class BioJepacModel:
 
     def __init__(self, cfg: BioJepacConfig | None = None, features: GeneTable | str | None = None,
                  run_dpath: pathlib.Path | None = None, steps_scale: float = 1.0):
-        """`features`: a feature spec or table (None: `trainer.default_features` of the screen)."""
+        """`features`: a feature spec or table (None: `biojepac.features.DEFAULT_FEATURES`, as every model)."""
         self.cfg = cfg or get_preset("cpu-small")
         self.features, self.run_dpath, self.steps_scale = features, run_dpath, steps_scale
         self.mods: Modules | None = None

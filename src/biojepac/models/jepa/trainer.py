@@ -78,18 +78,6 @@ class Fitted:
     use_residual: bool
 
 
-def default_features(adata: ad.AnnData) -> GeneTable:
-    """`varm['network_features']` when the screen has them (a synthetic screen), else the default spec of
-    every model, `biojepac.features.DEFAULT_FEATURES` (`expr|go`: the screen's gene embedding where the
-    target is measured, GO mapped into it where not)."""
-    from biojepac.features import DEFAULT_FEATURES, make_provider
-
-    if "network_features" in adata.varm:
-        return GeneTable(name="varm:network_features", keys=tuple(map(str, adata.var_names)),
-                         matrix=np.asarray(adata.varm["network_features"], np.float32), source="training screen varm")
-    return make_provider(DEFAULT_FEATURES, adata)
-
-
 def prepare_screen(adata: ad.AnnData, features: GeneTable) -> Screen:
     for col in (PERT_COL, CONTEXT_COL, BATCH_COL):
         if col not in adata.obs:
@@ -175,8 +163,7 @@ def fit_biojepac(
         with tempfile.TemporaryDirectory() as tmp:
             return fit_biojepac(train_adata, features, cfg, pathlib.Path(tmp), only_stage, progress, wandb_project, steps_scale)
     run_dpath = pathlib.Path(run_dpath)
-    features = resolve_features(features, train_adata)
-    scr = prepare_screen(train_adata, features if features is not None else default_features(train_adata))
+    scr = prepare_screen(train_adata, resolve_features(features, train_adata))  # the default of every model
     header = {"steps_scale": steps_scale, "data": screen_fingerprint(train_adata), "features": scr.features.describe()}
     run = Run(scr, cfg, run_dpath, progress, wandb_project, steps_scale, header)
     assert cfg.encoder.token_mode == "all", "the predict stage reads every gene as a token (token_mode='all')"
