@@ -48,7 +48,8 @@ class PredictCommand:
     """Cells per perturbation for --perturbations."""
     features: str = DEFAULT_FEATURES
     """Perturbation features for linear/ridge/knn (see biojepac.features.make_provider and docs/features.md):
-    e.g. expr|go (default: the screen's gene embedding, GO where the target is not measured), go, expr+go,
+    e.g. varm|expr|go (default: the gene embedding the screen ships in varm, else its expression embedding; GO where the
+    target is not measured), expr|go, go, expr+go,
     screen:OTHER.h5ad, file:EMB.npz."""
     feature_fallback: Literal["error", "cell-mean"] = "error"
     """'error', or 'cell-mean' to predict the cell mean for perturbations without features (recorded)."""

@@ -24,7 +24,7 @@ class FeaturesCheckCommand:
     screen: pathlib.Path
     """Screen (.h5ad, canonical schema) whose perturbations to check; `expr` and `onehot` are built on it."""
     features: str = DEFAULT_FEATURES
-    """Feature spec to check (docs/features.md), e.g. expr|go, expr+go, go, screen:OTHER.h5ad, file:EMB.npz."""
+    """Feature spec to check (docs/features.md), e.g. varm|expr|go (default), expr|go, expr+go, go, screen:OTHER.h5ad, file:EMB.npz."""
     genes: tuple[str, ...] = ()
     """Genes whose nearest neighbours to list; default: the first `n_genes` covered perturbation genes."""
     n_genes: int = 3

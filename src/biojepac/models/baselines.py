@@ -42,7 +42,7 @@ from biojepac.models.saved import save_model_dir
 @dataclasses.dataclass(frozen=True)
 class BaselineConfig:
     features: str = DEFAULT_FEATURES
-    """Feature spec for linear/ridge/knn (see `biojepac.features.make_provider`): expr|go, go, expr, onehot, file:PATH."""
+    """Feature spec for linear/ridge/knn (see `biojepac.features.make_provider`): varm|expr|go (default), expr|go, go, onehot, file:PATH."""
     feature_fallback: Literal["error", "cell-mean"] = "error"
     """A perturbation without a feature vector: raise (default), or explicitly predict the cell mean for it."""
     n_components: int = 10
@@ -274,9 +274,10 @@ class Linear(MeanShift):
     - b: the mean delta per gene (here per context: `base_c`, the cell-mean delta), so Y - b is the residual;
     - G (genes x K): the genes' top-K PCA scores of the training pseudobulk deltas
       (`features.expression.pseudobulk_gene_embedding`, the same as the `expr` feature spec);
-    - P (perturbations x L): the perturbation embedding, from the feature spec. With the default
-      `expr|go`, a measured target's row is exactly its row of G (the paper's P); an unmeasured target's
-      is its GO vector mapped into G's coordinates (the paper's "another knowledge source");
+    - P (perturbations x L): the perturbation embedding, from the feature spec. With the default on a
+      screen that ships no gene embedding (`varm|expr|go` = `expr|go`), a measured target's row is exactly
+      its row of G (the paper's P); an unmeasured target's is its GO vector mapped into G's coordinates
+      (the paper's "another knowledge source"); a screen that ships one (`varm`) gives P from it instead;
     - W = (GᵀG + λI)⁻¹ Gᵀ (Y - b) P (PᵀP + λI)⁻¹: ridge on both sides, λ absolute (the paper's 0.1).
     A combination A+B is predicted additively, as the sum of its singles' deltas (a single measured in
     this context: its measured delta; otherwise b + G W P). Deviations from the paper: b per context;

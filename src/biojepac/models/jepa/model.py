@@ -144,7 +144,7 @@ class TrainBiojepacConfig:
     """Model sizes and step counts: tiny | cpu-small | paper."""
     features: str = ""
     """Perturbation features (a `biojepac.features.make_provider` spec, e.g. expr|go, go, file:EMB.npz).
-    Empty: `varm['network_features']` when the screen has them, else expr|go (the default of every model)."""
+    Empty: `biojepac.features.DEFAULT_FEATURES`, varm|expr|go (the default of every model)."""
     steps_scale: float = 1.0
     """Multiply every stage's step count (quick runs: 0.1)."""
     seed: int = 0

@@ -106,7 +106,7 @@ class TrainStateConfig:
     """Model size and schedule: tiny | cpu-small | paper, or arc-state's state_sm | state | state_lg
     (paper = state_sm; see `trainer.PRESETS`)."""
     features: str = DEFAULT_FEATURES
-    """Perturbation features: a `biojepac.features.make_provider` spec (expr|go, go, expr+go, onehot, file:PATH);
+    """Perturbation features: a `biojepac.features.make_provider` spec (varm|expr|go, expr|go, go, onehot, file:PATH);
     the default works for perturbations unseen in training, which onehot cannot embed."""
     steps_scale: float = 1.0
     """Multiply the preset's training steps (quick runs: 0.1)."""
