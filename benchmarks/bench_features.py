@@ -186,8 +186,8 @@ def write_results(rows: list[dict], meta: dict) -> pathlib.Path:
         f"({meta['n_boot']} resamples over perturbations). VCC score = cell-eval's score x100 against the "
         "cell-mean baseline from the context's training cells (a held-out line: our cell-mean prediction), "
         "clipped at 0 per metric; Pearson Δ = Pearson correlation of predicted and real pseudobulk deltas over "
-        "all genes. `fallback` = test perturbations the spec could not embed, predicted with the cell mean "
-        f"(explicit opt-in for this table). Default spec of every model: `{DEFAULT_FEATURES}`.", "",
+        "all genes. `fallback` = test perturbations (of a double: each single part) the spec could not embed, "
+        f"predicted with the cell mean (explicit opt-in for this table). Default spec of every model: `{DEFAULT_FEATURES}`.", "",
     ]
     df = pd.DataFrame(rows)
     for task, group in df.groupby("task", sort=False):
@@ -244,9 +244,10 @@ def summary_lines(df: pd.DataFrame) -> list[str]:
         "(`onehot`) embedding carries their measured effect over; that is `context-transfer`'s job "
         "(benchmarks/results/baselines.md), not what a default for unseen perturbations is for.",
         "- norman-combos tests every double of the fixture; only some have both singles measured in training "
-        "(split subgroups `combo_seen2/1/0`). `linear` adds its singles' deltas (a measured single's measured "
-        "delta, else its linear prediction), `additive` the measured ones (the cell mean for an unmeasured "
-        "single), so the two agree where both singles were measured; `ridge` embeds a double as the sum of "
+        "(split subgroups `combo_seen2/1/0`). `linear` and `ridge` add their singles' deltas (a measured "
+        "single's measured delta, else the model's prediction for it), `additive` the measured ones (the "
+        "cell mean for an unmeasured single), so all agree where both singles were measured and the feature "
+        "spec only matters for the singles never measured. `linear (before)` embedded a double as the sum of "
         "its singles' feature vectors.",
         "- The real fixture tasks test few perturbations and almost every VCC score is 0 (no spec beats the "
         "cell mean on DES, PDS and MAE together); their Pearson Δ CIs overlap widely, so they rank little.",

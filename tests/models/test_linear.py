@@ -33,14 +33,15 @@ def test_bilinear_fit_is_least_squares_when_the_penalty_vanishes(tmp_path):
     np.testing.assert_allclose(np.abs(g), np.abs(make_provider("expr:5", train).matrix), atol=1e-6)
 
 
-def test_combinations_are_the_sum_of_their_singles(tmp_path):
+@pytest.mark.parametrize("kind", ["linear", "ridge", "knn"])
+def test_combinations_are_the_sum_of_their_singles(tmp_path, kind):
     genes, _, spec = planted(tmp_path)
     rng = np.random.default_rng(3)
     fit = exact_screen({(g, "c1"): rng.normal(0, 0.4, N_GENES) for g in genes[:16]})
-    model = MODELS["linear"](BaselineConfig(features=spec)).fit(fit)
+    model = MODELS[kind](BaselineConfig(features=spec)).fit(fit)
     measured = {g: model.s["delta_ng"][list(model.s["labels"]).index(g)] for g in genes[:2]}
     np.testing.assert_allclose(model.delta(f"{genes[0]}+{genes[1]}", "c1"), measured[genes[0]] + measured[genes[1]])
-    # An unseen part contributes its linear prediction (a single's delta: b + G W P).
+    # An unseen part contributes the model's prediction for it (linear: a single's delta b + G W P).
     np.testing.assert_allclose(model.delta(f"{genes[0]}+{genes[20]}", "c1"),
                                measured[genes[0]] + model.delta(genes[20], "c1"), atol=1e-12)
     assert not np.allclose(model.delta(genes[20], "c1"), CellMean().fit(fit).delta("x", "c1"))

@@ -16,8 +16,8 @@ treated like any other context).
 | crispr-mean      | base_c, with each target gene moved to its typical on-target fold change      |
 | context-transfer | p's measured deltas in other contexts, rescaled to c; else base_c             |
 | linear           | base_c + G W P(p) (Ahlmann-Eltze et al. 2025; see `Linear`); combos: sum of singles |
-| ridge            | base_c + B φ(p), ridge from features to residual deltas                        |
-| knn              | base_c + similarity-weighted residual deltas of p's k nearest training perts  |
+| ridge            | base_c + B φ(p), ridge from features to residual deltas; combos: sum of singles |
+| knn              | base_c + similarity-weighted residual deltas of p's k nearest training perts; combos: sum of singles |
 | additive         | sum of the measured single deltas of A and B (a seen single: its measured delta) |
 """
 
@@ -166,6 +166,23 @@ class MeanShift:
         phi = self._phi(target_gene)
         return None if phi is None else phi - self.s["p_mean"]
 
+    def _additive(self, target_gene: str, context: str) -> np.ndarray:
+        """The feature models' delta (linear, ridge, knn): a single's is `_single_delta`; a combination's is the
+        sum of its singles' deltas, each the measured delta where that single was measured in this context
+        (additive effects: the best simple model of double perturbations), else the model's prediction."""
+        parts = [p for p in schema.split_combo(target_gene) if p != schema.CONTROL]
+        if len(parts) <= 1:
+            return self._single_delta(target_gene, context)
+        c = self._ctx(context)
+        total = np.zeros(len(self.s["genes"]))
+        for part in parts:
+            rows = np.flatnonzero((self.s["labels"] == part) & (self.s["pert_ctx"] == c))
+            total += self.s["delta_ng"][rows[0]] if len(rows) else self._single_delta(part, context)
+        return total
+
+    def _single_delta(self, target_gene: str, context: str) -> np.ndarray:
+        raise NotImplementedError
+
     # ---- persistence: model.json (kind + config) and state.npz (+ features.npz)
     def save(self, dpath: pathlib.Path) -> pathlib.Path:
         assert self.s, f"{self.kind}: fit the model before saving it"
@@ -302,22 +319,13 @@ class Linear(MeanShift):
         w_kl = np.linalg.solve(p_nl.T @ p_nl + lam * np.eye(p_nl.shape[1]), (left_kn @ p_nl).T).T
         self.s.update(g_gk=g_gk, w_kl=w_kl)
 
-    def _single(self, gene: str, context: str) -> np.ndarray:
-        c = self._ctx(context)
-        rows = np.flatnonzero((self.s["labels"] == gene) & (self.s["pert_ctx"] == c))
-        if len(rows):
-            return self.s["delta_ng"][rows[0]]
-        phi = self._phi_centred(gene)
+    def _single_delta(self, target_gene, context):
+        phi = self._phi_centred(target_gene)
         base = self._base(context)
         return base if phi is None else base + self.s["g_gk"] @ (self.s["w_kl"] @ phi)
 
     def delta(self, target_gene, context):
-        parts = [p for p in schema.split_combo(target_gene) if p != schema.CONTROL]
-        if len(parts) <= 1:
-            phi = self._phi_centred(target_gene)
-            base = self._base(context)
-            return base if phi is None else base + self.s["g_gk"] @ (self.s["w_kl"] @ phi)
-        return np.sum([self._single(p, context) for p in parts], axis=0)
+        return self._additive(target_gene, context)
 
 
 class Ridge(MeanShift):
@@ -327,10 +335,13 @@ class Ridge(MeanShift):
         p_nl = self._setup_features(train)
         self.s["b_lg"] = _ridge_solve(p_nl - self.s["p_mean"], self._residuals()[self.s["fit_rows"]], self.cfg.ridge)
 
-    def delta(self, target_gene, context):
+    def _single_delta(self, target_gene, context):
         phi = self._phi_centred(target_gene)
         base = self._base(context)
         return base if phi is None else base + phi @ self.s["b_lg"]
+
+    def delta(self, target_gene, context):
+        return self._additive(target_gene, context)
 
 
 class Knn(MeanShift):
@@ -340,7 +351,7 @@ class Knn(MeanShift):
         p_nl = self._setup_features(train)
         self.s["p_unit"] = p_nl / np.linalg.norm(p_nl, axis=1, keepdims=True).clip(1e-12)
 
-    def delta(self, target_gene, context):
+    def _single_delta(self, target_gene, context):
         phi = self._phi(target_gene)
         base = self._base(context)
         if phi is None:
@@ -350,6 +361,9 @@ class Knn(MeanShift):
         w = sim[top].clip(0)
         w = w / w.sum() if w.sum() > 0 else np.full(len(top), 1 / len(top))
         return base + w @ self._residuals()[self.s["fit_rows"][top]]
+
+    def delta(self, target_gene, context):
+        return self._additive(target_gene, context)
 
 
 class Additive(MeanShift):
