@@ -24,6 +24,7 @@ Writes benchmarks/results/features.{md,json}.
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -182,7 +183,7 @@ def write_results(rows: list[dict], meta: dict) -> pathlib.Path:
     lines = [
         "# Perturbation features x tasks: linear and ridge baselines", "",
         f"Written by `benchmarks/bench_features.py` on {meta['date']} (git {meta['git']}, {meta['host']}; "
-        f"{meta['seconds']:.0f} s in all). Mean over the task's test perturbations with 95% bootstrap CIs "
+        f"{meta['seconds']:.0f} s in all, {meta['load']}). Mean over the task's test perturbations with 95% bootstrap CIs "
         f"({meta['n_boot']} resamples over perturbations). VCC score = cell-eval's score x100 against the "
         "cell-mean baseline from the context's training cells (a held-out line: our cell-mean prediction), "
         "clipped at 0 per metric; Pearson Δ = Pearson correlation of predicted and real pseudobulk deltas over "
@@ -280,7 +281,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="*", default=list(tasklib.TASKS))
     args = parser.parse_args()
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), os.getloadavg()[0]
     rows = []
     for name in args.tasks:
         if not name.startswith("synthetic") and not DATA.is_dir():
@@ -291,7 +292,8 @@ def main():
         rows += score_task(task, args.n_boot, args.seed)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git": git, "host": platform.node(),
-            "seconds": time.perf_counter() - t0, "n_boot": args.n_boot, "seed": args.seed}
+            "seconds": time.perf_counter() - t0, "n_boot": args.n_boot, "seed": args.seed,
+            "load": f"1-min load average {load:.1f} on {os.cpu_count()} cores at the start"}
     print(f"wrote {write_results(rows, meta)}")
 
 
