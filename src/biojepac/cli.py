@@ -84,6 +84,11 @@ COMMANDS: dict = {
             "biojepac.models.state.model:TrainStateConfig",
             "biojepac.models.state.model:train",
         ),
+        "state-stream": (
+            "Train the state-transition model from backed shards (e.g. `data combine` output), unmeasured genes masked in the loss.",
+            "biojepac.models.state.streamed:StreamedStateConfig",
+            "biojepac.models.state.streamed:train_state_streamed",
+        ),
         "stream-pretrain": (
             "BioJEPAC stage-1 pretraining streamed from backed shards (larger than memory; multi-host, bf16, grad accumulation).",
             "biojepac.models.jepa.streamed:StreamedPretrainConfig",

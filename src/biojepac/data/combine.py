@@ -441,16 +441,28 @@ def _concat_obs(parts: list[pd.DataFrame]) -> pd.DataFrame:
 # --- for readers of a combined screen ---
 
 
+def measured_table(var: pd.DataFrame) -> tuple[list[str], np.ndarray] | None:
+    """(dataset names, (datasets x genes) measured mask) from a combined screen's var; None for a plain one."""
+    cols = [c for c in var.columns if str(c).startswith(MEASURED_PREFIX)]
+    if not cols:
+        return None
+    return [c[len(MEASURED_PREFIX):] for c in cols], np.stack([var[c].to_numpy(bool) for c in cols])
+
+
+def dataset_index(names: list[str], datasets, source: str) -> np.ndarray:
+    """Position in `names` of each of `datasets` (obs `dataset` values); an unknown one is an InputError."""
+    idx = pd.Index(names).get_indexer(np.asarray(datasets, dtype=str))
+    if (idx < 0).any():
+        bad = str(np.asarray(datasets)[np.argmax(idx < 0)])
+        raise InputError(f"{source}: obs {DATASET_COL!r} names dataset {bad!r}, which has no var column {MEASURED_PREFIX + bad!r}")
+    return idx.astype(np.int32)
+
+
 def gene_masks(obs: pd.DataFrame, var: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     """(per-cell dataset code, (datasets x genes) measured mask) of a combined screen; None for a plain one.
     Cell i measured gene g iff `masks[codes[i], g]`."""
-    cols = [c for c in var.columns if str(c).startswith(MEASURED_PREFIX)]
-    if not cols or DATASET_COL not in obs.columns:
+    table = measured_table(var)
+    if table is None or DATASET_COL not in obs.columns:
         return None
-    names = [c[len(MEASURED_PREFIX):] for c in cols]
-    ds = obs[DATASET_COL].astype(str).to_numpy()
-    unknown = sorted(set(np.unique(ds)) - set(names))
-    if unknown:
-        raise InputError(f"obs {DATASET_COL!r} names dataset {unknown[0]!r}, which has no var column {MEASURED_PREFIX + unknown[0]!r}")
-    codes = pd.Index(names).get_indexer(ds)
-    return codes.astype(np.int32), np.stack([var[c].to_numpy(bool) for c in cols])
+    cat = pd.Categorical(obs[DATASET_COL].astype(str))
+    return dataset_index(table[0], cat.categories, "screen")[cat.codes], table[1]

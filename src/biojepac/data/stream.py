@@ -76,10 +76,16 @@ class CsrShard:
         self.n_rows, self.n_genes = (int(v) for v in x.attrs["shape"])
         self._indptr, self._indices, self._data = x["indptr"], x["indices"], x["data"]
 
-    def var_names(self) -> np.ndarray:
+    def var(self):
         import anndata as ad
 
-        return np.asarray(ad.io.read_elem(self._root["var"]).index, dtype=str)
+        return ad.io.read_elem(self._root["var"])
+
+    def var_names(self) -> np.ndarray:
+        return np.asarray(self.var().index, dtype=str)
+
+    def has_obs(self, col: str) -> bool:
+        return col in self._root["obs"]
 
     def obs_codes(self, col: str) -> tuple[np.ndarray, np.ndarray]:
         """(category names, per-row codes) of an obs column; categoricals are read as stored (compact codes)."""
@@ -135,6 +141,7 @@ class CellStream:
         self.shard_offsets = np.cumsum([0] + [s.n_rows for s in self.shards])
         self.n_rows = int(self.shard_offsets[-1])
         self._make_blocks()
+        self._load_gene_masks()
         if cfg.kind != "cells":
             self._load_labels()
         self.epoch, self.batch_in_epoch = 0, 0
@@ -173,6 +180,30 @@ class CellStream:
         self._pool_rows = pools.order
         self._pool_start, self._pool_count = np.zeros(n_cb, np.int64), np.zeros(n_cb, np.int64)
         self._pool_start[self.group_cb], self._pool_count[self.group_cb] = pools.offset, pools.count
+
+    def _load_gene_masks(self) -> None:
+        """A combined screen's measured-gene masks (`data.combine`): per row, the index of its dataset's mask
+        in `self.gene_mask_table` (masks of every shard stacked). None when no shard has them."""
+        from biojepac.data.combine import DATASET_COL, dataset_index, measured_table
+
+        self.gene_mask_table = self.mask_code = None
+        per_shard = []
+        for shard in self.shards:
+            table = measured_table(shard.var()) if shard.has_obs(DATASET_COL) else None
+            if table is not None:
+                ds_names, ds_codes = shard.obs_codes(DATASET_COL)
+                table = dataset_index(table[0], ds_names, shard.fpath)[ds_codes], table[1]
+            per_shard.append(table)
+        if all(m is None for m in per_shard):
+            return
+        tables, codes, offset = [], [], 0
+        for shard, masks in zip(self.shards, per_shard):
+            if masks is None:  # a plain shard measured every gene
+                masks = (np.zeros(shard.n_rows, np.int32), np.ones((1, self.n_genes), bool))
+            codes.append(masks[0] + offset)
+            tables.append(masks[1])
+            offset += len(masks[1])
+        self.mask_code, self.gene_mask_table = np.concatenate(codes), np.concatenate(tables)
 
     def _merged_codes(self, col: str) -> tuple[np.ndarray, np.ndarray]:
         """One sorted category list over all shards and each row's code in it (int32, 4 bytes a cell)."""
@@ -316,7 +347,10 @@ class CellStream:
 
     def _assemble(self, win: _Window, items: np.ndarray) -> dict[str, np.ndarray]:
         if self.cfg.kind == "cells":
-            return {**self._cells(win, items[:, 0]), "row": win.rows[items[:, 0]]}
+            out = {**self._cells(win, items[:, 0]), "row": win.rows[items[:, 0]]}
+            if self.gene_mask_table is not None:
+                out["gene_mask"] = self.gene_mask_table[self.mask_code[out["row"]]]
+            return out
         S = items.shape[1] // 2
         squeeze = (lambda x: x[:, 0]) if self.cfg.kind == "pairs" else (lambda x: x)
         out = {}
@@ -327,6 +361,8 @@ class CellStream:
         first = win.rows[items[:, 0]]
         for col, key in ((schema.PERT_COL, "target"), (schema.CONTEXT_COL, "context"), (schema.BATCH_COL, "batch")):
             out[key] = self.labels[col][1][first].astype(np.int32)
+        if self.gene_mask_table is not None:  # a sentence's cells share context, hence dataset and mask
+            out["gene_mask"] = self.gene_mask_table[self.mask_code[first]]
         return out
 
     def _cells(self, win: _Window, local: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,8 +19,9 @@ def pretrain_loss(params, teacher, batch, key, *, cfg):
     """Stage 1: the student sees the visible tokens, the teacher the full cell; L1 + VICReg at masked tokens."""
     student, predictor = params
 
-    def one(x_g, lib, k):
+    def one(x_g, lib, k, measured_g):
         idx, val, mask = student.select(x_g)
+        mask = mask & measured_g[idx]  # a combined screen: a gene the cell's dataset did not measure is no token
         m_idx, v_idx = sample_mask(k, idx.shape[0], n_masked(idx.shape[0], cfg.mask_ratio))
         h = student.embed(idx, val, lib)
         z_vis = student.forward(h[v_idx], mask[v_idx])
@@ -29,7 +30,8 @@ def pretrain_loss(params, teacher, batch, key, *, cfg):
         return pred, target, mask[m_idx].astype(pred.dtype)
 
     keys = jax.random.split(key, batch["x"].shape[0])
-    pred, target, w = jax.vmap(one)(batch["x"], batch["lib"], keys)
+    measured = batch["gene_mask"] if "gene_mask" in batch else jnp.ones(batch["x"].shape, bool)
+    pred, target, w = jax.vmap(one)(batch["x"], batch["lib"], keys, measured)
     d = pred.shape[-1]
     pred, target, w = pred.reshape(-1, d), target.reshape(-1, d), w.reshape(-1)
     l1 = losses.weighted_l1(pred, target, w)

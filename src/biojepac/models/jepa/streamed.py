@@ -87,8 +87,9 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
     state = loop.make_state((student, predictor), optim, k_state, student)
 
     def get_batch(step: int) -> dict[str, np.ndarray]:
-        x = stream.batch_at(step)["x"]
-        return {"x": x, "lib": log_library(x)}
+        b = stream.batch_at(step)
+        mask = {"gene_mask": b["gene_mask"]} if "gene_mask" in b else {}  # combined shards: unmeasured genes masked
+        return {"x": b["x"], "lib": log_library(b["x"]), **mask}
 
     lcfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(10, n_steps // 10)), ckpt_every=cfg.ckpt_every, progress=cfg.progress and host == 0)
     # What the run is (settings that change the result, and the data): a rerun with others is refused.

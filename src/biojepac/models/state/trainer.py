@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
+from biojepac.data.combine import gene_masks
 from biojepac.data.fingerprint import screen_fingerprint
 from biojepac.data.pairing import control_slices
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, split_combo
@@ -82,8 +83,10 @@ class SentenceSampler:
     """Draws batches of (control set, perturbed set) sentences as a pure function of the step."""
 
     def __init__(self, cells_ng: np.ndarray, expr_ng: np.ndarray, obs, pert_table: np.ndarray,
-                 set_size: int, batch_size: int, seed: int):
+                 set_size: int, batch_size: int, seed: int, gene_masks=None):
+        """`gene_masks`: a combined screen's (per-cell dataset code, datasets x genes mask), `data.combine.gene_masks`."""
         self.cells_ng, self.expr_ng, self.pert_table = cells_ng, expr_ng, pert_table
+        self.gene_masks = gene_masks
         self.set_size, self.batch_size, self.seed = set_size, batch_size, seed
         pert = obs[PERT_COL].astype(str).to_numpy()
         ctx = obs[CONTEXT_COL].astype(str).to_numpy()
@@ -117,7 +120,12 @@ class SentenceSampler:
             ctrl_idx.append(rng.choice(ctrl, self.set_size, replace=len(ctrl) < self.set_size))
         groups = [self.groups[g] for g in chosen]
         pert_idx_bs, ctrl_idx_bs = np.stack(pert_idx), np.stack(ctrl_idx)
+        mask = {}
+        if self.gene_masks is not None:  # a group's cells share one context, hence one dataset
+            codes, table = self.gene_masks
+            mask["gene_mask"] = table[codes[pert_idx_bs[:, 0]]]
         return {
+            **mask,
             "ctrl": self.cells_ng[ctrl_idx_bs],
             "target": self.cells_ng[pert_idx_bs],
             "target_expr": self.expr_ng[pert_idx_bs],
@@ -135,13 +143,17 @@ def make_loss_fn(cfg: StateConfig):
         context = jnp.where(jax.random.bernoulli(k_ctx, cfg.label_dropout, (n,)), 0, batch["context"])
         bat = jnp.where(jax.random.bernoulli(k_bat, cfg.label_dropout, (n,)), 0, batch["batch"])
         pred_bsn, expr_bsg = jax.vmap(net)(batch["ctrl"], batch["pert"], context, bat)
-        energy_b = cfg.energy_scale * batched_energy_distance(expr_bsg, batch["target_expr"])
+        target_bsg, n_measured = batch["target_expr"], expr_bsg.shape[0] * expr_bsg.shape[-1]
+        if "gene_mask" in batch:  # a combined screen: genes the sentence's dataset did not measure add nothing
+            w_b1g = batch["gene_mask"][:, None, :].astype(expr_bsg.dtype)
+            expr_bsg, target_bsg, n_measured = expr_bsg * w_b1g, target_bsg * w_b1g, jnp.maximum(w_b1g.sum(), 1.0)
+        energy_b = cfg.energy_scale * batched_energy_distance(expr_bsg, target_bsg)
         loss = energy_b.mean()
         metrics = {"energy": loss}
         if net.decoder is not None:  # also match the sets in latent space, as STATE does with SE
             latent = cfg.energy_scale * batched_energy_distance(pred_bsn, batch["target"]).mean()
             loss, metrics = loss + latent, {**metrics, "energy_latent": latent}
-        mse = ((expr_bsg.mean(1) - batch["target_expr"].mean(1)) ** 2).mean()
+        mse = ((expr_bsg.mean(1) - target_bsg.mean(1)) ** 2).sum() / n_measured
         metrics["pseudobulk_mse"] = mse
         return loss + cfg.pseudobulk_weight * mse, metrics
 
@@ -182,7 +194,8 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     expr_ng = np.asarray(train.X.toarray() if sp.issparse(train.X) else train.X, np.float32)
     cells_ng = expr_ng if encoder is None else np.asarray(encoder.encode(expr_ng), np.float32)
     pert_table = features.vectors(list(perts))
-    sampler = SentenceSampler(cells_ng, expr_ng, train.obs, pert_table, cfg.set_size, fit_cfg.batch_size, fit_cfg.seed)
+    sampler = SentenceSampler(cells_ng, expr_ng, train.obs, pert_table, cfg.set_size, fit_cfg.batch_size, fit_cfg.seed,
+                              gene_masks(train.obs, train.var))
     # Raw uint32 keys: the shared checkpoint converts every leaf to NumPy, which typed keys refuse.
     key_init, key_loop = jax.random.split(jax.random.PRNGKey(fit_cfg.seed))
     net = StateTransition(cfg, cells_ng.shape[1], expr_ng.shape[1], features.dim, len(sampler.contexts),

@@ -1,0 +1,136 @@
+"""The missing-gene mask of a combined screen (`data.combine`) in the losses: values at genes a dataset did
+not measure cannot move the ST or BioJEPAC pretraining loss; the stream loader hands the mask over; ST
+trains from combined shards (in memory and streamed)."""
+
+import dataclasses
+
+import anndata as ad
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from biojepac.cli import main
+from biojepac.data import schema
+from biojepac.data.combine import CombineConfig, combine_screens
+from biojepac.data.stream import CellStream, StreamConfig
+
+
+def _screen(rng, genes, n_cells, ctx):
+    x = rng.poisson(rng.gamma(2.0, 2.0, size=len(genes)), size=(n_cells, len(genes))).astype(np.float32)
+    obs = pd.DataFrame({"target_gene": np.resize(["non-targeting", "G001", "G002"], n_cells), "context": ctx,
+                        "batch": "1", "pert_type": "CRISPRi"}, index=[f"c{i}" for i in range(n_cells)])
+    return ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=genes))
+
+
+@pytest.fixture(scope="module")
+def combined(tmp_path_factory):
+    """Two datasets over overlapping genes: A measured G000-G029, B G010-G039 (union: 40 genes)."""
+    tmp = tmp_path_factory.mktemp("comb")
+    rng = np.random.default_rng(0)
+    syms = [f"G{i:03d}" for i in range(40)]
+    table = tmp / "ids.tsv"
+    table.write_text("symbol\tensembl_ids\taliases\n" + "".join(f"{s}\t\t\n" for s in syms))
+    _screen(rng, syms[:30], 192, "K562").write_h5ad(tmp / "A.h5ad")
+    _screen(rng, syms[10:], 192, "RPE1").write_h5ad(tmp / "B.h5ad")
+    out = tmp / "combined.h5ad"
+    combine_screens(CombineConfig(screens=(f"A={tmp / 'A.h5ad'}", f"B={tmp / 'B.h5ad'}"), out=out, symbols=str(table),
+                                  checksum=False))
+    return out
+
+
+def test_stream_hands_over_each_cells_dataset_mask(combined):
+    comb = ad.read_h5ad(combined, backed="r")
+    want = {"A": np.arange(40) < 30, "B": np.arange(40) >= 10}
+    ds = comb.obs["dataset"].astype(str).to_numpy()
+    cells = CellStream(StreamConfig(shard_fpaths=(str(combined),), kind="cells", cell_repr="dense", batch_size=64, block_rows=32))
+    b = cells.next_batch()
+    for row, mask in zip(b["row"], b["gene_mask"]):
+        np.testing.assert_array_equal(mask, want[ds[row]])
+    sent = CellStream(StreamConfig(shard_fpaths=(str(combined),), kind="sentences", cell_repr="dense", batch_size=4,
+                                   sentence_len=8, block_rows=64))
+    b = sent.next_batch()
+    for rows, mask in zip(b["pert_row"], b["gene_mask"]):
+        assert len(set(ds[rows])) == 1
+        np.testing.assert_array_equal(mask, want[ds[rows[0]]])
+    assert not b["pert_x"][~b["gene_mask"][:, None, :].repeat(8, 1)].any()  # unmeasured genes hold no value
+
+
+def test_state_loss_ignores_unmeasured_genes():
+    from biojepac.models.state.network import StateTransition
+    from biojepac.models.state.trainer import PRESETS, make_loss_fn
+
+    cfg = dataclasses.replace(PRESETS["tiny"][0], set_size=6, pseudobulk_weight=1.0)
+    rng = np.random.default_rng(1)
+    n_genes = 12
+    net = StateTransition(cfg, n_genes, n_genes, 5, 2, 2, key=jax.random.PRNGKey(0))
+    mask = np.ones((3, n_genes), bool)
+    mask[:, 8:] = False
+    batch = {"ctrl": rng.random((3, 6, n_genes), dtype=np.float32), "pert": rng.random((3, 5), dtype=np.float32),
+             "context": np.ones(3, np.int32), "batch": np.ones(3, np.int32), "gene_mask": mask}
+    batch["target"] = batch["target_expr"] = rng.random((3, 6, n_genes), dtype=np.float32)
+    other = dict(batch, target_expr=np.where(mask[:, None, :], batch["target_expr"], 50.0).astype(np.float32))
+    loss_fn = eqx.filter_jit(make_loss_fn(dataclasses.replace(cfg, label_dropout=0.0)))
+    key = jax.random.PRNGKey(2)
+    l1, _ = loss_fn(net, None, batch, key)
+    l2, _ = loss_fn(net, None, other, key)
+    np.testing.assert_allclose(float(l1), float(l2), rtol=1e-6)
+    unmasked = {k: v for k, v in batch.items() if k != "gene_mask"}
+    l3, _ = loss_fn(net, None, dict(unmasked, target_expr=other["target_expr"]), key)
+    assert float(l3) > float(l1) + 1.0  # without the mask the same values do count
+
+
+def test_pretrain_loss_ignores_unmeasured_genes():
+    from biojepac.models.jepa import stages
+    from biojepac.models.jepa.config import get_preset
+    from biojepac.models.jepa.encoder import Encoder
+    from biojepac.models.jepa.jepa_predictor import MaskPredictor
+
+    mcfg = get_preset("tiny")
+    enc_cfg = dataclasses.replace(mcfg.encoder, token_mode="all")
+    n_genes = 16
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    student = Encoder(n_genes, enc_cfg, k1)
+    predictor = MaskPredictor(enc_cfg.d, mcfg.pretrain.pred_d, mcfg.pretrain.pred_layers, enc_cfg.n_heads, k2, enc_cfg.attention)
+    rng = np.random.default_rng(0)
+    x = rng.random((4, n_genes), dtype=np.float32)
+    mask = np.ones((4, n_genes), bool)
+    mask[:, 10:] = False
+    lib = jnp.full((4,), 3.0)
+    jitted = jax.jit(lambda xx, m: stages.pretrain_loss((student, predictor), student, {"x": xx, "lib": lib, "gene_mask": m},
+                                                       jax.random.PRNGKey(1), cfg=mcfg.pretrain)[0])
+    loss = lambda xx, m: float(jitted(xx, m))
+    x_other = np.where(mask, x, 7.0).astype(np.float32)
+    np.testing.assert_allclose(loss(x, mask), loss(x_other, mask), rtol=1e-5)
+    full = np.ones_like(mask)
+    assert abs(loss(x, full) - loss(x_other, full)) > 1e-4  # without the mask those values count
+
+
+def test_state_trains_on_combined_screen_in_memory_and_streamed(combined, tmp_path):
+    from biojepac.models.state.trainer import FitConfig, SentenceSampler, fit, PRESETS
+
+    adata = ad.read_h5ad(combined)
+    cfg = dataclasses.replace(PRESETS["tiny"][0], set_size=8)
+    net, meta, _ = fit(adata, cfg, "onehot", FitConfig(n_steps=3, batch_size=4, run_dpath=tmp_path / "mem", progress=False))
+    assert meta.contexts == ("A:K562", "B:RPE1")
+    from biojepac.data.combine import gene_masks
+
+    x = adata.X.toarray()
+    sampler = SentenceSampler(x, x, adata.obs, np.zeros((2, 3), np.float32), 8, 4, 0, gene_masks(adata.obs, adata.var))
+    b = sampler(0)
+    ctx_is_b = b["context"] == 2  # codes +1: A:K562 -> 1, B:RPE1 -> 2
+    np.testing.assert_array_equal(b["gene_mask"], np.where(ctx_is_b[:, None], np.arange(40) >= 10, np.arange(40) < 30))
+
+    run = tmp_path / "stream"
+    assert main(["train", "state-stream", "--shards", str(combined), "--run-dpath", str(run), "--preset", "tiny",
+                 "--features", "onehot", "--steps-scale", "0.03", "--set-size", "8", "--block-rows", "64",
+                 "--no-progress"]) == 0
+    assert (run / "model" / "model.json").is_file()
+    from biojepac.models.registry import load
+
+    model = load(run / "model")
+    ctrl = x[(adata.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()][:8]
+    assert model.predict(ctrl, "G001", "A:K562", seed=0).shape == (8, 40)
