@@ -196,3 +196,46 @@ def test_context_transfer_prior_moves_measured_shifts_scaled_by_shared_perturbat
     prior, _ = fit_prior(labels, ctx, np.asarray(["a", "b"]), delta, feats)
     np.testing.assert_allclose(prior.shift(["P"], "b", feats)[0], 2.5 * delta[4], rtol=1e-5)
     np.testing.assert_allclose(prior.shift(["P"], "a", feats)[0], delta[4], rtol=1e-6)  # measured there
+
+
+def test_transfer_is_kept_where_contexts_respond_alike_and_dropped_where_they_do_not():
+    """With shifts shared between two contexts (plus noise) the prior transfers an unmeasured
+    perturbation; with independent shifts per context it predicts the context's mean shift instead."""
+    rng = np.random.default_rng(5)
+    n, dim = 12, 40
+    labels = np.asarray([f"S{i}" for i in range(n)] + [f"S{i}" for i in range(n - 1)])
+    ctx = np.asarray([0] * n + [1] * (n - 1))
+    feats = GeneTable(name="f", keys=tuple(f"S{i}" for i in range(n)), matrix=rng.normal(size=(n, 3)))
+    common = rng.normal(size=(n, dim))
+    alike = np.vstack([common, common[: n - 1]]) + 0.3 * rng.normal(size=(2 * n - 1, dim))
+    prior, _ = fit_prior(labels, ctx, np.asarray(["a", "b"]), alike, feats)
+    assert prior.alpha_seen == 1.0 and prior.alpha_unseen == 1.0
+    np.testing.assert_allclose(prior.shift([f"S{n - 1}"], "b", feats)[0], prior.transfer(f"S{n - 1}", 1), rtol=1e-6)
+    unlike = rng.normal(size=(2 * n - 1, dim))
+    prior, _ = fit_prior(labels, ctx, np.asarray(["a", "b"]), unlike, feats)
+    assert prior.alpha_seen == 0.0 and prior.alpha_unseen == 0.0
+    np.testing.assert_allclose(prior.shift([f"S{n - 1}"], "b", feats)[0], prior.base[1], rtol=1e-6)
+    np.testing.assert_allclose(prior.shift([f"S{n - 1}"], "new", feats)[0], prior.base.mean(0), rtol=1e-6)
+    prior, _ = fit_prior(labels, ctx, np.asarray(["a", "b"]), unlike, feats, select_transfer=False)
+    assert prior.alpha_seen == 1.0  # the ablation: always transfer
+
+
+def test_ridge_lambda_by_correlation_is_the_grid_best_by_explicit_refits():
+    """The correlation criterion picks the λ whose leave-one-out predictions (refitted without each row)
+    have the highest mean Pearson r with the rows they predict."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(15, 4))
+    y = x @ rng.normal(size=(4, 30)) + 2.0 * rng.normal(size=(15, 30))
+    _, lam, _ = ridge_loo(x, y, criterion="correlation")
+    scale = np.trace(x @ x.T) / 15
+
+    def mean_r(rel):
+        preds = []
+        for i in range(15):
+            keep = np.arange(15) != i
+            preds.append(x[i] @ (x[keep].T @ np.linalg.solve(x[keep] @ x[keep].T + rel * scale * np.eye(14), y[keep])))
+        return np.mean([np.corrcoef(p, t)[0, 1] for p, t in zip(preds, y)])
+
+    from biojepac.models.jepa.prior import LAMBDA_GRID
+    scores = {float(rel): mean_r(rel) for rel in LAMBDA_GRID}
+    assert lam == pytest.approx(max(scores, key=scores.get), rel=1e-9)

@@ -114,6 +114,12 @@ class PredictConfig:
     """Learn the residual on top of the prior (False: the prior alone, for the ablation)."""
     prior: Literal["ridge", "none"] = "ridge"
     """The closed-form prior ("none": the residual predictor alone has to learn every shift)."""
+    prior_lambda_by: Literal["correlation", "mse"] = "correlation"
+    """How the prior's ridge λ is chosen by leave-one-out: mean Pearson r of each perturbation's predicted and
+    measured shift (default), or squared error (the ablation; it shrinks harder toward the mean shift)."""
+    prior_select_transfer: bool = True
+    """Transfer shifts measured in other contexts only where that beat the context's mean shift on the
+    training contexts (False: always transfer, as the context-transfer baseline; the ablation)."""
     val_fraction: float = 0.2
     """Training perturbations held out to decide whether (and how long) the residual helps."""
     n_evals: int = 5

@@ -199,7 +199,8 @@ def fit_biojepac(
     stats = dataclasses.replace(stats, delta_z=lift_to_latent(stats.delta_x, w_gd))
     readout = lambda shifts: (shifts.reshape(len(shifts), *w_gd.shape) * w_gd).sum(-1)
     prior, prior_oos = fit_prior(stats.labels, stats.ctx, stats.contexts, stats.delta_z.reshape(len(stats.labels), -1),
-                                 scr.features, readout)
+                                 scr.features, readout, cfg.predict.prior_select_transfer,
+                                 cfg.predict.prior_lambda_by)
     predictor, composer, use_residual = train_predict(run, mods.predictor, composer, teacher, decoder, stats,
                                                       prior_oos.reshape(stats.delta_z.shape))
     mods = Modules(teacher, composer, predictor, decoder)
