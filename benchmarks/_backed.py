@@ -21,11 +21,15 @@ SCRATCH_DPATH = pathlib.Path("/tmp/biojepac_bench")
 REPO_DPATH = pathlib.Path(__file__).resolve().parents[1]
 
 
-def write_synthetic(fpath: pathlib.Path, n_cells: int, n_genes: int, density: float, seed: int = 0, chunk: int = 20_000) -> dict:
+def write_synthetic(fpath: pathlib.Path, n_cells: int, n_genes: int, density: float, seed: int = 0, chunk: int = 20_000,
+                    genes: list[str] | None = None, log1p_target: float | None = None,
+                    contexts: tuple[str, ...] = ("k562", "rpe1")) -> dict:
     """A canonical screen with integer counts in CSR, written `chunk` cells at a time (flat memory).
 
     Genes differ in detection rate (gamma-distributed around `density`) and in count size, so HVG
-    selection has real signal; 10% of cells are `non-targeting`, 2 contexts x 2 batches.
+    selection has real signal; 10% of cells are `non-targeting`, `contexts` x 2 batches. `genes` names
+    the genes (default G0000...); `log1p_target` writes log1p(x / total * target) instead of counts, with
+    the transform recorded in `uns` as `data prepare` records it.
     """
     if fpath.exists():
         with h5py.File(fpath, "r") as f:
@@ -44,14 +48,18 @@ def write_synthetic(fpath: pathlib.Path, n_cells: int, n_genes: int, density: fl
             mask = rng.random((c, n_genes), dtype=np.float32) < p_g[None, :]
             rows, cols = np.nonzero(mask)
             vals = (1 + rng.poisson(scale_g[cols])).astype(np.float32)
-            writer.append(sp.csr_matrix((vals, (rows, cols)), shape=(c, n_genes)))
+            m = sp.csr_matrix((vals, (rows, cols)), shape=(c, n_genes))
+            if log1p_target is not None:
+                totals = np.asarray(m.sum(1)).ravel().clip(1)
+                m.data = np.log1p(m.data / np.repeat(totals / log1p_target, np.diff(m.indptr))).astype(np.float32)
+            writer.append(m)
         writer.close(n_cells)
         perts = np.array(["non-targeting"] + [f"G{i:04d}" for i in range(100)])
         label = perts[np.where(rng.random(n_cells) < 0.1, 0, rng.integers(1, len(perts), n_cells))]
         obs = pd.DataFrame(
             {
                 "target_gene": pd.Categorical(label),
-                "context": pd.Categorical(rng.choice(["k562", "rpe1"], n_cells)),
+                "context": pd.Categorical(rng.choice(list(contexts), n_cells)),
                 "batch": pd.Categorical(rng.choice(["b0", "b1"], n_cells)),
                 "pert_type": pd.Categorical(["CRISPRi"] * n_cells),
             },
@@ -59,8 +67,9 @@ def write_synthetic(fpath: pathlib.Path, n_cells: int, n_genes: int, density: fl
         )
         f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
         ad.io.write_elem(f, "obs", obs)
-        ad.io.write_elem(f, "var", pd.DataFrame(index=[f"G{i:04d}" for i in range(n_genes)]))
-        ad.io.write_elem(f, "uns", {})
+        ad.io.write_elem(f, "var", pd.DataFrame(index=genes or [f"G{i:04d}" for i in range(n_genes)]))
+        transform = {"applied": "normalize_total+log1p", "target_sum": float(log1p_target)} if log1p_target else None
+        ad.io.write_elem(f, "uns", {"biojepac": {"transform": transform}} if transform else {})
     tmp.replace(fpath)
     return {"fpath": str(fpath), "bytes": fpath.stat().st_size, "write_s": time.perf_counter() - t0, "cached": False}
 

@@ -97,3 +97,22 @@ def test_norman_combos_holds_out_every_double_and_the_bench_scores_additive_on_i
         means[model] = {p: np.asarray(pred[(pred.obs[schema.PERT_COL] == p).to_numpy()].X.mean(0)).ravel() for p in doubles}
     for p in seen2:  # controls are drawn with the same seed, so the predicted means match
         np.testing.assert_allclose(means["linear"][p], means["additive"][p], atol=1e-5)
+
+
+def test_cross_dataset_fewshot_is_the_fixture_combined(shared_data_dpath, tmp_path):
+    """Norman19 K562 singles + McFaline23 through `data combine`: values unchanged (both at 1e4), contexts
+    `dataset:cell_line`, three U87MG perturbations in train and the other six in test."""
+    from biojepac.data.recipes import load_norman_mcfaline
+
+    task = tasks.get_task("cross-dataset-fewshot", shared_data_dpath, cache_dpath=tmp_path)
+    full = load_norman_mcfaline(shared_data_dpath / "norman19_mcfaline23_devel.h5ad")
+    obs = task.adata.obs
+    assert set(obs["context"]) == {"norman19:k562", "mcfaline23:A172", "mcfaline23:T98G", "mcfaline23:U87MG"}
+    barcodes = [name.split(":", 1)[1] for name in obs.index]
+    ref = full[barcodes]
+    np.testing.assert_allclose(task.adata.X.toarray(), ref.X.toarray(), rtol=1e-6)  # float64 in, float32 out
+    assert list(task.adata.var_names) == list(full.var_names) and task.adata.var["measured:norman19"].all()
+    u87 = [it for it in task.split.train if it[0] == "mcfaline23:U87MG"]
+    assert len(u87) == 3 and len(task.split.test) == 6 and all(c == "mcfaline23:U87MG" for c, _ in task.split.test)
+    assert {c for c, _ in task.split.train} == set(obs["context"])
+    assert not set(map(tuple, task.split.test)) & set(map(tuple, task.split.train))

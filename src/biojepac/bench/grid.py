@@ -39,8 +39,8 @@ REPO_DPATH = pathlib.Path(__file__).resolve().parents[3]
 class BenchConfig:
     models: tuple[str, ...] = (*BASELINES, "state", "biojepac", *PEERS)
     """Models: `models.registry` names (baseline kinds, `state`, `state-pb`, `biojepac`) and the peers STATE, GEARS."""
-    tasks: tuple[str, ...] = ("norman-unseen-single", "norman-combos", "mcfaline-heldout-line", "synthetic-unseen-pert",
-                              "synthetic-fewshot-ctx")
+    tasks: tuple[str, ...] = ("norman-unseen-single", "norman-combos", "mcfaline-heldout-line", "cross-dataset-fewshot",
+                              "synthetic-unseen-pert", "synthetic-fewshot-ctx")
     """Tasks (see biojepac.bench.tasks); real data first, so the peers' rows come early."""
     data_dpath: pathlib.Path = pathlib.Path("../shared/data")
     """Folder with norman19_mcfaline23_devel.h5ad and the GO table."""

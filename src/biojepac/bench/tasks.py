@@ -7,6 +7,7 @@
 | norman-unseen-single    | Norman19 (K562, CRISPRa) singles only  | held-out single genes                   |
 | norman-combos           | Norman19, singles and doubles          | every double held out, singles train    |
 | mcfaline-heldout-line   | McFaline23 (3 glioblastoma lines)      | U87MG held out entirely (zero-shot)     |
+| cross-dataset-fewshot   | Norman19 K562 singles + McFaline23, `data combine`d | K562, A172, T98G train; 3 U87MG perts seen, 6 test |
 
 Our models run with their default features (`features.DEFAULT_FEATURES`, built on the training cells).
 `Task.features` is the table the external peers read from the task folder: synthetic genes have no GO
@@ -30,7 +31,7 @@ from biojepac.data import schema
 from biojepac.io import atomic_write
 
 TaskName = typing.Literal["synthetic-unseen-pert", "synthetic-fewshot-ctx", "norman-unseen-single",
-                          "norman-combos", "mcfaline-heldout-line"]
+                          "norman-combos", "mcfaline-heldout-line", "cross-dataset-fewshot"]
 TASKS: tuple[str, ...] = typing.get_args(TaskName)
 
 
@@ -76,11 +77,39 @@ def get_task(name: str, data_dpath: pathlib.Path, seed: int = 0, cache_dpath: pa
     elif name == "mcfaline-heldout-line":
         adata = full[(full.obs["dataset"] == "mcfaline23").to_numpy()].copy()
         split = splits.make_zeroshot_context_split(adata, "U87MG", val_fraction=0.1, seed=seed)
+    elif name == "cross-dataset-fewshot":
+        # Two screens combined as a user would (`data combine`): contexts `dataset:cell_line`; few-shot
+        # transfer into a third glioblastoma line from K562 (another dataset, CRISPRa) and two lines.
+        adata = combine_norman_mcfaline(full, cache_dpath)
+        split = splits.make_fewshot_context_split(adata, "mcfaline23:U87MG", k=3, val_fraction=0.0, seed=seed)
     else:
         raise ValueError(f"unknown task {name!r}; known: {TASKS}")
     for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
         adata.obs[col] = adata.obs[col].astype(str)
     return Task(name, adata, split, go.with_options(fallback="zeros"), checksum(adata), has_go=True)
+
+
+def combine_norman_mcfaline(full: ad.AnnData, cache_dpath: pathlib.Path | None) -> ad.AnnData:
+    """The fixture's Norman19 singles and McFaline23 written as two screens and combined by `data.combine`
+    (both log1p of a 1e4 total, kept as they are; genes matched through the packaged symbol table)."""
+    import tempfile
+
+    from biojepac.data.combine import CombineConfig, combine_screens
+
+    dpath = pathlib.Path(cache_dpath) / "cross_dataset" if cache_dpath is not None else pathlib.Path(tempfile.mkdtemp())
+    dpath.mkdir(parents=True, exist_ok=True)
+    is_norman = (full.obs["dataset"] == "norman19").to_numpy()
+    parts = {"norman19": is_norman & ~full.obs[schema.PERT_COL].str.contains(r"\+").to_numpy(), "mcfaline23": ~is_norman}
+    screens = []
+    for name, keep in parts.items():
+        part = full[keep].copy()
+        part.uns = {}
+        atomic_write(dpath / f"{name}.h5ad", part.write_h5ad)
+        screens.append(f"{name}={dpath / name}.h5ad")
+    out = dpath / "combined.h5ad"
+    combine_screens(CombineConfig(screens=tuple(screens), out=out, log1p_targets=("norman19=1e4", "mcfaline23=1e4"),
+                                  checksum=False))
+    return ad.read_h5ad(out)
 
 
 def get_go_table(cache_dpath: pathlib.Path | None):
