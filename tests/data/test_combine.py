@@ -233,5 +233,7 @@ def test_real_fixture_two_datasets_in_other_styles(shared_data_dpath, tmp_path):
     np.testing.assert_allclose(comb.X.toarray(), direct, rtol=1e-6, atol=1e-6)
     assert set(comb.obs[schema.CONTEXT_COL]) == {"norman:k562", "norman_ens:k562", *(f"{d}:{c}" for d in ("mcfaline", "mcfaline_counts")
                                                                                       for c in ("A172", "T98G", "U87MG"))}
+    is_norman = comb.obs["dataset"].astype(str).str.startswith("norman").to_numpy()
+    assert set(comb.obs[schema.PERT_TYPE_COL][is_norman]) == {"CRISPRa"} and set(comb.obs[schema.PERT_TYPE_COL][~is_norman]) == {"CRISPRi"}
     rec = comb.uns[schema.UNS_KEY]["combine"]["sources"]
     assert rec["norman_ens"]["gene_map"]["n_renamed"] == n_ens and rec["mcfaline_counts"]["values"] == "counts"

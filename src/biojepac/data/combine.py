@@ -166,7 +166,9 @@ def read_source(name: str, fpath: pathlib.Path, cfg: CombineConfig, table: Symbo
         if "X" not in f or "obs" not in f or "var" not in f:
             raise InputError(f"{fpath}: not an .h5ad screen (needs X, obs and var)")
         obs, var = ad.io.read_elem(f["obs"]), ad.io.read_elem(f["var"])
-        obs = canonical_obs(obs, ScreenColumns(), source)
+        # A canonical file keeps its own modality per cell (Norman is CRISPRa); CRISPRi where it has none.
+        columns = ScreenColumns(pert_type=schema.PERT_TYPE_COL) if schema.PERT_TYPE_COL in obs.columns else ScreenColumns()
+        obs = canonical_obs(obs, columns, source)
         validate_labels(obs, var.index, source)
         in_names = [str(g) for g in var.index]
         genes, gene_report = match_genes(in_names, table)
