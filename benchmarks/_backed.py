@@ -74,13 +74,14 @@ def write_synthetic(fpath: pathlib.Path, n_cells: int, n_genes: int, density: fl
     return {"fpath": str(fpath), "bytes": fpath.stat().st_size, "write_s": time.perf_counter() - t0, "cached": False}
 
 
-def run_measured(code: str, env: dict | None = None, as_limit_bytes: int | None = None, timeout: int = 1800) -> dict:
-    """Run `code` in a fresh `nice` Python; it must print one JSON line last. Adds `peak_rss_mb` (VmHWM of
+def run_measured(code: str, env: dict | None = None, as_limit_bytes: int | None = None, timeout: int = 1800,
+                 niceness: int = 10) -> dict:
+    """Run `code` in a fresh Python at `niceness`; it must print one JSON line last. Adds `peak_rss_mb` (VmHWM of
     that process only) and `wall_s`. `as_limit_bytes` caps its address space (`prlimit --as`)."""
     # VmHWM is the peak of this process image only; ru_maxrss would also count the parent's RSS at fork.
     tail = ("\nimport re as _re, json as _j\n_hwm = int(_re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
             "print(_j.dumps({'peak_rss_mb': _hwm / 1024}))\n")
-    cmd = ["nice", "-n", "10"]
+    cmd = ["nice", "-n", str(niceness)]
     if as_limit_bytes:
         cmd += ["prlimit", f"--as={as_limit_bytes}"]
     cmd += [sys.executable, "-c", code + tail]
