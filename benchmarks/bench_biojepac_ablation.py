@@ -12,6 +12,7 @@ stage checkpoints are what a rerun would load.
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ VARIANTS = {
     "prior only (no residual)": ({"predict": {"residual": False}}, ("pretrain", "decode", "compose")),
     "residual only (no prior)": ({"predict": {"prior": "none"}}, ("pretrain", "decode", "compose")),
     "no expression loss": ({"predict": {"expr_weight": 0.0}}, ("pretrain", "decode", "compose")),
+    "prior λ by squared error (old)": ({"predict": {"prior_lambda_by": "mse"}}, ("pretrain", "decode", "compose")),
+    "prior always transfers (old)": ({"predict": {"prior_select_transfer": False}}, ("pretrain", "decode", "compose")),
     "InfoNCE composer (old)": ({"compose": {"objective": "infonce"}}, ("pretrain", "decode")),
     "EMA uncapped (old: 0.996)": ({"pretrain": {"ema_init_left": 1.0}}, ()),
 }
@@ -68,8 +71,10 @@ def run_one(task, name: str, seed: int, work: pathlib.Path, base_fpath: pathlib.
     cfg = grid.BenchConfig(n_boot=200, seed=0)
     _, summary = grid.score(task, pred_fpath, str(base_fpath), cfg)
     vals = {m: v for m, v, _, _ in summary}
+    cis = {m: (lo, hi) for m, _, lo, hi in summary}
     return {"task": task.name, "variant": name, "seed": seed, "vcc_score": vals.get("vcc_score"),
-            "pearson_delta": vals.get("pearson_delta"), "train_fit_r": train_fit_r(model, train),
+            "vcc_score_ci": cis.get("vcc_score"), "pearson_delta": vals.get("pearson_delta"),
+            "pearson_delta_ci": cis.get("pearson_delta"), "train_fit_r": train_fit_r(model, train),
             "residual_kept": bool(model.use_residual), "fit_s": round(fit_s, 1)}
 
 
@@ -104,8 +109,8 @@ def baseline(task, work: pathlib.Path) -> pathlib.Path:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | variant | VCC score (mean [min, max] over seeds) | Pearson Δ | train-fit r | residual kept | fit s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| task | variant | VCC score: mean [min, max] over seeds | VCC 95% CI | Pearson Δ | Pearson Δ 95% CI | "
+             "train-fit r | residual kept | fit s |", "|---|---|---|---|---|---|---|---|---|"]
     for task in dict.fromkeys(r["task"] for r in rows):
         for name in VARIANTS:
             rs = [r for r in rows if r["task"] == task and r["variant"] == name]
@@ -113,9 +118,18 @@ def table(rows: list[dict]) -> str:
                 continue
             fmt = lambda k: f"{np.mean([r[k] for r in rs]):.3f} [{min(r[k] for r in rs):.3f}, {max(r[k] for r in rs):.3f}]"
             kept = sum(r["residual_kept"] for r in rs)
-            lines.append(f"| {task} | {name} | {fmt('vcc_score')} | {fmt('pearson_delta')} | {fmt('train_fit_r')} | "
-                         f"{kept}/{len(rs)} | {np.mean([r['fit_s'] for r in rs]):.0f} |")
+            lines.append(f"| {task} | {name} | {fmt('vcc_score')} | {ci(rs, 'vcc_score_ci')} | {fmt('pearson_delta')} | "
+                         f"{ci(rs, 'pearson_delta_ci')} | {fmt('train_fit_r')} | {kept}/{len(rs)} | "
+                         f"{np.mean([r['fit_s'] for r in rs]):.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def ci(rows: list[dict], key: str) -> str:
+    """The bootstrap 95% CI over test perturbations, its bounds averaged over seeds."""
+    bounds = [r.get(key) for r in rows if r.get(key) and None not in r[key]]
+    if not bounds:
+        return "–"
+    return f"[{np.mean([b[0] for b in bounds]):.3f}, {np.mean([b[1] for b in bounds]):.3f}]"
 
 
 def main() -> None:
@@ -124,7 +138,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["synthetic-unseen-pert", "synthetic-fewshot-ctx"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     args = ap.parse_args()
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bj-ablation-") as tmp:
         work = pathlib.Path(tmp)
@@ -136,11 +150,14 @@ def main() -> None:
                     rows.append(run_one(task, name, seed, work, base_fpath))
                     print(json.dumps(rows[-1]), flush=True)
     text = (f"# BioJEPAC predict-stage ablation\n\nWritten by `benchmarks/bench_biojepac_ablation.py` "
-            f"({time.perf_counter() - t0:.0f} s, 2 shared CPU cores). Preset `tiny`, bench task seed 0, model seeds "
+            f"({time.perf_counter() - t0:.0f} s, 2 shared CPU cores, load average {load0:.1f} at the start and "
+            f"{os.getloadavg()[0]:.1f} at the end: fit times carry that contention). Preset `tiny`, bench task seed 0, model seeds "
             f"{args.seeds}. VCC score x100 against the cell-mean baseline (clipped at 0, as cell-eval); Pearson Δ on "
             "held-out perturbations; train-fit r: predicted vs observed pseudobulk deltas of the training perturbations. "
-            "`full` = linear latent prior + residual predictor (kept only when held-out training perturbations improve), "
-            "response-pretrained composer, capped EMA, expression loss. The pre-redesign model (VICReg + token mask, "
+            "`full` = linear latent prior (ridge λ by leave-one-out correlation; transfer from other contexts only where "
+            "it beat the context's mean shift on the training contexts) + residual predictor (kept only when held-out "
+            "training perturbations improve), response-pretrained composer, capped EMA, expression loss. VCC 95% CI and "
+            "Pearson Δ 95% CI: bootstrap over test perturbations (200 resamples), bounds averaged over seeds. The pre-redesign model (VICReg + token mask, "
             "paired cells) is no longer in the code; its bench rows were VCC 1.7 (synthetic-unseen-pert) and 1.6 "
             "(synthetic-fewshot-ctx), in the leaderboard before this change.\n\n" + table(rows))
     write_text_atomic(RESULTS_DPATH / "biojepac_ablation.md", text)
