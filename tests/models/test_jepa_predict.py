@@ -239,3 +239,14 @@ def test_ridge_lambda_by_correlation_is_the_grid_best_by_explicit_refits():
     from biojepac.models.jepa.prior import LAMBDA_GRID
     scores = {float(rel): mean_r(rel) for rel in LAMBDA_GRID}
     assert lam == pytest.approx(max(scores, key=scores.get), rel=1e-9)
+
+
+def test_an_unmeasured_combination_gets_the_sum_of_its_singles_priors():
+    """The additive model: A+B unmeasured, A and B measured -> Δ_A + Δ_B; a measured combination keeps its own."""
+    rng = np.random.default_rng(7)
+    labels = np.asarray(["A", "B", "C", "D", "C+D"])
+    delta = rng.normal(size=(5, 6))
+    feats = GeneTable(name="f", keys=("A", "B", "C", "D"), matrix=rng.normal(size=(4, 3)))
+    prior, _ = fit_prior(labels, np.zeros(5, int), np.asarray(["c"]), delta, feats)
+    np.testing.assert_allclose(prior.shift(["A+B"], "c", feats)[0], delta[0] + delta[1], rtol=1e-6)
+    np.testing.assert_allclose(prior.shift(["C+D"], "c", feats)[0], delta[4], rtol=1e-6)

@@ -4,6 +4,7 @@ With Δz(p, c) the mean teacher latent of p's cells in context c minus that of c
 token's latent, flattened), fitted on the training perturbations:
 
     prior(p, c) = Δz(p, c)           when p was measured in c (a training perturbation)
+                = Σ prior(pᵢ, c)     for an unmeasured combination p = p₁+p₂ (the additive model)
                 = T(p, c)            when p was measured in another context (context transfer)
                 = base_c + B·φ(p)    otherwise (ridge from the perturbation features φ)
 
@@ -35,7 +36,7 @@ import warnings
 
 import numpy as np
 
-from biojepac.data.schema import CONTROL
+from biojepac.data.schema import CONTROL, split_combo
 from biojepac.features.base import GeneTable
 
 LAMBDA_GRID = np.logspace(-3, 3, 13)
@@ -83,8 +84,11 @@ class Prior:
                 out[i] = 0.0
                 continue
             same = np.flatnonzero((self.labels == label) & (self.group_ctx == c))
+            parts = [p for p in split_combo(label) if p != CONTROL]
             if len(same):  # measured here: the measurement is the best estimate of its mean shift
                 out[i] = self.delta[same[0]]
+            elif len(parts) > 1:  # an unmeasured combination: the sum of its singles' priors (additive)
+                out[i] = self.shift(parts, context, features).sum(0)
             elif (moved := self.transfer(label, c)) is not None:
                 out[i] = moved
             else:
