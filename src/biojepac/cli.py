@@ -102,6 +102,13 @@ COMMANDS: dict = {
             "biojepac.features.check:run_check",
         ),
     },
+    "convert": {
+        "state-checkpoint": (
+            "Convert an arc-state ST run folder (checkpoint, config, maps) into a saved state model, without torch.",
+            "biojepac.models.state.convert:ConvertStateCheckpoint",
+            "biojepac.models.state.convert:run_convert",
+        ),
+    },
     "bench": (
         "Run models x tasks, record per-perturbation metrics in SQLite and write the leaderboard.",
         "biojepac.bench.grid:BenchConfig",

@@ -11,6 +11,7 @@ folder, rebuilt by `models.registry.load` from its `model.json` kind.
 """
 
 import dataclasses
+import inspect
 import json
 import pathlib
 from typing import Literal
@@ -57,13 +58,16 @@ class PredictCommand:
     """Seed for control sampling and for stochastic models."""
     max_controls: int = 0
     """Real controls written to the output (a seeded sample); 0 = all of the context's controls."""
+    control_sampling: Literal["biojepac", "arc-state"] = "biojepac"
+    """How each predicted cell's starting control is drawn: ours (seeded per perturbation), or as `state tx infer
+    --tsv --seed SEED` draws them on this context's controls (state models only; reproduces STATE's output)."""
 
 
 def run_predict(cfg: PredictCommand) -> pathlib.Path:
     train = read_training_screen(cfg.screen)
     perts = read_requests(cfg)
     model, model_prov = get_model(cfg, train)
-    out = predict_cells(model, train, perts, cfg.context, cfg.seed, cfg.max_controls)
+    out = predict_cells(model, train, perts, cfg.context, cfg.seed, cfg.max_controls, cfg.control_sampling)
     prov = {
         "model": model_prov,
         "train": str(cfg.screen),
@@ -150,8 +154,10 @@ def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath)
 
 
 def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, seed: int,
-                  max_controls: int = 0) -> ad.AnnData:
-    """Predicted cells (n_cells per perturbation, each from a sampled real control) + the real controls."""
+                  max_controls: int = 0, control_sampling: str = "biojepac") -> ad.AnnData:
+    """Predicted cells (n_cells per perturbation, each from a sampled real control) + the real controls.
+
+    A model whose `predict` takes `batches` (the state model's batch token) gets each control's batch label."""
     obs = train.obs
     ctrl_idx = np.flatnonzero((obs[schema.PERT_COL] == schema.CONTROL).to_numpy() &
                               (obs[schema.CONTEXT_COL] == context).to_numpy())
@@ -159,16 +165,28 @@ def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, s
         raise InputError(f"{schema.source_name(train)}: no "
                          f"{schema.CONTROL!r} cells in context {context!r} (column {schema.CONTEXT_COL!r})")
     x_ctrl = train.X[ctrl_idx]
+    batch_ctrl = obs[schema.BATCH_COL].astype(str).to_numpy()[ctrl_idx]
+    takes_batches = "batches" in inspect.signature(model.predict).parameters
     blocks, rows = [], []
-    for i, (pert, n) in enumerate(zip(perts["target_gene"], perts["n_cells"])):
-        rng = np.random.default_rng([seed, i])  # per-perturbation stream: adding one does not reshuffle others
-        pick = rng.choice(len(ctrl_idx), size=n, replace=n > len(ctrl_idx))
-        x = x_ctrl[pick]
-        x = np.asarray(x.toarray() if sp.issparse(x) else x, np.float32)
-        y = model.predict(x, pert, context, seed + i)
-        if y.shape != x.shape or not np.all(np.isfinite(y)):
+    if control_sampling == "arc-state":
+        from biojepac.models.state.arc_sampling import arc_state_cells
+
+        x_dense = np.asarray(x_ctrl.toarray() if sp.issparse(x_ctrl) else x_ctrl, np.float32)
+        preds, picks = arc_state_cells(model, x_dense, batch_ctrl, perts, context, seed, schema.CONTROL)
+    else:
+        preds, picks = [], []
+        for i, (pert, n) in enumerate(zip(perts["target_gene"], perts["n_cells"])):
+            rng = np.random.default_rng([seed, i])  # per-perturbation stream: adding one does not reshuffle others
+            pick = rng.choice(len(ctrl_idx), size=n, replace=n > len(ctrl_idx))
+            x = x_ctrl[pick]
+            x = np.asarray(x.toarray() if sp.issparse(x) else x, np.float32)
+            extra = {"batches": batch_ctrl[pick]} if takes_batches else {}
+            preds.append(model.predict(x, pert, context, seed + i, **extra))
+            picks.append(pick)
+    for pert, y, pick in zip(perts["target_gene"], preds, picks):
+        if y.shape != (len(pick), train.n_vars) or not np.all(np.isfinite(y)):
             raise InputError(f"model {getattr(model, 'name', model)!r} returned {y.shape} with non-finite values for "
-                             f"{pert!r} in {context!r} (expected finite {x.shape})")
+                             f"{pert!r} in {context!r} (expected finite {(len(pick), train.n_vars)})")
         blocks.append(sp.csr_matrix(y))
         rows.append(pd.DataFrame({schema.PERT_COL: pert, "control_cell": obs.index[ctrl_idx[pick]]}))
     if max_controls and max_controls < len(ctrl_idx):

@@ -41,13 +41,35 @@ class StateModel:
         self.cfg, self.features, self.train_cfg, self.encoder = cfg, features, train_cfg, encoder
         self.net: StateTransition | None = None
         self.meta: StateMeta | None = None
+        self.prior = None
+        """`models.jepa.prior.Prior` in expression space when cfg.prior is "ridge"."""
 
     def fit(self, train: ad.AnnData) -> "StateModel":
-        self.net, self.meta, self.features = trainer.fit(train, self.cfg, self.features, self.train_cfg,
-                                                         self.encoder)
+        self.net, self.meta, self.features, self.prior = trainer.fit(train, self.cfg, self.features, self.train_cfg,
+                                                                     self.encoder)
         return self
 
-    def predict(self, controls: np.ndarray, target_gene: str, context: str, seed: int) -> np.ndarray:
+    def predict(self, controls: np.ndarray, target_gene: str, context: str, seed: int,
+                batches: np.ndarray | None = None) -> np.ndarray:
+        """Predicted cells, one per control. `batches`: each control's batch label; it picks the batch token
+        (a batch not seen in training, or None, uses the "unknown" row)."""
+        x_ng, pert_p, ctx = self._inputs(controls, target_gene, context)
+        return predict_set_cells(self.net, x_ng, pert_p, ctx, self.cfg.set_size, seed, self._batch_rows(batches, len(x_ng)),
+                                 prior_g=self._prior_shift(target_gene, context))
+
+    def predict_windows(self, controls: np.ndarray, target_gene: str, context: str, batches: np.ndarray) -> np.ndarray:
+        """Predicted cells with sentences of S consecutive controls (the last shorter), as `state tx infer` forms them."""
+        x_ng, pert_p, ctx = self._inputs(controls, target_gene, context)
+        return predict_set_cells(self.net, x_ng, pert_p, ctx, self.cfg.set_size, 0, self._batch_rows(batches, len(x_ng)),
+                                 windows="as-given", prior_g=self._prior_shift(target_gene, context))
+
+    def _prior_shift(self, target_gene: str, context: str) -> np.ndarray | None:
+        """The prior's expression shift for this perturbation in this context (None without a prior)."""
+        if self.prior is None:
+            return None
+        return self.prior.shift([target_gene], context, self.features)[0]
+
+    def _inputs(self, controls: np.ndarray, target_gene: str, context: str) -> tuple[np.ndarray, np.ndarray, int]:
         assert self.net is not None and self.meta is not None, "fit or load the model first"
         controls = np.asarray(controls, np.float32)
         if controls.shape[1] != len(self.meta.genes):
@@ -59,7 +81,14 @@ class StateModel:
         x_ng = controls if self.encoder is None else np.asarray(self.encoder.encode(controls), np.float32)
         pert_p = self.features.vectors([target_gene])[0]
         ctx = self.meta.contexts.index(context) + 1 if context in self.meta.contexts else 0
-        return predict_set_cells(self.net, x_ng, pert_p, ctx, self.cfg.set_size, seed)
+        return x_ng, pert_p, ctx
+
+    def _batch_rows(self, batches: np.ndarray | None, n: int) -> np.ndarray:
+        """Batch-table row of each cell: 1 + its index among the training batches, 0 ("unknown") otherwise."""
+        if batches is None:
+            return np.zeros(n, np.int32)
+        index = {b: i + 1 for i, b in enumerate(self.meta.batches)}
+        return np.asarray([index.get(str(b), 0) for b in batches], np.int32)
 
     def save(self, dpath: pathlib.Path) -> pathlib.Path:
         assert self.net is not None and self.meta is not None, "fit the model before saving it"
@@ -69,6 +98,8 @@ class StateModel:
         def write(tmp: pathlib.Path) -> dict:
             eqx.tree_serialise_leaves(tmp / "weights.eqx", self.net)
             self.features.save(tmp / "features.npz")
+            if self.prior is not None:
+                np.savez(tmp / "prior.npz", **self.prior.arrays())
             if self.encoder is not None:
                 self.encoder.save(tmp / "encoder")
             return meta
@@ -93,6 +124,11 @@ def load(dpath: pathlib.Path, meta: dict) -> StateModel:
         encoder = JepaCellEncoder(dpath / "encoder")
     model = StateModel(cfg, GeneTable.load(dpath / "features.npz"), encoder=encoder)
     model.net, model.meta = eqx.tree_deserialise_leaves(dpath / "weights.eqx", like), meta
+    if cfg.prior != "none":
+        from biojepac.models.jepa.prior import Prior
+
+        with np.load(dpath / "prior.npz", allow_pickle=False) as npz:
+            model.prior = Prior.from_arrays({k: npz[k] for k in npz.files})
     return model
 
 

@@ -70,6 +70,10 @@ class StateConfig:
     """Add a learned context (cell line) embedding to every token (not in STATE; see docs/state.md)."""
     rms_eps: float = 1e-6
     """RMSNorm epsilon of the Llama backbone (STATE's layer_norm_eps)."""
+    prior: Literal["none", "ridge"] = "none"
+    """Move each sentence's control cells by a closed-form prior shift before the network sees them: the
+    perturbation's measured shift in another context (context transfer) or a ridge fit on its features
+    (`models/jepa/prior.py`). The network then learns the correction to a baseline (not in STATE; docs/state.md)."""
 
 
 class SetBlock(eqx.Module):
@@ -194,16 +198,21 @@ class StateTransition(eqx.Module):
 
     @jaxtyped(typechecker=beartype.beartype)
     def __call__(self, x_sn: Float[Array, "s n"], pert_p: Float[Array, " p"], context: Int[Array, ""],
-                 batch: Int[Array, ""]) -> tuple[Float[Array, "s n"], Float[Array, "s g"]]:
-        """One sentence -> (predicted cell tokens, predicted expression)."""
+                 batch_s: Int[Array, " s"], prior_n: Float[Array, " n"] | None = None
+                 ) -> tuple[Float[Array, "s n"], Float[Array, "s g"]]:
+        """One sentence -> (predicted cell tokens, predicted expression). `batch_s`: each cell's batch row
+        (STATE adds its batch embedding per token; 0 is "unknown"). `prior_n`: the prior shift that moves the
+        control cells first (`cfg.prior`; None: no shift)."""
         cfg = self.cfg
+        if prior_n is not None:
+            x_sn = x_sn + prior_n[None, :]
         cond_d = self.pert_in(pert_p)
         if cfg.context_token:
             cond_d = cond_d + self.context_emb(context)
-        if cfg.batch_token:
-            cond_d = cond_d + self.batch_emb(batch)
         basal_sd = jax.vmap(self.cell_in)(x_sn)
         h_sd = basal_sd + cond_d[None, :]
+        if cfg.batch_token:
+            h_sd = h_sd + jax.vmap(self.batch_emb)(batch_s)
         for block in self.blocks:
             h_sd = block(h_sd)
         if cfg.backbone == "gpt2":
@@ -237,19 +246,32 @@ class StateMeta:
 
 
 def predict_set_cells(net: StateTransition, x_ng: np.ndarray, pert_p: np.ndarray, context: int, set_size: int,
-                  seed: int) -> np.ndarray:
+                      seed: int, batch_n: np.ndarray | None = None,
+                      windows: Literal["shuffle", "as-given"] = "shuffle", prior_g: np.ndarray | None = None) -> np.ndarray:
     """Predict every control cell's perturbed state, S cells at a time, in the caller's order.
 
-    The cells are shuffled (seeded) into sentences; the last sentence is topped up with resampled cells
-    whose predictions are dropped, so every sentence has exactly S cells (one compiled shape).
+    `batch_n`: each cell's batch row (0, "unknown", when None). `windows="shuffle"`: the cells are shuffled
+    (seeded) into sentences and the last one is topped up with resampled cells whose predictions are dropped,
+    so every sentence has exactly S cells (one compiled shape). `"as-given"`: consecutive runs of S cells in the
+    given order, the last one shorter, as `state tx infer` forms its sentences.
     """
-    rng = np.random.default_rng(seed)
     n = x_ng.shape[0]
+    batch_n = np.zeros(n, np.int32) if batch_n is None else np.asarray(batch_n, np.int32)
+    prior = None if prior_g is None else jnp.asarray(prior_g, jnp.float32)
+    if windows == "as-given":
+        out = np.concatenate([
+            np.asarray(_forward(net, jnp.asarray(x_ng[None, i : i + set_size]), jnp.asarray(pert_p), jnp.asarray(context),
+                                jnp.asarray(batch_n[None, i : i + set_size]), prior))[0]
+            for i in range(0, n, set_size)])
+        return np.clip(out, 0.0, None).astype(np.float32)
+    rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     n_pad = -n % set_size
     order = np.concatenate([order, rng.choice(n, size=n_pad, replace=True)])
     x_bsn = x_ng[order].reshape(-1, set_size, x_ng.shape[1])
-    expr_bsg = np.asarray(_forward(net, jnp.asarray(x_bsn), jnp.asarray(pert_p), jnp.asarray(context)))
+    b_bs = batch_n[order].reshape(-1, set_size)
+    expr_bsg = np.asarray(_forward(net, jnp.asarray(x_bsn), jnp.asarray(pert_p), jnp.asarray(context), jnp.asarray(b_bs),
+                                   prior))
     expr_ng = expr_bsg.reshape(-1, expr_bsg.shape[-1])[:n]
     out = np.empty_like(expr_ng)
     out[order[:n]] = expr_ng
@@ -257,6 +279,5 @@ def predict_set_cells(net: StateTransition, x_ng: np.ndarray, pert_p: np.ndarray
 
 
 @eqx.filter_jit
-def _forward(net: StateTransition, x_bsn, pert_p, context):
-    unknown_batch = jnp.asarray(0)
-    return jax.vmap(lambda x: net(x, pert_p, context, unknown_batch)[1])(x_bsn)
+def _forward(net: StateTransition, x_bsn, pert_p, context, batch_bs, prior_g):
+    return jax.vmap(lambda x, b: net(x, pert_p, context, b, prior_g)[1])(x_bsn, batch_bs)

@@ -27,6 +27,7 @@ from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, spli
 from biojepac.errors import InputError
 from biojepac.features import DEFAULT_FEATURES, resolve_features
 from biojepac.models.energy import batched_energy_distance
+from biojepac.models.jepa.prior import fit_prior
 from biojepac.models.state.network import StateConfig, StateMeta, StateTransition
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
 
@@ -87,6 +88,8 @@ class SentenceSampler:
         """`gene_masks`: a combined screen's (per-cell dataset code, datasets x genes mask), `data.combine.gene_masks`."""
         self.cells_ng, self.expr_ng, self.pert_table = cells_ng, expr_ng, pert_table
         self.gene_masks = gene_masks
+        self.prior_gn: np.ndarray | None = None
+        """Per group: the prior shift its control cells are moved by (set by `fit` when cfg.prior is on)."""
         self.set_size, self.batch_size, self.seed = set_size, batch_size, seed
         pert = obs[PERT_COL].astype(str).to_numpy()
         ctx = obs[CONTEXT_COL].astype(str).to_numpy()
@@ -124,6 +127,8 @@ class SentenceSampler:
         if self.gene_masks is not None:  # a group's cells share one context, hence one dataset
             codes, table = self.gene_masks
             mask["gene_mask"] = table[codes[pert_idx_bs[:, 0]]]
+        if self.prior_gn is not None:
+            mask["prior"] = self.prior_gn[chosen]
         return {
             **mask,
             "ctrl": self.cells_ng[ctrl_idx_bs],
@@ -142,7 +147,12 @@ def make_loss_fn(cfg: StateConfig):
         # Label dropout teaches the "unknown" rows used for held-out contexts and unlabelled batches.
         context = jnp.where(jax.random.bernoulli(k_ctx, cfg.label_dropout, (n,)), 0, batch["context"])
         bat = jnp.where(jax.random.bernoulli(k_bat, cfg.label_dropout, (n,)), 0, batch["batch"])
-        pred_bsn, expr_bsg = jax.vmap(net)(batch["ctrl"], batch["pert"], context, bat)
+        bat_bs = jnp.broadcast_to(bat[:, None], batch["ctrl"].shape[:2])  # a sentence is drawn within one batch
+        prior = batch.get("prior")
+        if prior is None:
+            pred_bsn, expr_bsg = jax.vmap(net)(batch["ctrl"], batch["pert"], context, bat_bs)
+        else:
+            pred_bsn, expr_bsg = jax.vmap(net)(batch["ctrl"], batch["pert"], context, bat_bs, prior)
         target_bsg, n_measured = batch["target_expr"], expr_bsg.shape[0] * expr_bsg.shape[-1]
         if "gene_mask" in batch:  # a combined screen: genes the sentence's dataset did not measure add nothing
             w_b1g = batch["gene_mask"][:, None, :].astype(expr_bsg.dtype)
@@ -196,6 +206,11 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     pert_table = features.vectors(list(perts))
     sampler = SentenceSampler(cells_ng, expr_ng, train.obs, pert_table, cfg.set_size, fit_cfg.batch_size, fit_cfg.seed,
                               gene_masks(train.obs, train.var))
+    prior = None
+    if cfg.prior == "ridge":
+        if encoder is not None:
+            raise InputError("state model: prior='ridge' works on expression input, not on encoder latents")
+        prior, sampler.prior_gn = fit_expression_prior(expr_ng, train.obs, sampler, features)
     # Raw uint32 keys: the shared checkpoint converts every leaf to NumPy, which typed keys refuse.
     key_init, key_loop = jax.random.split(jax.random.PRNGKey(fit_cfg.seed))
     net = StateTransition(cfg, cells_ng.shape[1], expr_ng.shape[1], features.dim, len(sampler.contexts),
@@ -218,4 +233,24 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     meta = StateMeta(config=cfg, genes=tuple(map(str, train.var_names)), contexts=tuple(map(str, sampler.contexts)),
                      batches=tuple(map(str, sampler.batches)), n_in=int(cells_ng.shape[1]), pert_dim=features.dim,
                      features=features.describe(), encoder_dpath=str(getattr(encoder, "model_dpath", "")))
-    return state.params, meta, features
+    return state.params, meta, features, prior
+
+
+def fit_expression_prior(expr_ng: np.ndarray, obs, sampler: SentenceSampler, features):
+    """The closed-form prior in expression space and, per sentence group, the shift its controls are moved by.
+
+    Δ(p, c) is the mean of p's cells in context c minus the mean of c's controls. A group's training shift
+    is the prior's *out-of-sample* estimate for it (p's shift transferred from other contexts, else ridge
+    with p left out), the same kind of guess the prior makes for a held-out perturbation, so the network
+    learns to correct the prior's errors rather than to copy a measurement it will not have."""
+    pert = obs[PERT_COL].astype(str).to_numpy()
+    ctx_code = np.searchsorted(sampler.contexts, obs[CONTEXT_COL].astype(str).to_numpy())
+    ctrl_mean = np.stack([expr_ng[(pert == CONTROL) & (ctx_code == c)].mean(0) if ((pert == CONTROL) & (ctx_code == c)).any()
+                          else expr_ng[pert == CONTROL].mean(0) for c in range(len(sampler.contexts))])
+    keys = sorted({(int(p), int(c)) for p, c, *_ in sampler.groups})
+    labels = np.asarray([sampler.perts[p] for p, _ in keys])
+    group_ctx = np.asarray([c for _, c in keys])
+    delta = np.stack([expr_ng[(pert == sampler.perts[p]) & (ctx_code == c)].mean(0) - ctrl_mean[c] for p, c in keys])
+    prior, out_of_sample = fit_prior(labels, group_ctx, sampler.contexts, delta, features)
+    row = {k: i for i, k in enumerate(keys)}
+    return prior, np.stack([out_of_sample[row[(int(p), int(c))]] for p, c, *_ in sampler.groups]).astype(np.float32)
