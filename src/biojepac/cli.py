@@ -4,6 +4,7 @@ Each subcommand is a frozen config dataclass (tyro turns its field docstrings in
 a function that takes it. Modules are imported only when their subcommand runs, so `--help` is
 fast and one broken optional dependency does not take the whole CLI down.
 
+Option values are checked first (`options.check_options`: one rule per option name for every command).
 Bad input (`InputError`) is printed as one line naming the file, column or gene at fault.
 """
 
@@ -13,6 +14,7 @@ import sys
 import tyro
 
 from biojepac.errors import InputError
+from biojepac.options import check_options
 
 # name -> (one-line help, "module:ConfigClass", "module:function") or a nested group of the same.
 COMMANDS: dict = {
@@ -149,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         desc, config_ref, fn_ref = entry
         cfg = tyro.cli(_load(config_ref), args=args, prog=prog, description=desc)
         try:
+            check_options(cfg)
             _load(fn_ref)(cfg)
         except InputError as err:
-            print(f"{prog}: error: {err}", file=sys.stderr)
+            one_line = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            print(f"{prog}: error: {one_line}", file=sys.stderr)
             return 2
         return 0
 

@@ -11,6 +11,8 @@ import os
 import pathlib
 from typing import Callable, TYPE_CHECKING
 
+from biojepac.errors import InputError
+
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -50,6 +52,8 @@ def temp_sibling(fpath: str | os.PathLike) -> pathlib.Path:
     """The hidden temporary name this process writes `fpath` under (suffix kept), after removing the
     ones killed runs left."""
     fpath = pathlib.Path(fpath)
+    if fpath.is_dir():  # checked before the work: os.replace would fail only after it
+        raise InputError(f"{fpath}: is a folder; give the file to write")
     fpath.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(fpath)
     return fpath.with_name(f".{fpath.name}.tmp{os.getpid()}{fpath.suffix}")

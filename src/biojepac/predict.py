@@ -29,6 +29,10 @@ from biojepac.io import command_line, write_h5ad_atomic
 from biojepac.models import registry
 from biojepac.models.saved import check_genes, read_meta
 
+MAX_CELLS = 2_000_000
+"""Most predicted cells one request may ask for (each holds every gene in memory while predicted)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictCommand:
     model: str
@@ -118,6 +122,13 @@ def read_requests(cfg: PredictCommand) -> pd.DataFrame:
     if dup:
         raise InputError(f"{cfg.requests or '--perturbations'}: perturbation listed twice: {dup[:5]}")
     df = df[df["target_gene"] != schema.CONTROL].reset_index(drop=True)
+    where = cfg.requests or "--perturbations"
+    if df.empty:
+        raise InputError(f"{where}: only {schema.CONTROL!r} is listed; the real controls are always written, "
+                         "so list the perturbations to predict")
+    if df["n_cells"].sum() > MAX_CELLS:
+        raise InputError(f"{where}: {int(df['n_cells'].sum()):,} cells requested in all (column 'n_cells'), more than "
+                         f"{MAX_CELLS:,}; the VCC asks for at most 200,000")
     return df.astype({"n_cells": int})
 
 
@@ -146,7 +157,10 @@ def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath)
         return np.ones(train.n_obs, bool)
     from biojepac.data.splits import load_split, split_masks
 
-    masks = split_masks(train, load_split(split_fpath))
+    try:
+        masks = split_masks(train, load_split(split_fpath))
+    except InputError as err:  # a split that does not fit the screen: name the split file too
+        raise InputError(f"{split_fpath}: {err}" if str(split_fpath) not in str(err) else str(err)) from None
     mask = np.asarray(masks["train"] if isinstance(masks, dict) else masks[0], bool)
     if not (mask & ~is_ctrl).any():
         raise InputError(f"{split_fpath}: no perturbed training cells of {train_fpath} are in the split's train part")

@@ -36,6 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from biojepac.data import schema
+from biojepac.data.load import check_input_file, open_h5
 from biojepac.data.values import classify, is_fractional, size_factors, target_sum
 from biojepac.errors import InputError
 from biojepac.io import remove_stale_temps
@@ -76,7 +77,9 @@ def run_submit(cfg: SubmitConfig) -> pathlib.Path:
     if shutil.which("zstd") is None:
         raise InputError("the `zstd` program is needed to compress the package (apt-get install zstd)")
     genes = read_gene_list(cfg.genes)
-    with h5py.File(cfg.pred, "r") as f:
+    if cfg.out.is_dir():
+        raise InputError(f"--out {cfg.out}: is a folder; give the .vcc file to write")
+    with open_h5(cfg.pred) as f:
         obs, var_names = _read_obs_var(f, cfg)
         col_order = check_prediction(obs, var_names, genes, cfg)
         x = _RowReader(f["X"], str(cfg.pred))
@@ -98,9 +101,14 @@ def run_submit(cfg: SubmitConfig) -> pathlib.Path:
 
 def read_gene_list(fpath: pathlib.Path) -> list[str]:
     """First column of a header-less CSV, as cell-eval reads it (`pl.read_csv(has_header=False)`)."""
-    if not pathlib.Path(fpath).is_file():
-        raise InputError(f"{fpath}: gene list not found")
-    genes = pd.read_csv(fpath, header=None, dtype=str, keep_default_na=False).iloc[:, 0].tolist()
+    check_input_file(fpath)
+    try:
+        genes = pd.read_csv(fpath, header=None, dtype=str, keep_default_na=False).iloc[:, 0].tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(f"{fpath}: not a readable gene list CSV ({str(e).strip().splitlines()[0]})") from None
+    blank = [i + 1 for i, g in enumerate(genes) if not g.strip()]
+    if blank:
+        raise InputError(f"{fpath}: blank gene name on line(s) {blank[:5]}")
     if len(set(genes)) != len(genes):
         raise InputError(f"{fpath}: duplicate genes in the gene list, e.g. {pd.Series(genes)[pd.Series(genes).duplicated()].iloc[0]!r}")
     return genes
@@ -113,7 +121,12 @@ def check_prediction(obs: pd.DataFrame, var_names: list[str], genes: list[str], 
         raise InputError(f"{where}: obs has no perturbation column {cfg.pert_col!r} (columns: {list(obs.columns)})")
     if cfg.celltype_col and cfg.celltype_col not in obs.columns:
         raise InputError(f"{where}: obs has no cell-type column {cfg.celltype_col!r}")
-    if not (obs[cfg.pert_col].astype(str) == cfg.control).any():
+    labels = obs[cfg.pert_col]
+    blank = labels.isna().to_numpy() | (labels.astype(str).str.strip() == "").to_numpy()
+    if blank.any():
+        raise InputError(f"{where}: obs column {cfg.pert_col!r} is empty (NaN or blank) for cell {str(obs.index[blank.argmax()])!r} "
+                         f"({int(blank.sum())} such); every cell needs a perturbation label")
+    if not (labels.astype(str) == cfg.control).any():
         raise InputError(f"{where}: no control cells: label {cfg.control!r} missing from column {cfg.pert_col!r}")
     if cfg.expected_gene_dim != -1 and len(genes) != cfg.expected_gene_dim:
         logger.warning(f"{cfg.genes}: {len(genes)} genes, not the challenge's {cfg.expected_gene_dim}")
@@ -231,8 +244,6 @@ class _RowReader:
 
 
 def _read_obs_var(f: h5py.File, cfg: SubmitConfig) -> tuple[pd.DataFrame, list[str]]:
-    if "X" not in f or "obs" not in f or "var" not in f:
-        raise InputError(f"{cfg.pred}: not an AnnData .h5ad (needs X, obs and var)")
     obs = ad.io.read_elem(f["obs"])
     var = ad.io.read_elem(f["var"])
     return obs, [str(g) for g in var.index]

@@ -22,9 +22,10 @@ import subprocess
 import sys
 import time
 
-from biojepac.io import write_text_atomic
 from biojepac.bench import tasks as tasklib
+from biojepac.errors import InputError
 from biojepac.features import DEFAULT_FEATURES
+from biojepac.io import write_text_atomic
 from biojepac.models.base import Preset
 
 BASELINES = ("cell-mean", "control-mean", "context-transfer", "linear", "additive")
@@ -76,7 +77,9 @@ def run_bench(cfg: BenchConfig) -> None:
 
     # Children run in the checkout: relative paths are the caller's, so resolve them once here.
     cfg = dataclasses.replace(cfg, **{f: getattr(cfg, f).resolve() for f in ("data_dpath", "db", "out_dpath", "cache_dpath")})
+    check_bench(cfg)
     con = results_db.connect(cfg.db)
+    statuses = []
     if not cfg.leaderboard_only:
         for task_name in cfg.tasks:
             task = tasklib.get_task(task_name, cfg.data_dpath, seed=cfg.seed, cache_dpath=cfg.cache_dpath)
@@ -95,11 +98,31 @@ def run_bench(cfg: BenchConfig) -> None:
                 if model not in cfg.models:
                     continue  # cell-mean was only needed as the VCC baseline
                 results_db.add_run(con, run, per, summary)
+                statuses.append((task_name, model, run["status"], run["note"]))
                 vcc = dict((m, v) for m, v, _, _ in summary).get("vcc_score")
                 print(f"[bench] {task_name:<24} {model:<18} {run['status']:<8} vcc={vcc} {run['note'][:120]}", flush=True)
-                leaderboard.write(con, cfg.out_dpath)  # after every run: a long bench shows progress
-    paths = leaderboard.write(con, cfg.out_dpath)
+                leaderboard.write(con, cfg.out_dpath, cfg.db)  # after every run: a long bench shows progress
+    paths = leaderboard.write(con, cfg.out_dpath, cfg.db)
     print(f"[bench] wrote {', '.join(map(str, paths))}")
+    failed = [s for s in statuses if s[2] == "failed"]
+    if statuses and len(failed) == len(statuses):
+        task, model, _, note = failed[0]
+        raise InputError(f"every run failed ({len(failed)}; recorded in {cfg.db}), e.g. {model} on {task}: {note[-200:]}")
+
+
+def check_bench(cfg: BenchConfig) -> None:
+    """Refuse unknown models and tasks, and a leaderboard from a database that does not exist, before any work."""
+    from biojepac.models import registry
+
+    known = (*registry.names(), *PEERS)
+    unknown = [m for m in cfg.models if m not in known]
+    if unknown:
+        raise InputError(f"--models {unknown[0]!r}: not a model; known: {list(known)}")
+    unknown = [t for t in cfg.tasks if t not in tasklib.TASKS]
+    if unknown:
+        raise InputError(f"--tasks {unknown[0]!r}: not a task; known: {list(tasklib.TASKS)}")
+    if cfg.leaderboard_only and not cfg.db.is_file():
+        raise InputError(f"--db {cfg.db}: no such results database; --leaderboard-only only reads one (run the bench first)")
 
 
 def predict(cfg: BenchConfig, task: tasklib.Task, model: str) -> dict:

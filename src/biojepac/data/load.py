@@ -61,12 +61,7 @@ def load_screen(
     detection (see `biojepac.data.values.classify`).
     """
     fpath = pathlib.Path(fpath)
-    if not fpath.is_file():
-        raise InputError(f"{fpath}: file not found")
-    try:
-        adata = ad.read_h5ad(fpath, backed="r" if backed else None)
-    except Exception as err:  # h5py/anndata raise many types for a damaged or non-h5ad file
-        raise InputError(f"{fpath}: not a readable .h5ad file ({type(err).__name__}: {err})") from err
+    adata = read_h5ad(fpath, backed=backed)
     adata.obs = canonical_obs(adata.obs, columns, str(fpath))
     if columns.gene_symbol is not None:
         adata.var = _symbol_var(adata.var, columns.gene_symbol, str(fpath))
@@ -77,6 +72,54 @@ def load_screen(
         "values": kind,
         "values_rule": "expected by user" if expect != "auto" else "detected",
     }
+    return adata
+
+
+def check_input_file(fpath: str | pathlib.Path) -> pathlib.Path:
+    """A user's input file exists, is a file and is not empty; else an `InputError` naming it."""
+    fpath = pathlib.Path(fpath)
+    if not fpath.exists():
+        raise InputError(f"{fpath}: file not found")
+    if not fpath.is_file():
+        raise InputError(f"{fpath}: is a folder, not a file")
+    if fpath.stat().st_size == 0:
+        raise InputError(f"{fpath}: file is empty (0 bytes)")
+    return fpath
+
+
+def read_h5ad(fpath: str | pathlib.Path, *, backed: bool = False) -> ad.AnnData:
+    """The one reader of a user's `.h5ad` (read-only; `backed` leaves X on disk): a missing, empty,
+    truncated or non-h5ad file is an `InputError` naming it."""
+    fpath = check_input_file(fpath)
+    try:
+        return ad.read_h5ad(fpath, backed="r" if backed else None)
+    except Exception as err:  # h5py/anndata raise many types for a damaged or non-h5ad file
+        raise InputError(f"{fpath}: not a readable .h5ad file ({type(err).__name__}: {err})") from err
+
+
+def open_h5(fpath: str | pathlib.Path):
+    """A user's `.h5ad` as an open, read-only `h5py.File` (for readers that stream it), checked as `read_h5ad`
+    checks it, and holding the AnnData groups X, obs and var."""
+    import h5py
+
+    fpath = check_input_file(fpath)
+    try:
+        f = h5py.File(fpath, "r")
+    except OSError as err:
+        raise InputError(f"{fpath}: not a readable .h5ad file ({err})") from None
+    missing = [k for k in ("X", "obs", "var") if k not in f]
+    if missing:
+        f.close()
+        raise InputError(f"{fpath}: not an AnnData .h5ad file (no {missing[0]!r} group)")
+    return f
+
+
+def read_screen_obs(fpath: str | pathlib.Path, columns: ScreenColumns = ScreenColumns()) -> ad.AnnData:
+    """A screen for commands that read only its cells' labels (splits): opened backed, obs mapped onto the
+    canonical schema and checked as `load_screen` checks it (genes and cells, not the values)."""
+    adata = read_h5ad(fpath, backed=True)
+    adata.obs = canonical_obs(adata.obs, columns, str(fpath))
+    validate_labels(adata.obs, adata.var_names, str(fpath))
     return adata
 
 
@@ -172,16 +215,26 @@ def validate_screen(adata: ad.AnnData, source: str, *, expect: Expect = "auto") 
 
 
 def validate_labels(obs: pd.DataFrame, var_names, source: str) -> None:
-    """The checks of `validate_screen` that need no pass over X: canonical obs columns, unique non-empty
-    gene names, every context with controls (for readers that scan X their own way, e.g. `data.combine`)."""
+    """The checks of `validate_screen` that need no pass over X: canonical obs columns, cells (some, with
+    unique names, every context with controls) and genes (some, unique, non-empty names); for readers that
+    scan X their own way (`data.combine`, `data.ooc`) or read only obs (`read_screen_obs`)."""
     for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL, schema.PERT_TYPE_COL):
         if col not in obs.columns:
             raise InputError(f"{source}: obs column {col!r} not found; obs has {list(obs.columns)}")
-    _check_genes(var_names, source)
+    if len(obs) == 0:
+        raise InputError(f"{source}: no cells (obs is empty)")
+    if len(var_names) == 0:
+        raise InputError(f"{source}: no genes (var is empty)")
+    check_gene_names(var_names, source)
+    dup = obs.index[obs.index.duplicated()].unique()
+    if len(dup):
+        raise InputError(f"{source}: duplicate cell name(s) {list(map(str, dup[:5]))} in obs ({len(dup)} in all); "
+                         "make them unique (adata.obs_names_make_unique())")
     _check_cells(obs, source)
 
 
-def _check_genes(names: pd.Index, source: str) -> None:
+def check_gene_names(names: pd.Index, source: str) -> None:
+    """Gene names are unique and non-empty (`source` names the file in the error)."""
     names = pd.Index(names)
     empty = np.flatnonzero(names.isna() | (names.astype(str).str.strip() == "") | (names.astype(str) == "nan"))
     if empty.size:

@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from biojepac.data import schema
+from biojepac.data.load import ScreenColumns, canonical_obs, open_h5, validate_labels
 from biojepac.data.pairing import group_codes
 from biojepac.data.values import Expect, classify, is_fractional, size_factors, target_sum
 from biojepac.errors import InputError
@@ -56,11 +57,13 @@ class OocConfig:
 def prepare_out_of_core(src_fpath: str | pathlib.Path, dst_fpath: str | pathlib.Path, cfg: OocConfig = OocConfig()) -> dict:
     """Write the prepared screen to `dst_fpath` (atomically) and return a summary of what was done."""
     src_fpath, dst_fpath = pathlib.Path(src_fpath), pathlib.Path(dst_fpath)
-    if not src_fpath.is_file():
-        raise InputError(f"{src_fpath}: file not found")
-    with h5py.File(src_fpath, "r") as f, dask.config.set(scheduler="threads", num_workers=cfg.n_workers):
+    if dst_fpath.is_dir():
+        raise InputError(f"--out {dst_fpath}: is a folder; give the .h5ad file to write")
+    with open_h5(src_fpath) as f, dask.config.set(scheduler="threads", num_workers=cfg.n_workers):
         x = ad.experimental.read_elem_lazy(f["X"], chunks=(cfg.chunk_rows, -1))
+        x = x.astype(np.float32) if x.dtype == np.float16 else x  # scipy.sparse has no float16
         obs, var = ad.io.read_elem(f["obs"]), ad.io.read_elem(f["var"])
+        validate_labels(canonical_obs(obs, ScreenColumns(), str(src_fpath)), var.index, str(src_fpath))
         uns = ad.io.read_elem(f["uns"]) if "uns" in f else {}
         prov = dict(uns.get(schema.UNS_KEY, {}))
         blocks = x.to_delayed().ravel()

@@ -226,7 +226,7 @@ def load_split(fpath: str | os.PathLike) -> Split:
     """Read a split written by `save_split`; a malformed or leaking file is an `InputError` naming it."""
     try:
         raw = json.loads(pathlib.Path(fpath).read_text())
-        items = lambda xs: [tuple(map(str, x)) for x in xs]
+        items = lambda xs: [_item(x) for x in xs]
         split = Split(
             name=raw["name"], kind=raw["kind"], seed=int(raw["seed"]), params=dict(raw["params"]),
             train=items(raw["train"]), val=items(raw["val"]), test=items(raw["test"]),
@@ -241,6 +241,13 @@ def load_split(fpath: str | os.PathLike) -> Split:
     except LeakError as err:
         raise InputError(f"{fpath}: {err}") from err
     return split
+
+
+def _item(x) -> Item:
+    """One (context, target_gene) pair of a split file."""
+    if not isinstance(x, (list, tuple)) or len(x) != 2:
+        raise ValueError(f"item {x!r} is not a [context, target_gene] pair")
+    return (str(x[0]), str(x[1]))
 
 
 def _assign_folds(n: int, fractions: tuple[float, ...], seed: int) -> np.ndarray:
@@ -274,9 +281,9 @@ class SplitCommand:
 
 def run_split(cmd: SplitCommand) -> Split:
     """`biojepac data split`: make, check and save a split of a canonical screen."""
-    if not cmd.screen.is_file():
-        raise InputError(f"{cmd.screen}: file not found")
-    adata = ad.read_h5ad(cmd.screen, backed="r")  # obs only; X stays on disk
+    from biojepac.data.load import read_screen_obs
+
+    adata = read_screen_obs(cmd.screen)  # obs only, checked; X stays on disk
     needs_ctx = cmd.kind in ("fewshot_context", "zeroshot_context")
     if needs_ctx and cmd.context is None:
         raise InputError(f"{cmd.screen}: --kind {cmd.kind} needs --context (one of {sorted(set(adata.obs[schema.CONTEXT_COL].astype(str)))})")

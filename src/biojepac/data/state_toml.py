@@ -151,9 +151,9 @@ class StateTomlCommand:
 def run_state_toml(cmd: StateTomlCommand) -> Split:
     """`biojepac data state-toml`: a STATE experiment TOML -> a leak-checked split JSON."""
     exp = read_state_toml(cmd.toml)
-    if not cmd.screen.is_file():
-        raise InputError(f"{cmd.screen}: file not found")
-    adata = ad.read_h5ad(cmd.screen, backed="r")  # obs only; X stays on disk
+    from biojepac.data.load import read_screen_obs
+
+    adata = read_screen_obs(cmd.screen)  # obs only, checked; X stays on disk
     split = state_experiment_split(exp, adata, cmd.dataset, source=str(cmd.toml))
     save_split(split, cmd.out)
     sizes = ", ".join(f"{f}={len(getattr(split, f))}" for f in FOLDS)

@@ -67,9 +67,11 @@ class CsrShard:
 
             self._root = zarr.open_group(self.fpath, mode="r")
         else:
-            import h5py
+            from biojepac.data.load import open_h5
 
-            self._root = h5py.File(self.fpath, "r")
+            self._root = open_h5(self.fpath)
+        if "X" not in self._root:
+            raise InputError(f"{fpath}: not an AnnData store (no 'X')")
         x = self._root["X"]
         if dict(x.attrs).get("encoding-type") != "csr_matrix":
             raise InputError(f"{fpath}: X must be a CSR sparse matrix, found {dict(x.attrs).get('encoding-type')!r}")
@@ -134,6 +136,9 @@ class CellStream:
         self.shards = [CsrShard(f) for f in cfg.shard_fpaths]
         self.n_genes = self.shards[0].n_genes
         names0 = self.shards[0].var_names()
+        from biojepac.data.load import check_gene_names
+
+        check_gene_names(names0, self.shards[0].fpath)
         for shard in self.shards[1:]:
             if shard.n_genes != self.n_genes or not np.array_equal(shard.var_names(), names0):
                 raise InputError(f"{shard.fpath}: genes differ from {self.shards[0].fpath}; harmonise shards first")

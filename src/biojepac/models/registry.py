@@ -17,6 +17,7 @@ never name code to run.
 
 import dataclasses
 import pathlib
+import zipfile
 from typing import Literal
 
 from biojepac.errors import InputError
@@ -75,8 +76,19 @@ def build(name: str, *, features=None, preset: Preset = "cpu-small", run_dpath: 
 
 
 def load(dpath: pathlib.Path):
-    """Any saved model folder, rebuilt by the loader of its `model.json` kind."""
+    """Any saved model folder, rebuilt by the loader of its `model.json` kind. A folder its loader cannot
+    read (missing or truncated weights, a config of another version) is an `InputError` naming it."""
     meta = read_meta(dpath)
+    try:
+        return _load_kind(pathlib.Path(dpath), meta)
+    except InputError:
+        raise
+    except (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
+        raise InputError(f"{dpath}: cannot be loaded as a {meta['kind']!r} model ({type(err).__name__}: {err}); "
+                         "save it again with this version") from None
+
+
+def _load_kind(dpath: pathlib.Path, meta: dict):
     kind = meta["kind"]
     if kind in baseline_kinds():
         from biojepac.models.baselines import load as load_baseline

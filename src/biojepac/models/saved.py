@@ -49,6 +49,10 @@ def read_meta(dpath: pathlib.Path) -> dict:
     for key in ("kind", "config", "genes"):
         if key not in meta:
             raise InputError(f"{fpath}: missing field {key!r}")
+    if not isinstance(meta["config"], dict):
+        raise InputError(f"{fpath}: field 'config' must be a JSON object, got {type(meta['config']).__name__}")
+    if not isinstance(meta["genes"], list) or not all(isinstance(g, str) for g in meta["genes"]):
+        raise InputError(f"{fpath}: field 'genes' must be a list of gene names")
     named_code = [key for key in CODE_FIELDS if key in meta]
     if named_code:  # never imported or called: say so rather than let a reader think it was honoured
         raise InputError(f"{fpath}: field {named_code[0]!r} is not part of the format; a model is rebuilt only "

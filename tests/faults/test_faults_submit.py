@@ -1,0 +1,14 @@
+"""Fault injection for `biojepac submit`: the prediction, the gene list and options (cases in `fault_cases`)."""
+
+import pytest
+
+from fault_cases import CASES
+from fault_harness import run_case
+
+COMMANDS = ('submit',)
+
+
+@pytest.mark.parametrize("case", [c for cmd in COMMANDS for c in CASES.get(cmd, [])], ids=lambda c: c.id)
+def test_fault(case, world, tmp_path):
+    problems = run_case(case, world, tmp_path)
+    assert not problems, "; ".join(problems)
