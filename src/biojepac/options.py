@@ -1,4 +1,5 @@
-"""Option values checked once, for every subcommand, before any work: the one validation path for options.
+"""Option values and output paths checked once, for every subcommand, before any work: the one
+validation path for options.
 
 tyro checks types (an int is an int); this checks meaning, by field name, so every command that has a
 `seed`, a count or a fraction gets the same rule and the same message, naming the option as typed
@@ -7,6 +8,7 @@ tyro checks types (an int is an int); this checks meaning, by field name, so eve
 
 import dataclasses
 import math
+import pathlib
 
 from biojepac.errors import InputError
 
@@ -35,6 +37,9 @@ def check_options(cfg, prefix: str = "") -> None:
             check_options(value, f"{prefix}{field.name}.")
             continue
         if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, pathlib.PurePath):
+            _check_output(field.name, flag, value)
             continue
         _check(field.name, flag, value)
 
@@ -69,6 +74,20 @@ def _check(name: str, flag: str, value) -> None:
             number = math.nan
         if not (math.isfinite(number) and number > 0):
             refuse("'median' or a number > 0")
+
+
+OUTPUT_FOLDERS = ("out_dpath", "run_dpath")
+"""Output folders: an existing file of that name is refused before any work."""
+OUTPUT_FILES = ("out",)
+"""Output files: an existing folder of that name is refused before any work."""
+
+
+def _check_output(name: str, flag: str, value) -> None:
+    path = pathlib.Path(value)
+    if name in OUTPUT_FOLDERS and path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: exists and is not a folder")
+    if name in OUTPUT_FILES and path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give the file to write")
 
 
 def _show(value) -> str:

@@ -127,8 +127,9 @@ def read_requests(cfg: PredictCommand) -> pd.DataFrame:
         raise InputError(f"{where}: only {schema.CONTROL!r} is listed; the real controls are always written, "
                          "so list the perturbations to predict")
     if df["n_cells"].sum() > MAX_CELLS:
-        raise InputError(f"{where}: {int(df['n_cells'].sum()):,} cells requested in all (column 'n_cells'), more than "
-                         f"{MAX_CELLS:,}; the VCC asks for at most 200,000")
+        top = df.loc[df["n_cells"].idxmax()]
+        raise InputError(f"{where}: {int(df['n_cells'].sum()):,} cells requested in all (column 'n_cells', e.g. "
+                         f"{top['target_gene']}={int(top['n_cells']):,}), more than {MAX_CELLS:,}; the VCC asks for at most 200,000")
     return df.astype({"n_cells": int})
 
 

@@ -83,7 +83,7 @@ def run_submit(cfg: SubmitConfig) -> pathlib.Path:
         obs, var_names = _read_obs_var(f, cfg)
         col_order = check_prediction(obs, var_names, genes, cfg)
         x = _RowReader(f["X"], str(cfg.pred))
-        scale = scan_submission_values(x, col_order, cfg)
+        scale = scan_submission_values(x, col_order, cfg, var_names)
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(cfg.out)  # what a killed earlier run left; the pid in the name marks ours
         with tempfile.TemporaryDirectory(dir=cfg.out.parent, prefix=f".{cfg.out.name}.tmp{os.getpid()}-") as tmp:
@@ -143,16 +143,24 @@ def check_prediction(obs: pd.DataFrame, var_names: list[str], genes: list[str], 
     return np.asarray([index[g] for g in genes], np.int64)
 
 
-def scan_submission_values(x: "_RowReader", col_order: np.ndarray, cfg: SubmitConfig) -> np.ndarray | None:
+def scan_submission_values(x: "_RowReader", col_order: np.ndarray, cfg: SubmitConfig,
+                           var_names: list[str] | None = None) -> np.ndarray | None:
     """First pass: the counts-vs-log1p rule (`values.classify`) and range checks. Returns per-row divisors
     (total / target, as scanpy computes them) when the data are counts to normalise, else None."""
     dtype = np.float32 if cfg.encoding == 32 else np.float64
-    has_frac, lo, hi, totals, nnz = False, np.inf, -np.inf, [], 0
+    has_frac, lo, hi, totals, nnz, start = False, np.inf, -np.inf, [], 0, 0
     for block in x.blocks(cfg.block_rows):
         nnz += block.nnz
         data = block.data.astype(dtype)
-        if not np.all(np.isfinite(data)):
-            raise InputError(f"{cfg.pred}: X contains NaN or inf")
+        bad = ~np.isfinite(data) | (data < 0)
+        if bad.any():  # name the first bad value's cell and gene
+            j = int(np.flatnonzero(bad)[0])
+            row, col = start + int(np.searchsorted(block.indptr, j, side="right") - 1), int(block.indices[j])
+            gene = repr(var_names[col]) if var_names is not None else str(col)
+            what = "a negative" if np.isfinite(data[j]) else "a NaN/inf"
+            raise InputError(f"{cfg.pred}: X has {what} value {float(data[j])} at cell {row}, gene {gene}; "
+                             "a submission holds counts or log1p values, all finite and >= 0")
+        start += block.shape[0]
         has_frac = has_frac or bool(np.any(is_fractional(data)))
         if data.size:
             lo, hi = min(lo, float(data.min())), max(hi, float(data.max()))
@@ -226,21 +234,27 @@ class _RowReader:
             self.kind, self.shape = enc, tuple(node.attrs["shape"])
             if enc == "csc_matrix":
                 logger.warning(f"{where}: X is CSC; reading it by rows needs it in memory once")
-                self.csr = ad.io.read_elem(node).tocsr()
+                parts = (_widen(node["data"][:]), node["indices"][:], node["indptr"][:])
+                self.csr = sp.csc_matrix(parts, shape=self.shape).tocsr()
 
     def blocks(self, block_rows: int):
         n = self.shape[0]
         for a in range(0, n, block_rows):
             b = min(a + block_rows, n)
             if self.kind == "dense":
-                yield sp.csr_matrix(self.node[a:b])
+                yield sp.csr_matrix(_widen(self.node[a:b]))
             elif self.kind == "csc_matrix":
                 yield self.csr[a:b]
             else:
                 ptr = self.node["indptr"][a : b + 1]
-                data = self.node["data"][ptr[0] : ptr[-1]]
+                data = _widen(self.node["data"][ptr[0] : ptr[-1]])
                 idx = self.node["indices"][ptr[0] : ptr[-1]]
                 yield sp.csr_matrix((data, idx, ptr - ptr[0]), shape=(b - a, self.shape[1]))
+
+
+def _widen(values: np.ndarray) -> np.ndarray:
+    """float16 as float32 (exact): scipy.sparse has no float16, and cell-eval reads it as float32 too."""
+    return values.astype(np.float32) if values.dtype == np.float16 else values
 
 
 def _read_obs_var(f: h5py.File, cfg: SubmitConfig) -> tuple[pd.DataFrame, list[str]]:

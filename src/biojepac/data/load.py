@@ -62,6 +62,8 @@ def load_screen(
     """
     fpath = pathlib.Path(fpath)
     adata = read_h5ad(fpath, backed=backed)
+    if not backed and adata.X is not None and adata.X.dtype == np.float16:
+        adata.X = adata.X.astype(np.float32)  # exact; half precision is for storage, not arithmetic
     adata.obs = canonical_obs(adata.obs, columns, str(fpath))
     if columns.gene_symbol is not None:
         adata.var = _symbol_var(adata.var, columns.gene_symbol, str(fpath))
@@ -225,23 +227,12 @@ def validate_labels(obs: pd.DataFrame, var_names, source: str) -> None:
         raise InputError(f"{source}: no cells (obs is empty)")
     if len(var_names) == 0:
         raise InputError(f"{source}: no genes (var is empty)")
-    check_gene_names(var_names, source)
+    schema.check_gene_names(var_names, source)
     dup = obs.index[obs.index.duplicated()].unique()
     if len(dup):
         raise InputError(f"{source}: duplicate cell name(s) {list(map(str, dup[:5]))} in obs ({len(dup)} in all); "
                          "make them unique (adata.obs_names_make_unique())")
     _check_cells(obs, source)
-
-
-def check_gene_names(names: pd.Index, source: str) -> None:
-    """Gene names are unique and non-empty (`source` names the file in the error)."""
-    names = pd.Index(names)
-    empty = np.flatnonzero(names.isna() | (names.astype(str).str.strip() == "") | (names.astype(str) == "nan"))
-    if empty.size:
-        raise InputError(f"{source}: empty gene name at var position(s) {empty[:5].tolist()} ({empty.size} in all)")
-    dup = names[names.duplicated()].unique()
-    if len(dup):
-        raise InputError(f"{source}: duplicate gene name(s) {list(map(str, dup[:5]))} ({len(dup)} in all)")
 
 
 def _check_cells(obs: pd.DataFrame, source: str) -> None:

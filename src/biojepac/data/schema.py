@@ -37,3 +37,20 @@ def source_name(adata) -> str:
     prov = adata.uns.get(UNS_KEY, {})
     fname = adata.filename if adata.isbacked else prov.get("file", prov.get("source"))
     return str(fname) if fname else "<AnnData>"
+
+
+def check_gene_names(names, source: str) -> None:
+    """Gene names are unique and non-empty; else an `InputError` naming `source` (the file) and the genes.
+    NumPy only, so fast readers (`eval.inputs`) use it without importing anndata."""
+    import numpy as np
+
+    from biojepac.errors import InputError
+
+    names = np.asarray(names).astype(str)
+    empty = np.flatnonzero((np.char.strip(names) == "") | (names == "nan") | (names == "None"))
+    if empty.size:
+        raise InputError(f"{source}: empty gene name at var position(s) {empty[:5].tolist()} ({empty.size} in all)")
+    uniq, first, counts = np.unique(names, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][np.argsort(first[counts > 1])]
+        raise InputError(f"{source}: duplicate gene name(s) {list(map(str, dup[:5]))} ({dup.size} in all)")

@@ -136,9 +136,7 @@ class CellStream:
         self.shards = [CsrShard(f) for f in cfg.shard_fpaths]
         self.n_genes = self.shards[0].n_genes
         names0 = self.shards[0].var_names()
-        from biojepac.data.load import check_gene_names
-
-        check_gene_names(names0, self.shards[0].fpath)
+        schema.check_gene_names(names0, self.shards[0].fpath)
         for shard in self.shards[1:]:
             if shard.n_genes != self.n_genes or not np.array_equal(shard.var_names(), names0):
                 raise InputError(f"{shard.fpath}: genes differ from {self.shards[0].fpath}; harmonise shards first")

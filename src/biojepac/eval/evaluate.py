@@ -189,6 +189,10 @@ def _baseline_screen(baseline, train, real_sc: ScoredScreen, kw: dict) -> Scored
         check_pair(real_sc, sc)
         return sc
     if train is not None:
+        if isinstance(train, (str, pathlib.Path)):  # a screen file: checked as every command checks a screen
+            from biojepac.data.load import ScreenColumns, read_screen_obs
+
+            read_screen_obs(train, ScreenColumns(pert=kw["pert_col"], control_labels=(kw["control"],)))
         tr = read_scored_screen(train, **kw)
         if not np.array_equal(tr.genes, real_sc.genes):
             raise InputError(f"{tr.name}: training genes differ from {real_sc.name} (same genes, same order needed)")

@@ -68,9 +68,11 @@ def _obs_column(f: h5py.File, fpath: pathlib.Path, pert_col: str) -> np.ndarray:
     if kind == "categorical":
         categories = _strings(col["categories"])
         codes = col["codes"][:]
-        if len(categories) == 0:
-            return np.full(len(codes), "nan")
-        return np.where(codes < 0, "nan", categories[np.clip(codes, 0, None)])  # -1 is a missing value
+        if (codes < 0).any():  # -1 is a missing value
+            row = int(np.argmax(codes < 0))
+            raise InputError(f"{fpath}: obs column {pert_col!r} is empty (NaN) for cell {row} ({int((codes < 0).sum())} such); "
+                             "every cell needs a perturbation label")
+        return categories[codes.astype(np.int64)]
     if kind == "string-array" or (kind == "array" and col.dtype.kind in "iufb"):
         return _strings(col) if kind == "string-array" else col[:].astype(str)
     raise _Unsupported
@@ -172,4 +174,8 @@ def anndata_parts(adata, name: str, pert_col: str) -> tuple[np.ndarray, np.ndarr
     """The same three parts of an AnnData object in memory (X as it is, not copied)."""
     if pert_col not in adata.obs.columns:
         raise InputError(f"{name}: obs column {pert_col!r} not found (have {list(adata.obs.columns)})")
-    return adata.obs[pert_col].astype(str).to_numpy(), np.asarray(adata.var_names.astype(str)), adata.X
+    labels = adata.obs[pert_col]
+    if labels.isna().any():
+        raise InputError(f"{name}: obs column {pert_col!r} is empty (NaN) for cell {str(labels.index[labels.isna().argmax()])!r} "
+                         f"({int(labels.isna().sum())} such); every cell needs a perturbation label")
+    return labels.astype(str).to_numpy(), np.asarray(adata.var_names.astype(str)), adata.X

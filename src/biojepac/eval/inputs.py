@@ -18,6 +18,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from biojepac.data.schema import check_gene_names
 from biojepac.data.values import FRACTION_EPS, classify, size_factors, target_sum
 from biojepac.errors import InputError
 from biojepac.eval.h5read import anndata_parts, read_h5ad_parts
@@ -61,6 +62,11 @@ def read_scored_screen(
         name = name or "<AnnData>"
         labels, genes, x = anndata_parts(src, name, pert_col)
         owned = False
+    check_gene_names(genes, name)
+    blank = np.flatnonzero(np.char.strip(labels.astype(str)) == "")
+    if blank.size:
+        raise InputError(f"{name}: obs column {pert_col!r} is empty for cell {int(blank[0])} ({blank.size} such); "
+                         "every cell needs a perturbation label")
     if control not in set(labels):
         raise InputError(f"{name}: no control cells labelled {control!r} in obs[{pert_col!r}]")
     perts, inverse = np.unique(labels, return_inverse=True)
@@ -91,7 +97,11 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str, *, labels=None, genes=N
     if nonfinite:
         _refuse_nonfinite(x, vals, name, labels, genes, pert_col)
     if vmin < 0:
-        raise InputError(f"{name}: negative expression value {float(vmin):.3g}; expected counts or log1p")
+        pos = int(np.flatnonzero(vals < 0)[0])
+        row, col = (int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])) if sp.issparse(x) else divmod(pos, x.shape[1])
+        where = f"cell {row}" + (f" ({pert_col} {str(labels[row])!r})" if labels is not None else "")
+        where += f", gene {str(genes[col])!r}" if genes is not None else f", gene {col}"
+        raise InputError(f"{name}: negative expression value {float(vmin):.3g} at {where}; expected counts or log1p")
     hint = "pass raw integer counts or log1p(normalised) values, not a mix"
     return classify(float(vmax), not fractional, name, hint=hint) == "log1p"
 

@@ -84,8 +84,9 @@ def load(dpath: pathlib.Path):
     except InputError:
         raise
     except (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
-        raise InputError(f"{dpath}: cannot be loaded as a {meta['kind']!r} model ({type(err).__name__}: {err}); "
-                         "save it again with this version") from None
+        files = sorted(p.name for p in pathlib.Path(dpath).iterdir() if p.name != "model.json")
+        raise InputError(f"{dpath}: its weights ({', '.join(files) or 'none'}) cannot be loaded as a {meta['kind']!r} model "
+                         f"({type(err).__name__}: {err}); save it again with this version") from None
 
 
 def _load_kind(dpath: pathlib.Path, meta: dict):
