@@ -130,6 +130,7 @@ def check_prediction(obs: pd.DataFrame, var_names: list[str], genes: list[str], 
         raise InputError(f"{where}: no control cells: label {cfg.control!r} missing from column {cfg.pert_col!r}")
     if cfg.expected_gene_dim != -1 and len(genes) != cfg.expected_gene_dim:
         logger.warning(f"{cfg.genes}: {len(genes)} genes, not the challenge's {cfg.expected_gene_dim}")
+    schema.check_gene_names(var_names, where)
     if var_names != genes:
         missing, extra = sorted(set(genes) - set(var_names)), sorted(set(var_names) - set(genes))
         if missing or extra or len(var_names) != len(genes):
