@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from biojepac.errors import InputError
 from biojepac.eval import h5read
-from biojepac.eval.h5read import read_h5ad_parts
+from biojepac.eval.h5read import anndata_parts, read_h5ad_parts
 
 
 @pytest.fixture
@@ -57,13 +57,13 @@ def test_matrix_formats_match_anndata(tmp_path, fmt, compression, fallback_calls
 @pytest.mark.parametrize(
     "column, fast",
     [
-        (pd.Categorical(["a", None, "b", "a", None, "b"]), True),
+        (pd.Categorical(["a", "c", "b", "a", "c", "b"]), True),
         (pd.Series(["u", "v", "w", "x", "y", "z"], dtype=object), True),  # unique: stays a string array
         (pd.Series([3, 1, 2, 3, 1, 2], dtype=np.int64), True),
-        (pd.array([1, None, 2, 1, None, 2], dtype="Int64"), False),
-        (pd.array([True, None, False, True, None, False], dtype="boolean"), False),
+        (pd.array([1, 3, 2, 1, 3, 2], dtype="Int64"), False),
+        (pd.array([True, True, False, True, True, False], dtype="boolean"), False),
     ],
-    ids=["categorical_nan", "object_str", "int", "nullable_int", "nullable_bool"],
+    ids=["categorical", "object_str", "int", "nullable_int", "nullable_bool"],
 )
 def test_obs_column_kinds(tmp_path, column, fast, fallback_calls):
     path = tmp_path / "x.h5ad"
@@ -71,7 +71,18 @@ def test_obs_column_kinds(tmp_path, column, fast, fallback_calls):
     check_same(path, "pert")
     assert (fallback_calls == []) is fast
     if isinstance(column, pd.Categorical):
-        assert list(read_h5ad_parts(path, "pert")[0]) == ["a", "nan", "b", "a", "nan", "b"]
+        assert list(read_h5ad_parts(path, "pert")[0]) == ["a", "c", "b", "a", "c", "b"]
+
+
+def test_missing_labels_are_refused_by_both_readers(tmp_path):
+    """A NaN perturbation label is no perturbation: refused (it used to be read as a group named 'nan')."""
+    path = tmp_path / "x.h5ad"
+    obs = pd.DataFrame({"pert": pd.Categorical(["a", None, "b", "a", None, "b"])})
+    make_adata(np.ones((6, 3), np.float32), obs).write_h5ad(path)
+    for read in (lambda: read_h5ad_parts(path, "pert"), lambda: anndata_parts(ad.read_h5ad(path), str(path), "pert")):
+        with pytest.raises(InputError, match="'pert' is empty") as e:
+            read()
+        assert str(path) in str(e.value)
 
 
 def test_missing_obs_column(tmp_path):
