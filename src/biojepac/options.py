@@ -24,6 +24,8 @@ DISABLED_OR_POSITIVE = ("max_cell_dim", "expected_gene_dim")
 """-1 disables the check; otherwise >= 1."""
 POSITIVE = ("steps_scale",)
 NON_NEGATIVE = ("pseudobulk_weight",)
+NON_EMPTY = ("shards",)
+"""Lists the command cannot run without."""
 FRACTIONS = ("val_fraction",)
 """A share, in [0, 1]."""
 
@@ -60,6 +62,8 @@ def _check(name: str, flag: str, value) -> None:
         refuse("a finite number > 0")
     if name in NON_NEGATIVE and not (math.isfinite(value) and value >= 0):
         refuse("a finite number >= 0")
+    if name in NON_EMPTY and not value:
+        raise InputError(f"{flag}: give at least one")
     if name in FRACTIONS and not 0 <= value <= 1:
         refuse("in [0, 1]")
     if name == "fractions":
