@@ -21,9 +21,9 @@ SCREEN_READERS = {
     "predict": (("predict", "--model", "cell-mean", "--screen", "{screen}", "--context", "c1", "--requests", "{requests}",
                  "--out", "{out}"), "{out}"),
     "train state": (("train", "state", "--screen", "{screen}", "--run-dpath", "{run}", "--preset", "tiny",
-                     "--steps-scale", "0.01", "--no-progress"), "{run}/model"),
+                     "--steps-scale", "0.01", "--no-progress", "--features", "onehot"), "{run}/model"),
     "train biojepac": (("train", "biojepac", "--screen", "{screen}", "--run-dpath", "{run}", "--preset", "tiny",
-                        "--steps-scale", "0.01", "--no-progress"), "{run}/model"),
+                        "--steps-scale", "0.01", "--no-progress", "--features", "onehot"), "{run}/model"),
     "data split": (("data", "split", "--screen", "{screen}", "--out", "{out_json}"), "{out_json}"),
     "data state-toml": (("data", "state-toml", "--toml", "{toml}", "--screen", "{screen}", "--out", "{out_json}"), "{out_json}"),
     "data prepare-ooc": (("data", "prepare-ooc", "--screen", "{screen}", "--out", "{out}"), "{out}"),
@@ -328,6 +328,8 @@ def build_cases() -> dict[str, list[Case]]:
         for name, make_setup, tokens, rc, reads_x in SCREEN_FAULTS:
             if reads_x and command in OBS_ONLY:
                 continue
+            if rc is None and command.startswith("train"):
+                continue  # an accepted screen means a training run (minutes under load); predict reads it the same way
             cases[command].append(Case(command, name, argv, ("{screen}", *tokens), rc, make_setup(), out))
     for label, (command, key, argv, out) in PRED_READERS.items():
         for name, fault, tokens, rc_eval, rc_submit in PRED_FAULTS:

@@ -141,7 +141,7 @@ def test_run_folder_resumes_only_with_the_same_settings(world, tmp_path):
 
     run = tmp_path / "run"
     argv = ["train", "state", "--screen", world["screen"], "--run-dpath", str(run), "--preset", "tiny", "--steps-scale", "0.01",
-            "--no-progress"]
+            "--no-progress", "--features", "onehot"]
     rc, _, err = run_cli(argv)
     assert rc == 0, err
     assert (run / "model" / "model.json").is_file()
