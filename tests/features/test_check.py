@@ -38,3 +38,11 @@ def test_cli_prints_and_writes_json(tmp_path, capsys):
     assert "TAZ (ambiguous: TAFAZZIN/WWTR1)" in out
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["n_covered"] == 4 and rep["spec"] == "go"
+
+
+def test_default_spec_says_a_screen_ships_no_gene_embedding(tmp_path, capsys):
+    fpath = tmp_path / "s.h5ad"
+    screen().write_h5ad(fpath)
+    assert cli.main(["features", "check", "--screen", str(fpath)]) == 0  # the default spec, varm|expr|go
+    out = capsys.readouterr().out
+    assert "feature spec 'varm|expr|go'" in out and "varm: left out (the training screen ships no gene embedding" in out

@@ -96,6 +96,9 @@ def format_report(rep: dict) -> str:
              "source                          genes  exact  renamed  used for"]
     for spec, c in rep["coverage"].items():
         lines.append(f"{spec[:30]:<30} {c['n_keys']:>7}  {c['exact']:>5}  {c['renamed']:>7}  {c['used_for']:>8}")
+    # Sources the spec names but that do not apply to this screen (a bare `varm` it does not ship, a source
+    # sharing too few genes to be mapped): said here, so a user never wonders where one went.
+    lines += [note for note in rep["table"]["source"].split("; ") if "left out" in note]
     renamed = [(g, s, how) for g, v in rep["genes"].items() for s, how in v["sources"].items() if how.startswith("renamed")]
     if renamed:
         lines += ["", "renamed lookups: " + ", ".join(f"{g} {how.split(' ', 1)[1]} ({s})" for g, s, how in renamed[:20])]
