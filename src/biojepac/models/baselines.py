@@ -128,9 +128,9 @@ class MeanShift:
         """Feature rows of the training conditions (`rows`, default all) that have features. Conditions
         without features are left out of the fit, with a warning naming them: nothing is invented for
         them, and predicting such a perturbation still raises unless the caller opted into a fallback."""
-        from biojepac.features import make_provider
+        from biojepac.features import resolve_features
 
-        self.features = self.given_features or make_provider(self.cfg.features, train)
+        self.features = resolve_features(self.given_features if self.given_features is not None else self.cfg.features, train)
         labels = self.s["labels"]
         rows = np.arange(len(labels)) if rows is None else rows
         miss = set(self.features.missing(labels[rows]))
