@@ -39,7 +39,7 @@ def main() -> None:
                        cwd=REPO_DPATH, env={**os.environ, "FAULTS_LOG": str(log)})
         seconds = time.perf_counter() - t0
     after = tally(log)
-    before = tally(args.before_log) if args.before_log else None
+    before = tally(args.before_log, only=after["cases"]) if args.before_log else None
     out = {"load_1min_at_start": load[0], "suite_seconds": seconds, "by_command": after["by_command"],
            "total": after["total"], "clean": after["clean"], "not_clean": after["not_clean"],
            "before": before and {k: before[k] for k in ("by_command", "total", "clean")}}
@@ -48,18 +48,20 @@ def main() -> None:
     print(render(out))
 
 
-def tally(log: pathlib.Path) -> dict:
+def tally(log: pathlib.Path, only: set | None = None) -> dict:
+    """Cases per command and how many ended cleanly; `only`: count just these (command, case) pairs."""
     rows = {}
     for line in log.read_text().splitlines():
         row = json.loads(line)
-        rows[(row["command"], row["case"])] = row  # a case run twice: its last run counts
+        if only is None or (row["command"], row["case"]) in only:
+            rows[(row["command"], row["case"])] = row  # a case run twice: its last run counts
     by = collections.defaultdict(lambda: [0, 0])
     for (command, _), row in rows.items():
         by[command][0] += 1
         by[command][1] += bool(row["clean"])
     not_clean = [{"command": c, "case": n, "problem": r["problems"][0][:300]} for (c, n), r in sorted(rows.items()) if not r["clean"]]
     return {"by_command": {c: {"cases": v[0], "clean": v[1]} for c, v in sorted(by.items())}, "total": len(rows),
-            "clean": sum(v[1] for v in by.values()), "not_clean": not_clean}
+            "clean": sum(v[1] for v in by.values()), "not_clean": not_clean, "cases": set(rows)}
 
 
 def render(out: dict) -> str:

@@ -163,6 +163,9 @@ def fit_biojepac(
         with tempfile.TemporaryDirectory() as tmp:
             return fit_biojepac(train_adata, features, cfg, pathlib.Path(tmp), only_stage, progress, wandb_project, steps_scale)
     run_dpath = pathlib.Path(run_dpath)
+    for name in STAGES[: STAGES.index(only_stage)] if only_stage is not None else ():  # before any work
+        if not (run_dpath / name / "ckpt.eqx").exists():
+            raise InputError(f"{run_dpath / name} has no checkpoint; run --stage {name} first")
     scr = prepare_screen(train_adata, resolve_features(features, train_adata))  # the default of every model
     header = {"steps_scale": steps_scale, "data": screen_fingerprint(train_adata), "features": scr.features.describe()}
     run = Run(scr, cfg, run_dpath, progress, wandb_project, steps_scale, header)
