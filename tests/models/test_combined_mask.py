@@ -134,3 +134,15 @@ def test_state_trains_on_combined_screen_in_memory_and_streamed(combined, tmp_pa
     model = load(run / "model")
     ctrl = x[(adata.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()][:8]
     assert model.predict(ctrl, "G001", "A:K562", seed=0).shape == (8, 40)
+
+
+def test_biojepac_in_memory_pretrain_batches_carry_the_mask(combined):
+    from biojepac.features import make_provider
+    from biojepac.models.jepa.trainer import _cell_batch, prepare_screen
+    from biojepac.train.loop import EpochSampler
+
+    adata = ad.read_h5ad(combined)
+    scr = prepare_screen(adata, make_provider("onehot", adata))
+    b = _cell_batch(scr, EpochSampler(adata.n_obs, 32, 0), 0)
+    is_b = b["x"][:, :10].sum(1) == 0  # B measured G010-G039 only; A's cells have counts in G000-G009
+    np.testing.assert_array_equal(b["gene_mask"], np.where(is_b[:, None], np.arange(40) >= 10, np.arange(40) < 30))

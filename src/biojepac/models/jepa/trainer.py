@@ -26,6 +26,7 @@ import optax
 import scipy.sparse as sp
 
 from biojepac.data.pairing import ControlSlices, control_slices
+from biojepac.data.combine import gene_masks
 from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, PERT_TYPE_COL, split_combo
 from biojepac.data.fingerprint import screen_fingerprint
 from biojepac.errors import InputError
@@ -63,6 +64,8 @@ class Screen:
     features: GeneTable
     controls: ControlSlices
     """Each cell's control pool (`data.pairing`'s one rule)."""
+    gene_masks: tuple[np.ndarray, np.ndarray] | None = None
+    """A combined screen's (per-cell dataset code, datasets x genes measured mask); None: every gene measured."""
 
 
 @dataclasses.dataclass
@@ -103,7 +106,8 @@ def prepare_screen(adata: ad.AnnData, features: GeneTable) -> Screen:
     ctx = obs[CONTEXT_COL].astype(str).to_numpy()
     pools = control_slices(obs[CONTEXT_COL], obs[BATCH_COL], pert_c == 0, "biojepac: training screen")
     x32 = x.astype(np.float32)
-    return Screen(list(map(str, adata.var_names)), x32, log_library(x32), pert_c, labels, ctx, modes, feat, features, pools)
+    return Screen(list(map(str, adata.var_names)), x32, log_library(x32), pert_c, labels, ctx, modes, feat, features, pools,
+                  gene_masks(obs, adata.var))
 
 
 def make_optim(lr: float, n_steps: int, weight_decay: float = 1e-4) -> optax.GradientTransformation:
@@ -410,7 +414,10 @@ def train_decode(run: Run, decoder, teacher):
 
 def _cell_batch(scr: Screen, sampler: loop.EpochSampler, step: int) -> dict:
     idx = sampler(step)
-    return {"x": scr.x_cg[idx], "lib": scr.lib_c[idx]}
+    if scr.gene_masks is None:
+        return {"x": scr.x_cg[idx], "lib": scr.lib_c[idx]}
+    codes, table = scr.gene_masks  # a combined screen: pretraining leaves unmeasured genes out (stages.pretrain_loss)
+    return {"x": scr.x_cg[idx], "lib": scr.lib_c[idx], "gene_mask": table[codes[idx]]}
 
 
 def param_counts(cfg: BioJepacConfig, n_genes: int, feat_dim: int) -> dict[str, int]:
