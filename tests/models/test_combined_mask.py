@@ -114,7 +114,7 @@ def test_state_trains_on_combined_screen_in_memory_and_streamed(combined, tmp_pa
 
     adata = ad.read_h5ad(combined)
     cfg = dataclasses.replace(PRESETS["tiny"][0], set_size=8)
-    net, meta, _ = fit(adata, cfg, "onehot", FitConfig(n_steps=3, batch_size=4, run_dpath=tmp_path / "mem", progress=False))
+    net, meta, *_ = fit(adata, cfg, "onehot", FitConfig(n_steps=3, batch_size=4, run_dpath=tmp_path / "mem", progress=False))
     assert meta.contexts == ("A:K562", "B:RPE1")
     from biojepac.data.combine import gene_masks
 
