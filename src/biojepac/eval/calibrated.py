@@ -23,6 +23,7 @@ from biojepac.data.schema import split_combo
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.stats import Summary
 from biojepac.eval.vcc import effects, rank_score, significant
+from biojepac.eval.vcc2026 import cosine_distances, sig_jaccard
 
 NAMES = ("pds_cosine", "de_jaccard", "de_direction", "lfc_nmae")
 LOWER_IS_BETTER = frozenset({"lfc_nmae"})
@@ -33,20 +34,15 @@ def calibrated_metrics(real: ScoredScreen, real_s: Summary, pred_s: Summary) -> 
     """Per-perturbation calibrated metrics (see module docstring)."""
     targets = {g for p in real.perts for g in split_combo(p)}
     keep = ~np.isin(real.genes, list(targets))
-    re, pe = effects(real_s)[:, keep], effects(pred_s)[:, keep]
-    rn = re / np.linalg.norm(re, axis=1, keepdims=True)
-    pn = pe / np.linalg.norm(pe, axis=1, keepdims=True)
-    dist = 1.0 - np.nan_to_num(pn @ rn.T)
-
+    dist = cosine_distances(effects(pred_s)[:, keep], effects(real_s)[:, keep])  # shared with VCC 2026's PDS
     rs, ps = significant(real_s), significant(pred_s)
-    inter, union = (rs & ps).sum(1), (rs | ps).sum(1)
     dr = (real_s.mean[1:] - real_s.mean[:1]) / np.log(2)
     dp = (pred_s.mean[1:] - pred_s.mean[:1]) / np.log(2)
     n_sig = rs.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
             "pds_cosine": rank_score(dist),
-            "de_jaccard": np.where(union > 0, inter / union, 1.0),
+            "de_jaccard": sig_jaccard(rs, ps),
             "de_direction": np.where(n_sig > 0, (rs & (np.sign(dp) == np.sign(dr))).sum(1) / n_sig, np.nan),
             "lfc_nmae": (rs * np.abs(dp - dr)).sum(1) / (rs * np.abs(dr)).sum(1),
         }

@@ -189,6 +189,23 @@ def jackknife(sc: CountScreen, sums: np.ndarray) -> np.ndarray:
     return _jackknife(sc.x.indptr, sc.x.indices, sc.x.data, order, bounds, sums, BULK_TARGET_SUM)
 
 
+def cosine_distances(pe: np.ndarray, re: np.ndarray) -> np.ndarray:
+    """1 - cos between every predicted (rows) and real (columns) effect; a zero norm gives 1; in [0, 2]."""
+    sim = pe @ re.T
+    denom = np.sqrt(np.einsum("ig,ig->i", pe, pe))[:, None] * np.sqrt(np.einsum("jg,jg->j", re, re))[None, :]
+    cos = np.zeros_like(sim)
+    nz = denom != 0
+    cos[nz] = sim[nz] / denom[nz]
+    return np.clip(1.0 - cos, 0.0, 2.0)
+
+
+def sig_jaccard(rs: np.ndarray, ps: np.ndarray) -> np.ndarray:
+    """|R & P| / |R | P| per row of two significance masks; 1 when both are empty."""
+    tp = (rs & ps).sum(1)
+    union = rs.sum(1) + ps.sum(1) - tp
+    return np.where(union == 0, 1.0, tp / np.maximum(union, 1))
+
+
 def pds_cosine(pred_b, real_b, panel_cols, pred_ctrl: np.ndarray | None = None) -> np.ndarray:
     """Rows 1.. of pred_b / real_b are the perturbations (aligned), row 0 the control. The predicted effect is
     taken against the real control, or against `pred_ctrl` (cell-eval2's `control_source: pred`)."""
@@ -196,12 +213,7 @@ def pds_cosine(pred_b, real_b, panel_cols, pred_ctrl: np.ndarray | None = None) 
     keep[panel_cols] = False
     pe = (pred_b[1:] - (real_b[0] if pred_ctrl is None else pred_ctrl))[:, keep]
     re = (real_b[1:] - real_b[0])[:, keep]
-    sim = pe @ re.T
-    denom = np.sqrt(np.einsum("ig,ig->i", pe, pe))[:, None] * np.sqrt(np.einsum("jg,jg->j", re, re))[None, :]
-    cos = np.zeros_like(sim)
-    nz = denom != 0
-    cos[nz] = sim[nz] / denom[nz]
-    dist = np.clip(1.0 - cos, 0.0, 2.0)
+    dist = cosine_distances(pe, re)
     match = np.diag(dist)[:, None]
     n = len(dist)
     rank = (dist < match).sum(axis=1) + ((dist == match).sum(axis=1) - 1) / 2.0
@@ -339,9 +351,7 @@ def de_metrics(real: DETable, pred: DETable, own: np.ndarray, genes: np.ndarray)
     with np.errstate(invalid="ignore"):
         rs = (real.padj < ALPHA) & ~own
         ps = (pred.padj < ALPHA) & ~own
-    tp = (rs & ps).sum(1)
-    union = rs.sum(1) + ps.sum(1) - tp
-    jac = np.where(union == 0, 1.0, tp / np.maximum(union, 1))
+    jac = sig_jaccard(rs, ps)
     defined_r = np.isfinite(real.lfc) & (real.lfc != 0)
     defined_p = np.isfinite(pred.lfc) & (pred.lfc != 0)
     match = defined_r & defined_p & (np.sign(pred.lfc) == np.sign(real.lfc))
