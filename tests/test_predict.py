@@ -168,3 +168,18 @@ def test_bad_request_csvs_are_refused_in_one_line(files, text, message):
         run_predict(PredictCommand(model="cell-mean", screen=tmp / "train.h5ad", out=tmp / "x.h5ad", context="c1",
                                    requests=tmp / "req.csv"))
     assert not (tmp / "x.h5ad").exists()
+
+
+def test_counts_depth_samples_raw_counts_at_the_stated_depth(files):
+    tmp, train = files
+    base = dict(screen=tmp / "train.h5ad", context="c1", perturbations=("G002", "G003"), n_cells=20, seed=3)
+    logx = ad.read_h5ad(run_predict(PredictCommand(model="cell-mean", out=tmp / "log.h5ad", **base)))
+    counts = ad.read_h5ad(run_predict(PredictCommand(model="cell-mean", out=tmp / "c.h5ad", counts_depth=5000, **base)))
+    x = counts.X.toarray()
+    assert np.array_equal(x, np.round(x)) and (x >= 0).all()
+    assert np.array_equal(x.sum(1), np.where(logx.X.toarray().sum(1) > 0, 5000, 0))
+    # each cell's counts follow its own expression profile: profile-weighted mean close to the expected share
+    p = np.expm1(logx.X.toarray())
+    p /= p.sum(1, keepdims=True)
+    assert np.abs(x.sum(0) / x.sum() - p.mean(0)).max() < 0.01
+    assert counts.uns["biojepac"]["counts_depth"] == 5000

@@ -1,5 +1,6 @@
 """`biojepac submit` packages exactly what cell-eval 0.8.2's `prep` produces and passes its checks."""
 
+import dataclasses
 import subprocess
 import tarfile
 
@@ -85,3 +86,38 @@ def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path):
     (stale / "pred.h5ad").write_text("half")
     run_submit(SubmitConfig(pred=tmp_path / "pred.h5ad", genes=tmp_path / "genes.csv", out=tmp_path / "sub.vcc"))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _counts_pred(tmp_path, x, labels, genes):
+    a = ad.AnnData(sp.csr_matrix(np.asarray(x, np.float32)), obs=pd.DataFrame({"target_gene": labels}),
+                   var=pd.DataFrame(index=genes))
+    a.write_h5ad(tmp_path / "pred.h5ad")
+    pd.Series(genes).to_csv(tmp_path / "genes.csv", index=False, header=False)
+    return tmp_path / "pred.h5ad"
+
+
+def test_vcc2026_submission_is_validated_as_cell_eval2_does(tmp_path):
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(12)]
+    labels = ["non-targeting"] * 6 + ["G1"] * 5 + ["G2"] * 5
+    x = rng.poisson(3.0, (16, 12)).astype(float)
+    x[0, 0] += 5e-7  # float dust within cell-eval2's 1e-6 tolerance: accepted, kept as stored
+    pred = _counts_pred(tmp_path, x, labels, genes[::-1])  # genes in another order: reordered
+    pd.DataFrame({"target_gene": ["G1", "G2"]}).to_csv(tmp_path / "req.csv", index=False)
+    pd.Series(genes).to_csv(tmp_path / "genes.csv", index=False, header=False)
+    cfg = SubmitConfig(pred=pred, genes=tmp_path / "genes.csv", out=tmp_path / "sub.h5ad", format="vcc2026",
+                       requests=tmp_path / "req.csv", encoding=64)
+    run_submit(cfg)
+    out = ad.read_h5ad(tmp_path / "sub.h5ad")
+    assert list(out.var_names) == genes and list(out.obs["target_gene"]) == labels
+    np.testing.assert_array_equal(out.X.toarray(), x.astype(np.float32)[:, ::-1])  # reordered to the list
+    bad = x.copy()
+    bad[3, 4] = 2.5
+    with pytest.raises(InputError, match="cell 3.*raw"):
+        run_submit(dataclasses.replace(cfg, pred=_counts_pred(tmp_path, bad, labels, genes)))
+    big = x.copy()
+    big[7, 0] = 2e6
+    with pytest.raises(InputError, match="cell 7 totals"):
+        run_submit(dataclasses.replace(cfg, pred=_counts_pred(tmp_path, big, labels, genes)))
+    with pytest.raises(InputError, match="missing \\['G2'\\]"):
+        run_submit(dataclasses.replace(cfg, pred=_counts_pred(tmp_path, x, labels[:11] + ["G3"] * 5, genes)))

@@ -65,6 +65,9 @@ class PredictCommand:
     control_sampling: Literal["biojepac", "arc-state"] = "biojepac"
     """How each predicted cell's starting control is drawn: ours (seeded per perturbation), or as `state tx infer
     --tsv --seed SEED` draws them on this context's controls (state models only; reproduces STATE's output)."""
+    counts_depth: int = 0
+    """0: write log1p expression. N > 0: write raw counts, each cell (controls too) a multinomial draw of N UMIs
+    from its expression profile expm1(x) (VCC 2026 takes raw counts; its cells have about 20,000)."""
 
 
 def run_predict(cfg: PredictCommand) -> pathlib.Path:
@@ -72,6 +75,8 @@ def run_predict(cfg: PredictCommand) -> pathlib.Path:
     perts = read_requests(cfg)
     model, model_prov = get_model(cfg, train)
     out = predict_cells(model, train, perts, cfg.context, cfg.seed, cfg.max_controls, cfg.control_sampling)
+    if cfg.counts_depth:
+        out.X = sample_counts(out.X, cfg.counts_depth, cfg.seed)
     prov = {
         "model": model_prov,
         "train": str(cfg.screen),
@@ -80,6 +85,7 @@ def run_predict(cfg: PredictCommand) -> pathlib.Path:
         "context": cfg.context,
         "requests": str(cfg.requests) if cfg.requests else "perturbations",
         "seed": cfg.seed,
+        "counts_depth": cfg.counts_depth,
         "command": command_line("biojepac predict", cfg),
     }
     # h5ad cannot store None; JSON-encode nested configs so every value survives the round trip.
@@ -217,6 +223,23 @@ def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, s
     for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL):
         new_obs[col] = new_obs[col].astype("category")
     return ad.AnnData(X=sp.vstack(blocks, format="csr"), obs=new_obs, var=pd.DataFrame(index=train.var_names.copy()))
+
+
+def sample_counts(x: sp.csr_matrix, depth: int, seed: int, block_rows: int = 1024) -> sp.csr_matrix:
+    """Raw counts: each row a multinomial draw of `depth` UMIs with probabilities expm1(row) / sum (log1p rows,
+    any normalisation); an all-zero row stays zero. Seeded per block of rows."""
+    if not 0 < depth <= 1_000_000:
+        raise InputError(f"--counts-depth {depth}: must be between 1 and 1,000,000 UMIs per cell")
+    x = sp.csr_matrix(x)
+    blocks = []
+    for k, lo in enumerate(range(0, x.shape[0], block_rows)):
+        p = np.expm1(x[lo:lo + block_rows].toarray().astype(np.float64))
+        tot = p.sum(axis=1, keepdims=True)
+        p = np.divide(p, tot, out=np.zeros_like(p), where=tot > 0)
+        c = np.random.default_rng([seed, 2**31, k]).multinomial(depth, p)
+        c[tot[:, 0] <= 0] = 0
+        blocks.append(sp.csr_matrix(c.astype(np.float32)))
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(x.shape, dtype=np.float32)
 
 
 def _split_record(split_fpath) -> dict | None:

@@ -39,11 +39,13 @@ from biojepac.data import schema
 from biojepac.data.load import check_input_file, open_h5
 from biojepac.data.values import classify, is_fractional, size_factors, target_sum
 from biojepac.errors import InputError
+from biojepac.eval.vcc2026 import INTEGRAL_ATOL, MAX_CELL_TOTAL
 from biojepac.io import remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
 EXPECTED_GENE_DIM = 18080
+EXPECTED_GENE_DIM_2026 = 18533
 MAX_CELL_DIM = 200_000
 
 
@@ -54,7 +56,7 @@ class SubmitConfig:
     genes: pathlib.Path
     """Gene list CSV without a header (the challenge's gene_names.csv): expected genes in order."""
     out: pathlib.Path
-    """Output .vcc package."""
+    """Output: the .vcc package (--format vcc) or the submission .h5ad (--format vcc2026)."""
     pert_col: str = schema.PERT_COL
     """obs column with the perturbation label."""
     control: str = schema.CONTROL
@@ -71,9 +73,15 @@ class SubmitConfig:
     """Keep the values as given: integer-valued data is not normalised as counts, and the log1p range is not checked."""
     block_rows: int = 8192
     """Rows streamed per block (memory ~ block_rows x genes floats)."""
+    format: Literal["vcc", "vcc2026"] = "vcc"
+    """vcc: VCC 2025's .vcc package (log1p, as cell-eval prep); vcc2026: raw counts checked as cell-eval2 does."""
+    requests: pathlib.Path | None = None
+    """vcc2026: CSV with a target_gene column; the prediction's labels (besides the control) must be exactly these."""
 
 
 def run_submit(cfg: SubmitConfig) -> pathlib.Path:
+    if cfg.format == "vcc2026":
+        return write_vcc2026(cfg)
     if shutil.which("zstd") is None:
         raise InputError("the `zstd` program is needed to compress the package (apt-get install zstd)")
     genes = read_gene_list(cfg.genes)
@@ -262,3 +270,66 @@ def _read_obs_var(f: h5py.File, cfg: SubmitConfig) -> tuple[pd.DataFrame, list[s
     obs = ad.io.read_elem(f["obs"])
     var = ad.io.read_elem(f["var"])
     return obs, [str(g) for g in var.index]
+
+
+def write_vcc2026(cfg: SubmitConfig) -> pathlib.Path:
+    """A VCC 2026 submission: raw counts (non-negative, within 1e-6 of an integer, no cell total above 1e6),
+    the gene list's genes in its order (a permuted prediction is reordered), the control present and, with
+    `--requests`, exactly the requested labels. Written as an .h5ad (X CSR, obs = the perturbation column and
+    the optional cell-type column, var = the genes), values as given; streamed in row blocks."""
+    if cfg.out.suffix != ".h5ad":
+        raise InputError(f"--out {cfg.out}: a VCC 2026 submission is an .h5ad")
+    genes = read_gene_list(cfg.genes)
+    dim = EXPECTED_GENE_DIM_2026 if cfg.expected_gene_dim == EXPECTED_GENE_DIM else cfg.expected_gene_dim
+    check_cfg = dataclasses.replace(cfg, expected_gene_dim=dim, max_cell_dim=-1)
+    with h5py.File(cfg.pred, "r") as f:
+        obs, var_names = _read_obs_var(f, cfg)
+        col_order = check_prediction(obs, var_names, genes, check_cfg)
+        _check_labels(obs[cfg.pert_col].astype(str).to_numpy(), cfg)
+        x = _RowReader(f["X"], str(cfg.pred))
+        start = 0
+        for block in x.blocks(cfg.block_rows):
+            _check_counts(block, start, cfg)
+            start += block.shape[0]
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(cfg.out)
+        with tempfile.TemporaryDirectory(dir=cfg.out.parent, prefix=f".{cfg.out.name}.tmp{os.getpid()}-") as tmp:
+            h5_fpath = pathlib.Path(tmp) / "pred.h5ad"
+            new_obs = pd.DataFrame({cfg.pert_col: obs[cfg.pert_col].astype(str).to_numpy()},
+                                   index=np.arange(len(obs)).astype(str))
+            if cfg.celltype_col:
+                new_obs[cfg.celltype_col] = obs[cfg.celltype_col].astype(str).to_numpy()
+            write_streamed_h5ad(h5_fpath, x, col_order, None, new_obs, genes, cfg)
+            os.replace(h5_fpath, cfg.out)
+    print(f"wrote {cfg.out}: {len(obs)} cells x {len(genes)} genes, raw counts, float{cfg.encoding}")
+    return cfg.out
+
+
+def _check_counts(block: sp.csr_matrix, start: int, cfg: SubmitConfig) -> None:
+    """cell-eval2's input checks on one row block: finite, non-negative, integral to 1e-6, cell totals <= 1e6."""
+    d = block.data.astype(np.float64)
+    bad = ~np.isfinite(d) | (d < 0) | (np.abs(d - np.rint(d)) > INTEGRAL_ATOL)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        row = start + int(np.searchsorted(block.indptr, j, side="right") - 1)
+        raise InputError(f"{cfg.pred}: cell {row}, gene column {block.indices[j]} holds {d[j]!r}: VCC 2026 takes raw "
+                         "counts (non-negative integers); `biojepac predict --counts-depth N` samples counts")
+    totals = np.asarray(block.sum(axis=1)).ravel()
+    if totals.size and totals.max() > MAX_CELL_TOTAL:
+        row = start + int(np.argmax(totals))
+        raise InputError(f"{cfg.pred}: cell {row} totals {totals.max():.0f} counts, above {MAX_CELL_TOTAL:.0f}")
+
+
+def _check_labels(labels: np.ndarray, cfg: SubmitConfig) -> None:
+    if cfg.requests is None:
+        return
+    if not cfg.requests.is_file():
+        raise InputError(f"--requests {cfg.requests}: file not found")
+    want = pd.read_csv(cfg.requests, dtype=str, keep_default_na=False)
+    if "target_gene" not in want.columns:
+        raise InputError(f"--requests {cfg.requests}: no target_gene column")
+    want_set = set(want["target_gene"]) - {cfg.control}
+    have = set(labels) - {cfg.control}
+    if have != want_set:
+        raise InputError(f"{cfg.pred}: labels differ from {cfg.requests}: missing {sorted(want_set - have)[:10]}, "
+                         f"extra {sorted(have - want_set)[:10]}")

@@ -42,6 +42,7 @@ LFC_EPS = 1e-9
 REACH_P0 = 0.9
 LFC_MIN_GATE = 10
 MAX_CELL_TOTAL = 1e6
+INTEGRAL_ATOL = 1e-6
 METRICS = ("pds_cosine", "expr_mse_unbiased_capped", "de_wilcoxon_direction_fidelity_yield_raw",
            "de_wilcoxon_direction_reach_raw", "de_wilcoxon_sig_jaccard", "de_wilcoxon_lfc_nmae")
 """Per-perturbation columns, cell-eval2's names."""
@@ -70,8 +71,9 @@ def count_screen(x, labels, genes, *, control: str, name: str, integral: bool = 
     d = x.data
     if d.size and (d.min() < 0 or not np.all(np.isfinite(d))):
         raise InputError(f"{name}: VCC 2026 needs raw counts (non-negative, finite)")
-    if integral and d.size and np.any(d != np.round(d)):
-        bad = int(np.searchsorted(x.indptr, np.flatnonzero(d != np.round(d))[0], side="right") - 1)
+    frac = np.abs(d - np.rint(d)) > INTEGRAL_ATOL  # cell-eval2's test: within 1e-6 of an integer, kept as stored
+    if integral and d.size and frac.any():
+        bad = int(np.searchsorted(x.indptr, np.flatnonzero(frac)[0], side="right") - 1)
         raise InputError(f"{name}: VCC 2026 needs raw integer counts; cell {bad} holds a fractional value")
     totals = np.asarray(x.sum(axis=1)).ravel()
     if totals.size and totals.max() > MAX_CELL_TOTAL:
