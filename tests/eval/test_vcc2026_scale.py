@@ -314,3 +314,16 @@ def test_metrics_baseline_replicate_and_score_equal_cell_eval2(cross_check, name
         assert got["replicate"][m] == pytest.approx(ce["rep"][m], rel=1e-9, abs=1e-12), m
         assert got["scores"][m] == pytest.approx(ce["score"][m], rel=1e-9, abs=1e-12), m
     assert got["scores"]["avg_score"] == pytest.approx(ce["score"]["avg_score"], rel=1e-9, abs=1e-12)
+
+
+def test_jackknife_series_path_equals_the_direct_sum():
+    x, labels, genes = make_screen(4, n_ctrl=300, n_per=60, n_genes=80, labels=["G1", "G2"])
+    x[:2, 5] = 0  # a cell with an empty gene, and genes never expressed (the last 3)
+    sc = _cs(x, labels, genes)
+    assert v.SERIES_E_MAX * 2 > 1 / 59  # the 60-cell groups and the control take the series
+    got = v.jackknife(sc, v.group_sums(sc.x, sc.codes, 3))
+    for g in range(3):
+        y = x[sc.codes == g]
+        n, tot = len(y), y.sum(0)
+        loo = np.log1p(5e4 * (tot - y) / (tot.sum() - y.sum(1, keepdims=True)))
+        assert got[g] == pytest.approx((n - 1) / n * ((loo - loo.mean(0)) ** 2).sum(), rel=1e-12)

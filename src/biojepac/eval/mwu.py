@@ -80,9 +80,14 @@ class Workers:
 
 
 def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.ndarray,
-                workers: Workers | int = 1, pvalues=None) -> GroupStats:
+                workers: Workers | int = 1, pvalues=None, pvalues_only: bool = False) -> GroupStats:
     """Sums, sums of squares and p-values of groups 1..P vs group 0 for a cells x genes matrix (CSR with
     sorted indices, or dense), which is only read.
+
+    `pvalues_only` (CSR): values are keyed by their rank within their gene (`gene_ranks`, sorted per gene in
+    parallel) instead of by a sort of every distinct value of the matrix; the p-values are the same, the sums
+    and sums of squares are not computed (zeros). For float64 data with mostly distinct values (CPM) this is
+    the faster key.
 
     Genes are cut into ranges of about RANGE_KEYS non-zero entries, each a task for `workers` (threads of
     their own if a number; the compiled loops release the GIL). A task writes its range's keys into its
@@ -91,13 +96,17 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     """
     if isinstance(workers, int):
         with Workers(workers) as own:
-            return group_stats(x, codes, n_per_group, own, pvalues)
+            return group_stats(x, codes, n_per_group, own, pvalues, pvalues_only)
     n_groups, n_genes = len(n_per_group), x.shape[1]
     csr = sp.issparse(x)
     if csr:
         x = x if x.format == "csr" else x.tocsr()
         x = x if x.has_sorted_indices else x.sorted_indices()  # a copy: the caller's matrix is only read
-    vkey, table = _value_key(x.data if csr else x.reshape(-1))
+    if pvalues_only and csr:
+        vkey = gene_ranks(x.indptr, x.indices, x.data, n_genes)
+        table = np.zeros(int(vkey.max(initial=0)) + 1)  # keys map to 0: no sums
+    else:
+        vkey, table = _value_key(x.data if csr else x.reshape(-1))
     vkey = vkey if csr else vkey.reshape(x.shape)
     gbits = max(int(n_groups - 1).bit_length(), 1)
     ptr, vmin, vmax = _csr_gene_counts(x.indices, x.data, vkey, n_genes) if csr else _dense_gene_counts(x, vkey)
@@ -146,6 +155,37 @@ def _value_key(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     uniq, inv = np.unique(vals, return_inverse=True)
     assert int(len(uniq)).bit_length() <= 40, "too many distinct values to pack into a key"
     return inv.reshape(vals.shape).astype(np.int64), uniq.astype(np.float64)
+
+
+@numba.njit(parallel=True, cache=True)
+def gene_ranks(indptr, indices, data, n_genes):
+    """Per stored entry, the dense rank (0, 1, ...) of its value among its gene's stored values: it orders
+    and ties a gene's entries exactly as their values do."""
+    cnt = np.zeros(n_genes + 1, np.int64)
+    for j in range(len(indices)):
+        cnt[indices[j] + 1] += 1
+    for g in range(n_genes):
+        cnt[g + 1] += cnt[g]
+    pos = cnt[:-1].copy()
+    by_gene = np.empty(len(indices), np.int64)
+    for j in range(len(indices)):
+        g = indices[j]
+        by_gene[pos[g]] = j
+        pos[g] += 1
+    out = np.empty(len(indices), np.int64)
+    for g in numba.prange(n_genes):
+        ent = by_gene[cnt[g]:cnt[g + 1]]
+        vals = data[ent]
+        order = np.argsort(vals)
+        rank = -1
+        prev = 0.0
+        for t in range(len(order)):
+            v = vals[order[t]]
+            if t == 0 or v != prev:
+                rank += 1
+            out[ent[order[t]]] = rank
+            prev = v
+    return out
 
 
 @numba.njit(nogil=True, cache=True)

@@ -145,12 +145,32 @@ def bulk_lognorm(sums: np.ndarray) -> np.ndarray:
     return np.log1p(sums * scale[:, None])
 
 
+SERIES_E_MAX = 0.05
+"""Largest lib / (total - lib) of a group's cells for which the jackknife sums its zero entries by series."""
+SERIES_TERMS = 14
+"""Series terms: (0.05)^15 / 15 < 1e-20 of the leading term."""
+
+
 @numba.njit(parallel=True, cache=True)
 def _jackknife(indptr, indices, data, order, bounds, sums, ts):
     """Delete-one-cell jackknife C_p = (n-1)/n sum_g sum_i (v_ig - mean_i v_ig)^2 per group, with
-    v_ig = log1p(TS (P_g - y_ig) / (S_p - l_i)), shifted by b_g = log1p(TS P_g / S_p) as cell-eval2 does."""
+    v_ig = log1p(TS (P_g - y_ig) / (S_p - l_i)), shifted by b_g = log1p(TS P_g / S_p) as cell-eval2 does.
+
+    Where y_ig = 0, v_ig = log1p(w_g e_i) with w_g = a_g / (1 + a_g), a_g = TS P_g / S_p and
+    e_i = l_i / (S_p - l_i); its sums over cells are power series in w_g over the power sums of e_i, so only
+    the stored entries need a logarithm each (the zero entries' terms are swapped for theirs). Groups where
+    a cell holds more than SERIES_E_MAX of the rest (small groups) take the direct sum over every entry."""
     n_groups, n_genes = sums.shape
     out = np.zeros(n_groups)
+    k_max = SERIES_TERMS
+    c1 = np.zeros(k_max + 1)  # log1p(z) = sum_k c1[k] z^k
+    c2 = np.zeros(k_max + 1)  # log1p(z)^2 = sum_k c2[k] z^k
+    harm = 0.0
+    for k in range(1, k_max + 1):
+        c1[k] = (-1.0) ** (k + 1) / k
+        if k >= 2:
+            c2[k] = (-1.0) ** k * 2.0 * harm / k
+        harm += 1.0 / k
     for p in numba.prange(n_groups):
         lo, hi = bounds[p], bounds[p + 1]
         n = hi - lo
@@ -159,25 +179,60 @@ def _jackknife(indptr, indices, data, order, bounds, sums, ts):
         if n < 2 or tot <= 0.0:
             continue
         b = np.log1p(ts * P / tot)
-        s1 = np.zeros(n_genes)
-        s2 = np.zeros(n_genes)
+        rem = np.empty(n)
         for k in range(lo, hi):
             r = order[k]
             lib = 0.0
             for j in range(indptr[r], indptr[r + 1]):
                 lib += data[j]
-            rem = tot - lib
-            j = indptr[r]
-            end = indptr[r + 1]
+            rem[k - lo] = tot - lib
+        s1 = np.zeros(n_genes)
+        s2 = np.zeros(n_genes)
+        e = (tot - rem) / rem
+        if rem.min() > 0.0 and e.max() <= SERIES_E_MAX:
+            m = np.zeros(k_max + 1)  # power sums of e
+            pw = np.ones(n)
+            for k in range(1, k_max + 1):
+                pw *= e
+                m[k] = pw.sum()
             for g in range(n_genes):
-                y = 0.0
-                if j < end and indices[j] == g:
-                    y = data[j]
-                    j += 1
-                v = np.log1p(ts * (P[g] - y) / rem) if rem > 0 else 0.0
-                v -= b[g]
-                s1[g] += v
-                s2[g] += v * v
+                a = ts * P[g] / tot
+                w = a / (1.0 + a)
+                wk = 1.0
+                t1 = 0.0
+                t2 = 0.0
+                for k in range(1, k_max + 1):
+                    wk *= w
+                    t1 += c1[k] * wk * m[k]
+                    t2 += c2[k] * wk * m[k]
+                s1[g] = t1
+                s2[g] = t2
+            for k in range(lo, hi):
+                r = order[k]
+                ei = e[k - lo]
+                ri = rem[k - lo]
+                for j in range(indptr[r], indptr[r + 1]):
+                    g = indices[j]
+                    a = ts * P[g] / tot
+                    t0 = np.log1p(a / (1.0 + a) * ei)
+                    v = np.log1p(ts * (P[g] - data[j]) / ri) - b[g]
+                    s1[g] += v - t0
+                    s2[g] += v * v - t0 * t0
+        else:
+            for k in range(lo, hi):
+                r = order[k]
+                ri = rem[k - lo]
+                j = indptr[r]
+                end = indptr[r + 1]
+                for g in range(n_genes):
+                    y = 0.0
+                    if j < end and indices[j] == g:
+                        y = data[j]
+                        j += 1
+                    v = np.log1p(ts * (P[g] - y) / ri) if ri > 0 else 0.0
+                    v -= b[g]
+                    s1[g] += v
+                    s2[g] += v * v
         q = 0.0
         for g in range(n_genes):
             q += s2[g] - s1[g] ** 2 / n
@@ -321,7 +376,7 @@ def de_table(sc: CountScreen, workers: int = 2) -> tuple[DETable, np.ndarray]:
     and the kept mask (control mean CPM > 5)."""
     logx, _ = _cpm_log1p(sc.x)
     n_per = np.bincount(sc.codes, minlength=len(sc.perts) + 1)
-    st = mwu.group_stats(logx, sc.codes, n_per, workers, _scanpy_pvalues)
+    st = mwu.group_stats(logx, sc.codes, n_per, workers, _scanpy_pvalues, pvalues_only=True)
     # arithmetic CPM means, from the linear CPM values (expm1 of log1p is not exact: recompute)
     totals = row_totals(sc.x.indptr, sc.x.data)
     per = totals / CPM_TARGET_SUM
