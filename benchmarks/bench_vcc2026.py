@@ -1,105 +1,206 @@
-"""VCC 2026 metrics: ours (eval/vcc2026.py) vs cell-eval2 0.20.0 `run --preset vcc2026` on the same raw-count pair.
+"""VCC 2026 scoring: ours (eval/vcc2026*.py) vs cell-eval2 0.20.0 on the same raw-count pair, side by side.
 
-Writes benchmarks/results/vcc2026.md: wall time and peak RSS of each (each side a fresh process timed with
-/usr/bin/time -v, reading the same two .h5ad files), and the largest per-perturbation difference per metric.
-Needs the separate env benchmarks/peers/envs/celleval2 (pip install cell-eval2==0.20.0).
-Usage: python benchmarks/bench_vcc2026.py [N_CELLS_PER_PERT N_GENES N_PERTS N_CTRL]
+Generates a VCC-shaped raw-count pair (default 11,000 cells x 18,080 genes x 50 perturbations + controls; the
+prediction is the truth's biology with noisier fold changes, drawn again), then times, each in a fresh process
+under `/usr/bin/time -v` (wall time, peak RSS), one run each:
+- metrics only: ours `score_files(..., with_scale=False)` vs `cell-eval2 run --preset vcc2026`;
+- with `--full`, the whole scale: ours `biojepac evaluate --profile vcc2026` (metrics, baseline, 5-split replicate,
+  scores) vs cell-eval2 `run --anchor` + `baseline` + `score` (their times added).
+Compares every per-perturbation value (and with `--full` u, b, r and the scores) and writes
+benchmarks/results/vcc2026.{md,json} and the vcc2026 section of eval_speed.md. Needs the separate env
+benchmarks/peers/envs/celleval2 (pip install cell-eval2==0.20.0). Our numba kernels are compiled by one warm-up
+run first (cached on disk after installation).
+
+    .venv/bin/python benchmarks/bench_vcc2026.py [--n-cells N --n-genes G --n-perts P] [--full] [--data-dpath D]
 """
 
+import argparse
+import json
+import os
 import pathlib
 import re
 import subprocess
 import sys
 import tempfile
 
-import anndata as ad
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks/results"
 CE2 = ROOT / "benchmarks/peers/envs/celleval2/bin/cell-eval2"
-PY = ROOT / ".venv/bin/python"
-OURS = """
-import sys, time, anndata as ad, pandas as pd, numpy as np
-from biojepac.eval import vcc2026 as v
+PY = sys.executable
+MARK = "<!-- vcc2026 (written by benchmarks/bench_vcc2026.py) -->"
+OURS_METRICS = """
+import sys, time, pandas as pd
+from biojepac.eval import vcc2026_scale as s
 t = time.perf_counter()
-def load(f):
-    a = ad.read_h5ad(f)
-    return v.count_screen(a.X, a.obs["target"].values, a.var_names.values, control="non-targeting", name=f)
-per, agg = v.score_pair(load(sys.argv[1]), load(sys.argv[2]))
-pd.DataFrame(per, index=load(sys.argv[2]).perts).to_csv(sys.argv[3])
+res = s.score_files(sys.argv[1], sys.argv[2], pert_col="target", control="non-targeting", with_scale=False)[""]
+pd.DataFrame(res.per_perturbation, index=res.perts).to_csv(sys.argv[3])
 print("SECONDS", time.perf_counter() - t)
 """
 
 
-def make(n_ctrl, n_per, n_genes, n_perts, seed, effect):
+def make_pair(dpath: pathlib.Path, n_cells: int, n_genes: int, n_perts: int, seed: int) -> tuple[str, str]:
+    """Raw counts, CSR float32; perturbations knock their own gene down to 10% and move 10-600 others."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
     rng = np.random.default_rng(seed)
-    genes = [f"G{i}" for i in range(n_genes)]
-    perts = [f"G{i}" for i in range(n_perts)]
-    base = rng.gamma(0.3, 3.0, n_genes)
-    blocks, labels = [rng.poisson(base * rng.lognormal(0, 0.3, (n_ctrl, 1)))], ["non-targeting"] * n_ctrl
-    for i, p in enumerate(perts):
-        mu = base * np.exp(rng.normal(0, effect, n_genes) * (rng.random(n_genes) < 0.2))
-        mu[i] *= 0.1
-        blocks.append(rng.poisson(mu * rng.lognormal(0, 0.3, (n_per, 1))))
-        labels += [p] * n_per
-    x = sp.csr_matrix(np.vstack(blocks).astype(np.float32))
-    return ad.AnnData(x, obs=pd.DataFrame({"target": labels}, index=[str(i) for i in range(len(labels))]),
-                      var=pd.DataFrame(index=genes))
+    genes = np.array([f"GENE{i:05d}" for i in range(n_genes)])
+    perts = ["non-targeting"] + list(genes[rng.choice(n_genes, n_perts, replace=False)])
+    n_ctrl = n_cells - n_perts * ((n_cells * 9 // 10) // n_perts)
+    labels = np.r_[np.zeros(n_ctrl, int), np.repeat(np.arange(1, n_perts + 1), (n_cells - n_ctrl) // n_perts)]
+    labels = np.r_[labels, np.zeros(n_cells - len(labels), int)]
+    base = rng.gamma(0.3, 1.5, size=n_genes)
+    fold = np.ones((n_perts + 1, n_genes))
+    for i in range(1, n_perts + 1):
+        hit = rng.choice(n_genes, min(int(rng.integers(10, 600)), n_genes // 2), replace=False)
+        fold[i, hit] = rng.choice([0.4, 2.5], size=len(hit))
+        fold[i, genes == perts[i]] = 0.1
+    out = []
+    for tag, noise in (("real", 0.0), ("pred", 0.3)):
+        r = np.random.default_rng(seed + len(tag) + (7 if tag == "pred" else 0))
+        f = fold * np.exp(r.normal(0, noise, fold.shape)) if noise else fold
+        blocks = []
+        for lo in range(0, n_cells, 1000):
+            idx = labels[lo:lo + 1000]
+            x = r.poisson(base[None] * f[idx] * r.lognormal(0, 0.3, size=(len(idx), 1))).astype(np.float32)
+            blocks.append(sp.csr_matrix(x))
+        obs = pd.DataFrame({"target": np.array(perts)[labels]}, index=[f"{tag}{i}" for i in range(n_cells)])
+        fpath = dpath / f"{tag}.h5ad"
+        ad.AnnData(X=sp.vstack(blocks).tocsr(), obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(fpath)
+        out.append(str(fpath))
+    return out[0], out[1]
 
 
-def timed(cmd):
+def timed(cmd: list[str]) -> dict:
     r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
-    wall = re.search(r"Elapsed \(wall clock\) time.*: (.*)", r.stderr).group(1)
-    parts = [float(p) for p in wall.split(":")]
-    secs = sum(p * 60 ** k for k, p in enumerate(reversed(parts)))
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) / 1024
-    return secs, rss, r
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{r.stderr[-3000:]}")
+    return parse_time(r.stderr)
 
 
-def main():
-    n_per, n_genes, n_perts, n_ctrl = (int(a) for a in (sys.argv[1:] or [90, 2000, 20, 200]))
-    d = pathlib.Path(tempfile.mkdtemp())
-    make(n_ctrl, n_per, n_genes, n_perts, 0, 1.0).write_h5ad(d / "real.h5ad")
-    make(n_ctrl, n_per, n_genes, n_perts, 1, 0.8).write_h5ad(d / "pred.h5ad")
-    subprocess.run([str(PY), "-c", OURS, str(d / "pred.h5ad"), str(d / "real.h5ad"), str(d / "warm.csv")], check=True)
-    ours_s, ours_mb, r = timed([str(PY), "-c", OURS, str(d / "pred.h5ad"), str(d / "real.h5ad"), str(d / "ours.csv")])
-    ce_s, ce_mb, r2 = timed([str(CE2), "run", "-ap", str(d / "pred.h5ad"), "-ar", str(d / "real.h5ad"),
-                             "--preset", "vcc2026", "--set", f"outdir={d / 'ce'}"])
-    ours = pd.read_csv(d / "ours.csv", index_col=0)
-    ce = pd.read_csv(d / "ce/results.csv", float_precision="round_trip").pivot(index="perturbation", columns="metric", values="value")
-    rows = []
-    for m in ["pds_cosine", "expr_mse_unbiased_capped", "expr_distance_unbiased", "de_wilcoxon_direction_fidelity_yield_raw",
-              "de_wilcoxon_direction_reach_raw", "de_wilcoxon_sig_jaccard", "de_wilcoxon_lfc_nmae"]:
+def parse_time(stderr: str) -> dict:
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (.*)", stderr).group(1)
+    secs = sum(float(p) * 60 ** k for k, p in enumerate(reversed(wall.split(":"))))
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1)) / 1024
+    return {"seconds": secs, "peak_rss_mib": rss}
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def main() -> None:
+    import pandas as pd
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-cells", type=int, default=11_000)
+    ap.add_argument("--n-genes", type=int, default=18_080)
+    ap.add_argument("--n-perts", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full", action="store_true", help="also the baseline, replicate and score on both sides")
+    ap.add_argument("--data-dpath", help="keep the generated pair here and reuse it if present")
+    args = ap.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_vcc2026_"))
+    data = pathlib.Path(args.data_dpath) if args.data_dpath else tmp
+    data.mkdir(parents=True, exist_ok=True)
+    if (data / "real.h5ad").is_file() and (data / "pred.h5ad").is_file():
+        real, pred = str(data / "real.h5ad"), str(data / "pred.h5ad")
+    else:
+        real, pred = make_pair(data, args.n_cells, args.n_genes, args.n_perts, args.seed)
+    loads = {"start": load()}
+    subprocess.run([PY, "-c", OURS_METRICS, pred, real, str(tmp / "warm.csv")], check=True, capture_output=True)
+    rows = {"ours: metrics": timed([PY, "-c", OURS_METRICS, pred, real, str(tmp / "ours.csv")])}
+    loads["ours metrics"] = load()
+    rows["cell-eval2 run --preset vcc2026"] = timed([str(CE2), "run", "-ap", pred, "-ar", real, "--preset", "vcc2026",
+                                                     "--set", f"outdir={tmp / 'ce'}"])
+    loads["cell-eval2 metrics"] = load()
+    ours = pd.read_csv(tmp / "ours.csv", index_col=0)
+    ce = pd.read_csv(tmp / "ce/results.csv", float_precision="round_trip").pivot(
+        index="perturbation", columns="metric", values="value")
+    diffs = {}
+    for m in ["pds_cosine", "expr_mse_unbiased_capped", "expr_distance_unbiased",
+              "de_wilcoxon_direction_fidelity_yield_raw", "de_wilcoxon_direction_reach_raw",
+              "de_wilcoxon_sig_jaccard", "de_wilcoxon_lfc_nmae"]:
         a, b = ours.loc[ce.index, m].to_numpy(float), ce[m].to_numpy(float)
-        nan_mis = int((np.isnan(a) != np.isnan(b)).sum())
-        diff = np.nanmax(np.abs(a - b)) if np.any(~np.isnan(a)) else 0.0
-        rows.append(f"| `{m}` | {diff:.2e} | {nan_mis} |")
-    n_cells = n_ctrl + n_per * n_perts
-    text = f"""# VCC 2026 metrics: ours vs cell-eval2 0.20.0
+        diffs[m] = {"max_abs_diff": float(np.nanmax(np.abs(a - b))) if np.any(~np.isnan(a)) else 0.0,
+                    "nan_mismatches": int((np.isnan(a) != np.isnan(b)).sum())}
+    full = None
+    if args.full:
+        rows["ours: biojepac evaluate --profile vcc2026"] = timed(
+            [str(pathlib.Path(PY).parent / "biojepac"), "evaluate", "--pred", pred, "--real", real, "--profile",
+             "vcc2026", "--pert-col", "target", "--out-dpath", str(tmp / "ev")])
+        loads["ours full"] = load()
+        parts = [timed([str(CE2), "run", "-ap", pred, "-ar", real, "--preset", "vcc2026", "--anchor",
+                        "--set", f"outdir={tmp / 'cefull'}"]),
+                 timed([str(CE2), "baseline", "-ar", real, "--preset", "vcc2026", "-o", str(tmp / "cebase")]),
+                 timed([str(CE2), "score", "--user-agg", str(tmp / "cefull/agg_results.csv"), "--baseline-agg",
+                        str(tmp / "cebase/baseline_agg.csv"), "--anchor", str(tmp / "cefull"), "-o",
+                        str(tmp / "cescore.csv")])]
+        loads["cell-eval2 full"] = load()
+        rows["cell-eval2 run --anchor + baseline + score"] = {
+            "seconds": sum(p["seconds"] for p in parts), "peak_rss_mib": max(p["peak_rss_mib"] for p in parts)}
+        full = compare_scale(tmp)
+    result = {"shape": {"n_cells": args.n_cells, "n_genes": args.n_genes, "n_perts": args.n_perts},
+              "runs": rows, "per_perturbation": diffs, "scale": full, "load_1min": loads, "cpus": os.cpu_count()}
+    (RESULTS / "vcc2026.json").write_text(json.dumps(result, indent=2))
+    write_md(result)
 
-Written by `benchmarks/bench_vcc2026.py {n_per} {n_genes} {n_perts} {n_ctrl}`. Synthetic raw counts, real and
-predicted files each {n_cells:,} cells ({n_ctrl} controls + {n_perts} perturbations x {n_per} cells) x {n_genes:,} genes.
-Each side is a fresh process reading the same two .h5ad files, timed by `/usr/bin/time -v` on this machine's 2
-shared cores. Ours: `biojepac.eval.vcc2026.score_pair` (after one warm-up process so numba's cache is built).
-cell-eval2: `cell-eval2 run --preset vcc2026` (CPU: scanpy Wilcoxon backend). Both compute the six per-perturbation
-metrics; cell-eval2 also writes a few diagnostics. Neither computes the baseline or the replicate here.
 
-| | wall s | peak RSS MiB |
-|---|---|---|
-| ours | {ours_s:.1f} | {ours_mb:,.0f} |
-| cell-eval2 | {ce_s:.1f} | {ce_mb:,.0f} |
-| ratio | {ce_s / ours_s:.1f}x | |
+def compare_scale(tmp: pathlib.Path) -> dict:
+    import pandas as pd
+    import pyarrow.parquet as pq
 
-Largest per-perturbation |ours - cell-eval2| (NaN where both are NaN counts as equal):
+    ours = pd.read_csv(tmp / "ev/scores.csv").set_index("metric")
+    rd = lambda f: pd.read_csv(f, index_col=0, float_precision="round_trip")  # noqa: E731
+    theirs = {"user": rd(tmp / "cefull/agg_results.csv").loc["mean"], "baseline": rd(tmp / "cebase/baseline_agg.csv").loc["mean"],
+              "replicate": pq.read_table(tmp / "cefull/anchor_agg.parquet").to_pandas().set_index("metric")["replicate"],
+              "score": rd(tmp / "cescore.csv")["from_replicate"]}
+    out = {}
+    for col, t in theirs.items():
+        ms = [m for m in ours.index if m != "avg_score" or col == "score"]
+        out[col] = float(max(abs(ours.loc[m, col] - t[m]) for m in ms))
+    out["avg_score"] = {"ours": float(ours.loc["avg_score", "score"]), "cell-eval2": float(theirs["score"]["avg_score"])}
+    return out
 
-| metric | max abs diff | NaN mismatches |
-|---|---|---|
-""" + "\n".join(rows) + "\n"
-    out = ROOT / "benchmarks/results/vcc2026.md"
-    out.write_text(text)
-    print(text)
+
+def write_md(r: dict) -> None:
+    sh = r["shape"]
+    runs = r["runs"]
+    lines = ["| run | wall s | peak RSS MiB |", "|---|---|---|"]
+    lines += [f"| {k} | {v['seconds']:.1f} | {v['peak_rss_mib']:,.0f} |" for k, v in runs.items()]
+    speed = runs["cell-eval2 run --preset vcc2026"]["seconds"] / runs["ours: metrics"]["seconds"]
+    mem = runs["cell-eval2 run --preset vcc2026"]["peak_rss_mib"] / runs["ours: metrics"]["peak_rss_mib"]
+    summary = [f"Metrics only: **{speed:.1f}x** faster, cell-eval2 / ours peak memory = {mem:.2f}."]
+    if r["scale"]:
+        a, b = runs["cell-eval2 run --anchor + baseline + score"], runs["ours: biojepac evaluate --profile vcc2026"]
+        summary.append(f"Whole scale (metrics, baseline, replicate, score): **{a['seconds'] / b['seconds']:.1f}x**, "
+                       f"peak memory ratio {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}.")
+    diffs = ["| metric | max abs diff | NaN mismatches |", "|---|---|---|"]
+    diffs += [f"| `{m}` | {d['max_abs_diff']:.2e} | {d['nan_mismatches']} |" for m, d in r["per_perturbation"].items()]
+    scale = []
+    if r["scale"]:
+        s = r["scale"]
+        scale = ["", f"Largest |ours - cell-eval2| over the six scored aggregates: u {s['user']:.2e}, b {s['baseline']:.2e}, "
+                 f"r {s['replicate']:.2e}, scores {s['score']:.2e} (avg_score ours {s['avg_score']['ours']:.6f}, "
+                 f"cell-eval2 {s['avg_score']['cell-eval2']:.6f})."]
+    section = "\n".join([
+        MARK, "## VCC 2026 profile: biojepac vs cell-eval2 0.20.0", "",
+        f"{sh['n_cells']:,} cells per file x {sh['n_genes']:,} genes x {sh['n_perts']} perturbations (+ controls), raw "
+        "counts both sides (CSR float32). Each run a fresh process timed by `/usr/bin/time -v`, one run each, side by "
+        f"side on this machine's {r['cpus']} shared cores; 1-minute load average around the runs: "
+        + ", ".join(f"{k} {v}" for k, v in r["load_1min"].items()) + " (other engineers' jobs; wall times move "
+        "with it).", "", *lines, "", *summary, "",
+        "Largest per-perturbation |ours - cell-eval2| (NaN where both are NaN counts as equal):", "", *diffs, *scale, "",
+        "Regenerate: `.venv/bin/python benchmarks/bench_vcc2026.py [--full]` (`benchmarks/results/vcc2026.json`).", ""])
+    (RESULTS / "vcc2026.md").write_text("# VCC 2026 scoring: biojepac vs cell-eval2 0.20.0\n\n" + section.split("\n", 2)[2])
+    speed_md = RESULTS / "eval_speed.md"
+    text = speed_md.read_text() if speed_md.is_file() else ""
+    text = text.split(MARK)[0].rstrip() + "\n\n" + section
+    speed_md.write_text(text)
+    print(section)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class ContextScore:
 
 def score_files(pred, real, *, pert_col: str, control: str, context_col: str | None = None,
                 target_gene_map: dict | None = None, harmonise: bool = True, workers: int = 2,
-                base_seed: int = BASE_SEED, n_splits: int = N_SPLITS) -> dict[str, ContextScore]:
+                base_seed: int = BASE_SEED, n_splits: int = N_SPLITS, with_scale: bool = True) -> dict[str, ContextScore]:
     """Score two files (paths or AnnData) context by context ({"": ...} without `context_col`).
 
     The target gene of each label: `target_gene_map` first, then (with `harmonise`) our gene harmonisation for
@@ -85,7 +85,8 @@ def score_files(pred, real, *, pert_col: str, control: str, context_col: str | N
         if unresolved:
             logger.warning("%s: %d of %d labels name no measured gene and are scored without target-gene "
                            "exclusion, e.g. %s", r.name, len(unresolved), len(r.perts), unresolved[:5])
-        out[ctx] = score_context(preds[ctx], r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits)
+        out[ctx] = score_context(preds[ctx], r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits,
+                                 with_scale=with_scale)
     return out
 
 
@@ -111,12 +112,15 @@ def load_contexts(src, *, pert_col: str, control: str, context_col: str | None =
 
 def score_context(pred: v.CountScreen, real: v.CountScreen, target_gene_map: dict | None = None, *,
                   workers: int = 2, base_seed: int = BASE_SEED, n_splits: int = N_SPLITS,
-                  baseline_seed: int = BASELINE_SEED) -> ContextScore:
-    """Score `pred` against `real` (one context) and place it on the baseline-to-replicate scale."""
+                  baseline_seed: int = BASELINE_SEED, with_scale: bool = True) -> ContextScore:
+    """Score `pred` against `real` (one context) and place it on the baseline-to-replicate scale (without
+    `with_scale`, only the metrics: baseline, replicate and scores are left empty)."""
     v.check_alike(pred, real)
     tcols = v.target_columns(real.perts, real.genes, target_gene_map)
     real_side = v.side(real, workers=workers)
     per, user = v.score_sides(v.side(pred, real, workers), real_side, tcols, real.genes)
+    if not with_scale:
+        return ContextScore(real.perts, per, user, {}, {}, {}, [])
     base_sc = baseline_screen(real, tcols, baseline_seed)
     _, base = v.score_sides(v.side(base_sc, real, workers), real_side, tcols, real.genes)
     rep, splits = replicate(real, real_side, tcols, base_seed=base_seed, n_splits=n_splits, workers=workers)
