@@ -115,15 +115,16 @@ def harmonised_target_map(perts, genes, symbols=None) -> dict[str, str]:
     Ambiguous and unknown labels get no entry (scored without exclusion, as cell-eval2 does)."""
     from biojepac.data.genes import load_symbols
 
-    table = symbols or load_symbols()
     gene_set = set(genes)
+    missing = [p for p in perts if p not in gene_set]
+    if not missing:  # every label is a measured gene's name: no table needed
+        return {}
+    table = symbols or load_symbols()
     by_symbol: dict[str, list[str]] = {}
     for g in genes:
         by_symbol.setdefault(table.canonical(g) or g, []).append(g)
     out = {}
-    for p in perts:
-        if p in gene_set:
-            continue
+    for p in missing:
         sym = table.canonical(p)
         hits = by_symbol.get(sym, []) if sym is not None else []
         if len(hits) == 1:
