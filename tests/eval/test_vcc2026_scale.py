@@ -327,3 +327,25 @@ def test_jackknife_series_path_equals_the_direct_sum():
         n, tot = len(y), y.sum(0)
         loo = np.log1p(5e4 * (tot - y) / (tot.sum() - y.sum(1, keepdims=True)))
         assert got[g] == pytest.approx((n - 1) / n * ((loo - loo.mean(0)) ** 2).sum(), rel=1e-12)
+
+
+def test_cli_evaluate_vcc2026_reads_a_target_map_and_writes_cell_eval2_names(tmp_path, capsys):
+    import anndata as ad
+
+    from biojepac.cli import main
+
+    x, labels, genes = make_screen(30, labels=["G1", "G2", "G3", "ctrl-like", "G5"],
+                                   targets={"G1": 1, "G2": 2, "G3": 3, "ctrl-like": 9, "G5": 5})
+    for name, xx in (("real", x), ("pred", np.maximum(x - 1, 0))):
+        ad.AnnData(sp.csr_matrix(xx), obs=pd.DataFrame({"target_gene": labels}, index=[str(i) for i in range(len(x))]),
+                   var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / f"{name}.h5ad")
+    (tmp_path / "map.csv").write_text("label,gene\nctrl-like,G9\n")
+    args = ["evaluate", "--pred", str(tmp_path / "pred.h5ad"), "--real", str(tmp_path / "real.h5ad"),
+            "--profile", "vcc2026", "--out-dpath", str(tmp_path / "ev")]
+    assert main(args + ["--target-map", str(tmp_path / "map.csv")]) == 0
+    assert "avg_score" in capsys.readouterr().out
+    scores = pd.read_csv(tmp_path / "ev/scores.csv")
+    assert list(scores["metric"]) == [*s.SCORED, "avg_score"]
+    (tmp_path / "bad.csv").write_text("label,gene\nonly-one-field\n")
+    assert main(args + ["--target-map", str(tmp_path / "bad.csv")]) == 2
+    assert "not `label,gene`" in capsys.readouterr().err
