@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help="also the baseline, replicate and score on both sides")
     ap.add_argument("--data-dpath", help="keep the generated pair here and reuse it if present")
+    ap.add_argument("--name", default="vcc2026", help="results file stem; only the default updates eval_speed.md")
     args = ap.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_vcc2026_"))
     data = pathlib.Path(args.data_dpath) if args.data_dpath else tmp
@@ -144,9 +145,11 @@ def main() -> None:
             "seconds": sum(p["seconds"] for p in parts), "peak_rss_mib": max(p["peak_rss_mib"] for p in parts)}
         full = compare_scale(tmp)
     result = {"shape": {"n_cells": args.n_cells, "n_genes": args.n_genes, "n_perts": args.n_perts},
-              "runs": rows, "per_perturbation": diffs, "scale": full, "load_1min": loads, "cpus": os.cpu_count()}
-    (RESULTS / "vcc2026.json").write_text(json.dumps(result, indent=2))
-    write_md(result)
+              "runs": rows, "per_perturbation": diffs, "scale": full, "load_1min": loads, "cpus": os.cpu_count(),
+              "command": f" --n-cells {args.n_cells} --n-genes {args.n_genes} --n-perts {args.n_perts}"
+                         + (" --full" if args.full else "") + (f" --name {args.name}" if args.name != "vcc2026" else "")}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    write_md(result, args.name)
 
 
 def compare_scale(tmp: pathlib.Path) -> dict:
@@ -166,7 +169,7 @@ def compare_scale(tmp: pathlib.Path) -> dict:
     return out
 
 
-def write_md(r: dict) -> None:
+def write_md(r: dict, name: str) -> None:
     sh = r["shape"]
     runs = r["runs"]
     lines = ["| run | wall s | peak RSS MiB |", "|---|---|---|"]
@@ -194,8 +197,10 @@ def write_md(r: dict) -> None:
         + ", ".join(f"{k} {v}" for k, v in r["load_1min"].items()) + " (other engineers' jobs; wall times move "
         "with it).", "", *lines, "", *summary, "",
         "Largest per-perturbation |ours - cell-eval2| (NaN where both are NaN counts as equal):", "", *diffs, *scale, "",
-        "Regenerate: `.venv/bin/python benchmarks/bench_vcc2026.py [--full]` (`benchmarks/results/vcc2026.json`).", ""])
-    (RESULTS / "vcc2026.md").write_text("# VCC 2026 scoring: biojepac vs cell-eval2 0.20.0\n\n" + section.split("\n", 2)[2])
+        f"Regenerate: `.venv/bin/python benchmarks/bench_vcc2026.py{r['command']}` (`benchmarks/results/{name}.json`).", ""])
+    (RESULTS / f"{name}.md").write_text("# VCC 2026 scoring: biojepac vs cell-eval2 0.20.0\n\n" + section.split("\n", 2)[2])
+    if name != "vcc2026":
+        return
     speed_md = RESULTS / "eval_speed.md"
     text = speed_md.read_text() if speed_md.is_file() else ""
     text = text.split(MARK)[0].rstrip() + "\n\n" + section
