@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from biojepac.models.jepa import losses
-from biojepac.models.jepa.attention import linear_attention, phi
+from biojepac.models.jepa.attention import Block, CrossAttention, linear_attention, phi
 from biojepac.models.jepa.composer import Composer
 from biojepac.models.jepa.config import ComposeConfig, EncoderConfig
 from biojepac.models.jepa.encoder import Encoder, select_tokens
@@ -24,6 +24,32 @@ def test_linear_attention_matches_quadratic_reference():
         a = fq[:, h] @ fk[:, h].T * np.asarray(mask)[None, :]  # (L, L) similarities, padded keys dropped
         ref[:, h] = a @ np.asarray(v[:, h]) / a.sum(1, keepdims=True)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_block_rows_give_exactly_those_rows_of_the_full_output():
+    """The pretrain loss asks the teacher's and the predictor's last block for the rows it reads only."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (9, 8))
+    mask = jnp.arange(9) < 7
+    for kind in ("linear", "softmax"):
+        block = Block(8, 2, 4, jax.random.PRNGKey(0), kind)
+        full = block(x, mask)
+        np.testing.assert_allclose(block(x, mask, jnp.asarray([5, 0, 8])), full[jnp.asarray([5, 0, 8])], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(block(x, mask, slice(4, None)), full[4:], rtol=1e-5, atol=1e-6)
+
+
+def test_cross_attention_matches_per_head_softmax():
+    cross = CrossAttention(8, 2, jax.random.PRNGKey(0))
+    x, c = jax.random.normal(jax.random.PRNGKey(1), (5, 8)), jax.random.normal(jax.random.PRNGKey(2), (3, 8))
+    q = np.asarray(x @ cross.q.weight.T + cross.q.bias)
+    kv = np.asarray(c @ cross.kv.weight.T + cross.kv.bias)
+    k, v = kv[:, :8], kv[:, 8:]
+    heads = []
+    for h in range(2):
+        sl = slice(4 * h, 4 * h + 4)
+        a = np.exp(q[:, sl] @ k[:, sl].T / 2.0)
+        heads.append(a / a.sum(1, keepdims=True) @ v[:, sl])
+    ref = np.concatenate(heads, 1) @ np.asarray(cross.out.weight).T + np.asarray(cross.out.bias)
+    np.testing.assert_allclose(cross(x, c), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_vicreg_matches_hand_computation():

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from biojepac.models.jepa.attention import Block, CrossAttention
+from biojepac.models.jepa.attention import Block, CrossAttention, dense, norm
 from biojepac.models.jepa.config import PredictConfig
 
 
@@ -61,11 +61,11 @@ class ActionPredictor(eqx.Module):
         a: Float[Array, " a"], ctx: Int[Array, ""], target_t: Float[Array, " t"],
     ) -> tuple[Float[Array, "t d"], Float[Array, "t d"]]:
         """(residual shift of each token latent, its log-variance)."""
-        x = jax.vmap(self.in_proj)(z_td) + jax.vmap(self.gene_proj)(gene_td) * self.act_gene(a)[None, :]
+        x = dense(self.in_proj, z_td) + dense(self.gene_proj, gene_td) * self.act_gene(a)[None, :]
         x = x + target_t[:, None] * self.target_emb[None, :] + self.ctx_emb(ctx)[None, :]
         act = self.act_tokens(a).reshape(self.n_action_tokens, -1)
-        x = x + self.cross(jax.vmap(self.ln_x)(x), act)
+        x = x + self.cross(norm(self.ln_x, x), act)
         for block in self.blocks:
             x = block(x, mask_t)
-        x = jax.vmap(self.ln_f)(x)
-        return jax.vmap(self.mu_head)(x), jax.vmap(self.logvar_head)(x)
+        x = norm(self.ln_f, x)
+        return dense(self.mu_head, x), dense(self.logvar_head, x)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, jaxtyped
 
-from biojepac.models.jepa.attention import Block
+from biojepac.models.jepa.attention import Block, Rows, norm
 from biojepac.models.jepa.config import EncoderConfig
 
 
@@ -63,14 +63,16 @@ class Encoder(eqx.Module):
             h_td = h_td + self.gene_id[idx_t]
         return h_td
 
-    def forward(self, h_td: Float[Array, "t d"], mask_t: Bool[Array, " t"]) -> Float[Array, "t d"]:
-        for block in self.blocks:
-            h_td = block(h_td, mask_t)
-        return jax.vmap(self.ln_f)(h_td)
+    def forward(self, h_td: Float[Array, "t d"], mask_t: Bool[Array, " t"], rows: Rows = None) -> Float[Array, "r d"]:
+        """Token latents; with `rows`, only those rows (every token still attends and is attended to, the
+        last block just skips the rows nobody reads)."""
+        for i, block in enumerate(self.blocks):
+            h_td = block(h_td, mask_t, rows if i == len(self.blocks) - 1 else None)
+        return norm(self.ln_f, h_td)
 
-    def tokens(self, idx_t, val_t, mask_t, log_lib) -> Float[Array, "t d"]:
+    def tokens(self, idx_t, val_t, mask_t, log_lib, rows: Rows = None) -> Float[Array, "r d"]:
         """Per-token latents of a given token set (the equivariance test permutes this set)."""
-        return self.forward(self.embed(idx_t, val_t, log_lib), mask_t)
+        return self.forward(self.embed(idx_t, val_t, log_lib), mask_t, rows)
 
     def __call__(self, x_g: Float[Array, " g"], log_lib: Float[Array, ""]):
         """Full cell -> (token latents, gene index per token, token mask, pooled cell latent)."""

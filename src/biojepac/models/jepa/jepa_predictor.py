@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from biojepac.models.jepa.attention import Block
+from biojepac.models.jepa.attention import Block, dense, norm
 
 
 class MaskPredictor(eqx.Module):
@@ -28,9 +28,9 @@ class MaskPredictor(eqx.Module):
     def __call__(
         self, z_vd: Float[Array, "v d"], vis_mask: Bool[Array, " v"], gene_e_md: Float[Array, "m d"]
     ) -> Float[Array, "m d"]:
-        queries = self.mask_query[None, :] + jax.vmap(self.query_proj)(gene_e_md)
-        x = jnp.concatenate([jax.vmap(self.in_proj)(z_vd), queries], axis=0)
+        queries = self.mask_query[None, :] + dense(self.query_proj, gene_e_md)
+        x = jnp.concatenate([dense(self.in_proj, z_vd), queries], axis=0)
         mask = jnp.concatenate([vis_mask, jnp.ones(queries.shape[0], dtype=bool)])
-        for block in self.blocks:
-            x = block(x, mask)
-        return jax.vmap(lambda h: self.out_proj(self.ln_f(h)))(x[z_vd.shape[0] :])
+        for i, block in enumerate(self.blocks):  # the last block computes only the query rows that are read
+            x = block(x, mask, slice(z_vd.shape[0], None) if i == len(self.blocks) - 1 else None)
+        return dense(self.out_proj, norm(self.ln_f, x))

@@ -26,7 +26,7 @@ def pretrain_loss(params, teacher, batch, key, *, cfg):
         h = student.embed(idx, val, lib)
         z_vis = student.forward(h[v_idx], mask[v_idx])
         pred = predictor(z_vis, mask[v_idx], student.gene_emb[idx[m_idx]])
-        target = sg(teacher.tokens(idx, val, mask, lib))[m_idx]
+        target = sg(teacher.tokens(idx, val, mask, lib, rows=m_idx))  # the masked rows only
         return pred, target, mask[m_idx].astype(pred.dtype)
 
     keys = jax.random.split(key, batch["x"].shape[0])
