@@ -112,13 +112,14 @@ def bench_throughput(n_steps=20) -> list[dict]:
             state, _ = step_fn(state, meshlib.shard_batch(get_batch(step), mesh))
         jax.block_until_ready(state)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        recompiles = len(compiles) - n_compiles  # XLA compilations during the timed steps (0: no retracing)
         roof = matmul_roofline()
         achieved = flops * n_steps / dt / 1e9
         rows.append({"stage": desc, "batch": n_cells, "n_genes": adata.n_vars, "compile_s": round(compile_s, 1),
                      "step_ms": round(dt / n_steps * 1e3, 1), "cells_per_s": round(n_cells * n_steps / dt, 1),
-                     "cpu_ms_per_step": round(cpu / n_steps * 1e3, 1), "gflop_per_step": round(flops / 1e9, 2),
+                     "cpu_ms_per_step": round(cpu / n_steps * 1e3, 1), "cells_per_cpu_s": round(n_cells * n_steps / cpu, 1), "gflop_per_step": round(flops / 1e9, 2),
                      "gflops": round(achieved, 1), "roofline_gflops": round(roof, 1),
-                     "of_roofline": round(achieved / roof, 3), "recompiles": len(compiles) - n_compiles,
+                     "of_roofline": round(achieved / roof, 3), "recompiles": recompiles,
                      "load_1min": f"{load0}-{_load()}"})
         print(rows[-1], flush=True)
         return state
@@ -143,14 +144,16 @@ def _md_table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parts", default="attention,throughput,sanity")
-    parts = parser.parse_args().parts.split(",")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per stage in the throughput part")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
     out_fpath = RESULTS_DPATH / "biojepac.json"
     results = json.loads(out_fpath.read_text()) if out_fpath.exists() else {}
     results["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "jax": jax.__version__, "devices": str(jax.devices())}
     if "attention" in parts:
         results["attention"] = bench_attention()
     if "throughput" in parts:
-        results["throughput"] = bench_throughput()
+        results["throughput"] = bench_throughput(args.steps)
     if "sanity" in parts:
         from sanity_biojepac import bench_sanity  # noqa: E402  (beside this script)
 
