@@ -57,7 +57,7 @@ def make_shift_screen(n_genes: int = 12, seed: int = 0) -> ad.AnnData:
     return ad.AnnData(X=x.clip(0).astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
 
 
-TINY = dataclasses.replace(trainer.PRESETS["tiny"][0], set_size=16)
+TINY = dataclasses.replace(trainer.PRESETS["tiny"][0], set_size=16, prior="none")  # the network alone must learn
 
 
 def test_tiny_model_learns_the_shifts_and_round_trips(tmp_path):
@@ -172,3 +172,25 @@ def test_rerun_into_a_run_folder_with_another_seed_or_data_is_refused(tmp_path):
     other.X = np.asarray(other.X) * 2
     with pytest.raises(InputError, match=r"data.x_sum: "):
         fit(other, 0)
+
+
+def test_prior_transfers_a_shift_to_a_context_where_it_was_not_measured(tmp_path):
+    """Preset prior: "B" measured only in c1 is predicted in c2 from its c1 shift (context transfer); the
+    held-out check records whether the residual is kept, and the choice survives save / load."""
+    one, two = make_shift_screen(seed=1), make_shift_screen(seed=2)
+    two.obs["context"] = "c2"
+    two.obs_names = [f"c2-{i}" for i in range(two.n_obs)]
+    two = two[two.obs["target_gene"].to_numpy() != "B"].copy()
+    adata = ad.concat([one, two])
+    adata.obs["context"] = adata.obs["context"].astype(str)
+    cfg = dataclasses.replace(trainer.PRESETS["tiny"][0], set_size=8)
+    assert cfg.prior == "ridge" and cfg.backbone == "llama"
+    model = st.StateModel(cfg, "onehot", trainer.FitConfig(n_steps=20, batch_size=2, run_dpath=tmp_path / "run",
+                                                          progress=False)).fit(adata)
+    ctrl = np.asarray(two.X[two.obs["target_gene"].to_numpy() == "non-targeting"])
+    shift = model.predict(ctrl, "B", "c2", 0).mean(0) - ctrl.mean(0)
+    assert shift[3:6].max() < -0.6 and np.abs(shift[:3]).max() < 0.3, shift.round(2)
+    model.save(tmp_path / "model")
+    again = registry.load(tmp_path / "model")
+    assert again.meta.use_residual == model.meta.use_residual
+    np.testing.assert_allclose(again.predict(ctrl, "B", "c2", 0), model.predict(ctrl, "B", "c2", 0), atol=1e-5)

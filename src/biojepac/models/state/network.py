@@ -242,6 +242,9 @@ class StateMeta:
     features: dict
     encoder_dpath: str = ""
     """Saved BioJEPAC encoder used for latent input (empty for expression input)."""
+    use_residual: bool = True
+    """With a prior: whether the network's residual beat the prior alone on held-out perturbations
+    (`trainer.residual_helps`); False predicts controls + prior shift."""
 
 
 

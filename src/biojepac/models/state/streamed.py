@@ -62,7 +62,8 @@ def train_state_streamed(cfg: StreamedStateConfig) -> StateModel:
         raise InputError(f"--features {cfg.features!r}: streamed training cannot build features from the expression; "
                          "use go, onehot, esm or file:PATH")
     model_cfg, fit_cfg = trainer.PRESETS[cfg.preset]
-    model_cfg = dataclasses.replace(model_cfg, set_size=cfg.set_size or model_cfg.set_size)
+    # No closed-form prior: it needs every group's mean, which a stream does not give up front.
+    model_cfg = dataclasses.replace(model_cfg, set_size=cfg.set_size or model_cfg.set_size, prior="none")
     fit_cfg = dataclasses.replace(fit_cfg, n_steps=scale_steps(fit_cfg.n_steps, cfg.steps_scale), seed=cfg.seed)
     stream = CellStream(StreamConfig(shard_fpaths=tuple(cfg.shards), kind="sentences", cell_repr="dense",
                                      batch_size=fit_cfg.batch_size, sentence_len=model_cfg.set_size,
