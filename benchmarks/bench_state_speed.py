@@ -11,6 +11,7 @@ Writes benchmarks/results/state_speed.md (and .json). Usage:
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -31,8 +32,6 @@ N_GENES = 2000
 """STATE's HVG space."""
 PERT_DIM = 5120
 """ESM-2 gene embedding width (STATE's default perturbation features)."""
-ARC_STATE_QUOTED = 1160
-"""arc-state 0.11.1's training cells/s at its small size on these 2 cores, as quoted in issue 15 (not re-measured)."""
 
 
 def best_of(fn, repeats: int) -> float:
@@ -68,9 +67,10 @@ def xla_flops(step_fn, state, batch) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def bench_preset(name: str, n_steps: int) -> dict:
+def bench_preset(name: str, n_steps: int, batch: int = 0) -> dict:
     cfg, fit_cfg = trainer.PRESETS[name]
-    b, s = fit_cfg.batch_size, cfg.set_size
+    b, s = batch or fit_cfg.batch_size, cfg.set_size
+    fit_cfg = dataclasses.replace(fit_cfg, batch_size=b)
     rng = np.random.default_rng(0)
     # A screen in memory for the sampler: 2 contexts x 1 batch, 50 perturbations, 4 sentences' worth of cells each.
     n_cells = 2 * 51 * s
@@ -112,18 +112,37 @@ def bench_preset(name: str, n_steps: int) -> dict:
             "flops_per_step": flops, "achieved_flops": flops / step_s, "roofline_flops": roof}
 
 
+def run_arc_state(batch: int, n_steps: int) -> dict | None:
+    """arc-state's training step at state_sm size and the same batch, in its env on the same 2 threads."""
+    import subprocess
+    import tempfile
+
+    py = REPO / "benchmarks" / "peers" / "envs" / "state" / "bin" / "python"
+    if not py.exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "arc.json"
+        subprocess.run([str(py), str(REPO / "benchmarks" / "peers" / "state_speed_peer.py"), str(out), "--batch", str(batch),
+                        "--steps", str(n_steps), "--threads", "2"], check=True, capture_output=True)
+        return json.loads(out.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["state_sm", "cpu-small"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per preset (after one compiling step)")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--batch", type=int, default=0, help="sentences per step (0: the preset's)")
+    parser.add_argument("--arc-state", action="store_true",
+                        help="also time arc-state's step at state_sm size (benchmarks/peers/state_speed_peer.py in its env)")
     parser.add_argument("--render", action="store_true", help="rewrite the table from the saved .json, measuring nothing")
     args = parser.parse_args()
     if args.render:
         saved = json.loads(args.out.with_suffix(".json").read_text())
-        rows, device, args.steps = saved["rows"], saved["device"], saved["steps"]
+        rows, device, args.steps, arc = saved["rows"], saved["device"], saved["steps"], saved.get("arc_state")
     else:
-        rows = [bench_preset(p, args.steps) for p in args.presets]
+        rows = [bench_preset(p, args.steps, args.batch) for p in args.presets]
+        arc = run_arc_state(args.batch or 16, args.steps) if args.arc_state else None
         device = f"{jax.devices()[0].platform} ({os.cpu_count()} cores visible, {platform.processor() or platform.machine()})"
     lines = [
         "# ST training throughput",
@@ -143,23 +162,29 @@ def main() -> None:
             f"| {r['flops_per_step'] / 1e9:.2f} | {r['achieved_flops'] / 1e9:.1f} | {r['roofline_flops'] / 1e9:.1f} "
             f"| {100 * r['achieved_flops'] / r['roofline_flops']:.0f}% "
             f"| {r['roofline_flops'] * r['set_size'] * r['batch'] / r['flops_per_step']:,.0f} |")
+    if arc:
+        ours = next((r for r in rows if r["preset"] == "state_sm"), None)
+        ratio = f" (ours / arc-state: {ours['cells_per_s'] / arc['cells_per_s']:.2f}x)" if ours else ""
+        lines += [
+            f"| arc-state 0.11.1 (torch {arc['torch']}, {arc['threads']} threads) | state_sm (672, 4, {arc['set_size']}, "
+            f"{arc['batch']}) | {arc['n_params'] / 1e6:.1f}M (21.5M of it the unused token table) | {arc['step_s']:.2f} "
+            f"| {arc['cells_per_s']:,.1f} | | | | | | |",
+            "",
+            f"arc-state is measured by `benchmarks/peers/state_speed_peer.py` in its env, in the same run, on the same "
+            f"shapes{ratio}: forward + energy loss + backward + Adam, no data loader.",
+        ]
+    else:
+        lines += ["", "arc-state was not timed in this run (`--arc-state`; it needs benchmarks/peers/envs/state)."]
     lines += [
-        f"| arc-state 0.11.1 | small size (as quoted in issue 15) | | | ~{ARC_STATE_QUOTED:,} (quoted, **not measured here**) | | | | | | |",
-        "",
-        "arc-state is not installed on this machine (`benchmarks/peers/envs/state` is absent; "
-        "`benchmarks/peers/setup_state.sh` builds it), so its row is the figure quoted in issue 15, with its "
-        "exact configuration unknown; the two rows are not a measured comparison at equal settings.",
-        "Note: our perturbation encoder runs once per sentence; arc-state's runs once per cell (its `pert_emb` is "
-        "repeated over the set), which costs it an extra (S-1) MLP passes over a "
-        f"{PERT_DIM}-d input per sentence.",
-        "The last column is the ceiling of any implementation doing this step's FLOPs at the measured matmul "
-        "rate: a quoted figure above it at the same shapes would mean a different configuration (fewer genes, "
-        "smaller sentences or batch), so the quoted arc-state number cannot be compared with the state_sm row.",
+        "Our perturbation encoder runs once per sentence; arc-state's runs once per cell (its `pert_emb` is "
+        f"repeated over the set), an extra (S-1) MLP passes over a {PERT_DIM}-d input per sentence.",
+        "The last column is the ceiling of any implementation doing this step's FLOPs at the measured matmul rate.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     if not args.render:
-        args.out.with_suffix(".json").write_text(json.dumps({"device": device, "steps": args.steps, "rows": rows}, indent=1))
+        args.out.with_suffix(".json").write_text(json.dumps({"device": device, "steps": args.steps, "rows": rows,
+                                                             "arc_state": arc}, indent=1))
     print("\n".join(lines))
 
 
