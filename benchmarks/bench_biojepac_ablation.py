@@ -141,10 +141,15 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
 def write(rows: list[dict], args, t0: float, load0: float) -> str:
+    if args.append and (RESULTS_DPATH / "biojepac_ablation.json").exists():  # another run's rows, ours replacing equal keys
+        key = lambda r: (r["task"], r["variant"], r["seed"])
+        old = json.loads((RESULTS_DPATH / "biojepac_ablation.json").read_text())
+        rows = list({**{key(r): r for r in old}, **{key(r): r for r in rows}}.values())
+    seeds = sorted({r["seed"] for r in rows})
     text = (f"# BioJEPAC predict-stage ablation\n\nWritten by `benchmarks/bench_biojepac_ablation.py` "
             f"({time.perf_counter() - t0:.0f} s, 2 shared CPU cores, load average {load0:.1f} at the start and "
             f"{os.getloadavg()[0]:.1f} at the end: fit times carry that contention). Preset `tiny`, bench task seed 0, model seeds "
-            f"{args.seeds}. VCC score x100 against the cell-mean baseline (clipped at 0, as cell-eval); Pearson Δ on "
+            f"{seeds}. VCC score x100 against the cell-mean baseline (clipped at 0, as cell-eval); Pearson Δ on "
             "held-out perturbations; train-fit r: predicted vs observed pseudobulk deltas of the training perturbations. "
             "`full` = linear latent prior (ridge λ by leave-one-out correlation; transfer from other contexts only where "
             "it beat the context's mean shift on the training contexts) + residual predictor (kept only when held-out "
@@ -163,6 +168,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tasks", nargs="+", default=["synthetic-unseen-pert", "synthetic-fewshot-ctx"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--append", action="store_true", help="keep the rows already in biojepac_ablation.json")
     args = ap.parse_args()
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     rows = []
