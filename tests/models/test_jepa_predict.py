@@ -250,3 +250,17 @@ def test_an_unmeasured_combination_gets_the_sum_of_its_singles_priors():
     prior, _ = fit_prior(labels, np.zeros(5, int), np.asarray(["c"]), delta, feats)
     np.testing.assert_allclose(prior.shift(["A+B"], "c", feats)[0], delta[0] + delta[1], rtol=1e-6)
     np.testing.assert_allclose(prior.shift(["C+D"], "c", feats)[0], delta[4], rtol=1e-6)
+
+
+def test_a_ridge_prediction_is_kept_within_the_largest_training_effect():
+    """Features far outside the training range cannot extrapolate a shift larger than any measured one."""
+    rng = np.random.default_rng(8)
+    labels = np.asarray([f"P{i}" for i in range(10)])
+    phi = rng.normal(size=(11, 3))
+    delta = phi[:10] @ rng.normal(size=(3, 6))
+    phi[10] *= 1e4  # "FAR": a feature vector ten thousand times the training scale
+    feats = GeneTable(name="f", keys=(*labels, "FAR"), matrix=phi)
+    prior, _ = fit_prior(labels, np.zeros(10, int), np.asarray(["c"]), delta, feats)
+    far = prior.shift(["FAR"], "c", feats)[0] - prior.base[0]
+    assert np.linalg.norm(far) <= prior.max_norm * (1 + 1e-5)
+    assert prior.max_norm == pytest.approx(np.linalg.norm(delta - delta.mean(0), axis=1).max(), rel=1e-5)

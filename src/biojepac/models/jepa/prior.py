@@ -67,6 +67,9 @@ class Prior:
     """1: transfer into a context measured in training; 0: use its mean shift (see the module docstring)."""
     alpha_unseen: float = 1.0
     """The same for a context not in training."""
+    max_norm: float = np.inf
+    """Largest norm of a training group's shift beyond its context's mean: a ridge prediction is scaled down
+    to it, since a linear map extrapolated far past every effect it saw is not evidence of a larger one."""
 
     def is_measured(self, label: str, context: str) -> bool:
         """Whether `label` was measured in `context` (its prior is then the measurement itself)."""
@@ -101,7 +104,9 @@ class Prior:
             need_ridge = [i for i in need_ridge if i not in lacking]
         if need_ridge:
             phi = features.vectors([labels[i] for i in need_ridge]).astype(np.float64) - self.feat_mean
-            out[need_ridge] = base + phi @ self.coef
+            ridge = phi @ self.coef
+            norm = np.linalg.norm(ridge, axis=1, keepdims=True)
+            out[need_ridge] = base + ridge * np.minimum(1.0, self.max_norm / np.maximum(norm, 1e-12))
         return out
 
     def transfer(self, label: str, c: int) -> np.ndarray | None:
@@ -122,10 +127,10 @@ class Prior:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Prior":
-        kw = {f.name: arrays.get(f.name) for f in dataclasses.fields(cls)}  # older saves lack the alphas
+        kw = {f.name: arrays.get(f.name) for f in dataclasses.fields(cls)}  # older saves lack the alphas and max_norm
         kw = {k: v for k, v in kw.items() if v is not None}
         kw["ridge_lambda"] = float(kw["ridge_lambda"])
-        for name in ("alpha_seen", "alpha_unseen"):
+        for name in ("alpha_seen", "alpha_unseen", "max_norm"):
             kw[name] = float(kw[name])
         return cls(**kw)
 
@@ -159,7 +164,7 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
     alphas = transfer_weights(labels, group_ctx, delta, base, scale_cc, readout) if select_transfer else (1.0, 1.0)
     prior = Prior(np.asarray(labels, str), np.asarray(group_ctx), np.asarray(contexts, str), delta.astype(np.float32),
                   base.astype(np.float32), scale_cc.astype(np.float32), coef.astype(np.float32),
-                  feat_mean.astype(np.float32), lam, *alphas)
+                  feat_mean.astype(np.float32), lam, *alphas, float(np.linalg.norm(resid, axis=1).max()))
     out_of_sample = base[group_ctx] + loo_fit
     for i in range(len(labels)):
         if (moved := prior.transfer(labels[i], group_ctx[i])) is not None:
