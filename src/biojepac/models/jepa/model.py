@@ -23,6 +23,7 @@ from biojepac.models.jepa import trainer
 from biojepac.models.jepa.config import BioJepacConfig, config_from_dict, get_preset
 from biojepac.models.jepa.network import Modules, log_library, make_modules
 from biojepac.models.jepa.prior import Prior
+from biojepac.models.jepa.trainer import lift_to_latent
 from biojepac.models.base import Preset
 from biojepac.models.saved import save_model_dir
 
@@ -89,6 +90,8 @@ class BioJepacModel:
         shift = self.prior.shift([target_gene], context, self.features)[0]
         if self.cfg.predict.prior == "none" and not measured:  # the ablation without a prior: the residual alone
             shift = np.zeros_like(shift)
+        if shift.shape[0] == len(self.genes):  # an expression-space prior, lifted to the latent (older saves: latent)
+            shift = lift_to_latent(shift[None], np.asarray(self.mods.decoder.w_gd))[0]
         prior = jnp.asarray(shift.reshape(len(self.genes), -1))
         embeddable = not self.features.missing([target_gene])
         f = jnp.asarray(self.features.vectors([target_gene])[0] if embeddable else np.zeros(self.features.dim, np.float32))

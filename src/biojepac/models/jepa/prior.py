@@ -1,15 +1,16 @@
-"""The predict stage's linear prior: each perturbation's mean latent shift, in closed form.
+"""The closed-form prior of BioJEPAC's predict stage (and of the state model): each perturbation's mean shift.
 
-With Δz(p, c) the mean teacher latent of p's cells in context c minus that of c's controls (every
-token's latent, flattened), fitted on the training perturbations:
+With Δ(p, c) the mean log-expression of p's cells in context c minus that of c's controls (the pseudobulk
+delta), fitted on the training perturbations (BioJEPAC lifts it to the latent its decoder reads out as
+exactly that delta, `trainer.lift_to_latent`):
 
-    prior(p, c) = Δz(p, c)           when p was measured in c (a training perturbation)
+    prior(p, c) = Δ(p, c)            when p was measured in c (a training perturbation)
                 = Σ prior(pᵢ, c)     for an unmeasured combination p = p₁+p₂ (the additive model)
                 = T(p, c)            when p was measured in another context (context transfer)
                 = base_c + B·φ(p)    otherwise (ridge from the perturbation features φ)
 
-`base_c` is the mean shift of c's training perturbations (of all of them for a context not in
-training): the latent twin of the cell-mean baseline. `T` moves p's measured shifts from the
+`base_c` is the mean shift of c's training perturbed cells (each group weighted by its cells; of all of
+them for a context not in training): the cell-mean baseline. `T` moves p's measured shifts from the
 other contexts, each rescaled by how strongly the two contexts respond (the norm ratio of their shifts
 over the perturbations both measured), as the context-transfer baseline does in expression.
 B is ridge regression on centred features with λ chosen over a grid by exact leave-one-out (the
@@ -136,20 +137,20 @@ class Prior:
 
 
 def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, delta: np.ndarray,
-              features: GeneTable, readout=None, select_transfer: bool = True,
-              lambda_by: str = "correlation") -> tuple[Prior, np.ndarray]:
+              features: GeneTable, select_transfer: bool = True,
+              lambda_by: str = "correlation", n_cells: np.ndarray | None = None) -> tuple[Prior, np.ndarray]:
     """Fit the prior on measured groups (`labels[i]` in context `group_ctx[i]` has shift `delta[i]`).
 
     Also returns each group's out-of-sample prior shift (its ridge part left out of the fit, its
     transfer part from the other contexts): the prior errors the residual predictor learns to correct.
-    `readout(shifts) -> expression shifts`, the linear map from latent to expression, makes both choices
-    (λ, whether to transfer) on held-out groups in expression, the space the predictions are scored in.
+    `n_cells`: each group's cell count, which weights the context mean shifts (default: equal weights).
     `lambda_by`: "correlation" (default) or "mse" (see `ridge_loo`); `select_transfer=False` always
     transfers (α = 1)."""
     labels, group_ctx, delta = np.asarray(labels, str), np.asarray(group_ctx), np.asarray(delta, np.float64)
-    readout = readout or (lambda v: v)
     n_ctx = len(contexts)
-    base = np.stack([delta[group_ctx == c].mean(0) if (group_ctx == c).any() else delta.mean(0) for c in range(n_ctx)])
+    w = np.ones(len(labels)) if n_cells is None else np.asarray(n_cells, np.float64)
+    mean_of = lambda rows: (w[rows, None] * delta[rows]).sum(0) / w[rows].sum()
+    base = np.stack([mean_of(group_ctx == c) if (group_ctx == c).any() else mean_of(slice(None)) for c in range(n_ctx)])
     resid = delta - base[group_ctx]
     scale_cc = np.ones((n_ctx, n_ctx))
     for a in range(n_ctx):
@@ -160,8 +161,8 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
                 scale_cc[a, b] = np.sqrt((delta[rows(a)] ** 2).sum() / max((delta[rows(b)] ** 2).sum(), 1e-12))
     phi = features.vectors(list(labels)).astype(np.float64)
     feat_mean = phi.mean(0)
-    coef, lam, loo_fit = ridge_loo(phi - feat_mean, resid, readout, lambda_by)
-    alphas = transfer_weights(labels, group_ctx, delta, base, scale_cc, readout) if select_transfer else (1.0, 1.0)
+    coef, lam, loo_fit = ridge_loo(phi - feat_mean, resid, lambda_by)
+    alphas = transfer_weights(labels, group_ctx, delta, base, scale_cc, w) if select_transfer else (1.0, 1.0)
     prior = Prior(np.asarray(labels, str), np.asarray(group_ctx), np.asarray(contexts, str), delta.astype(np.float32),
                   base.astype(np.float32), scale_cc.astype(np.float32), coef.astype(np.float32),
                   feat_mean.astype(np.float32), lam, *alphas, float(np.linalg.norm(resid, axis=1).max()))
@@ -172,7 +173,7 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
     return prior, out_of_sample.astype(np.float32)
 
 
-def transfer_weights(labels, group_ctx, delta, base, scale_cc, readout) -> tuple[float, float]:
+def transfer_weights(labels, group_ctx, delta, base, scale_cc, w) -> tuple[float, float]:
     """(α for contexts seen in training, α for new contexts), each 1 (transfer) or 0 (the context's mean
     shift): whichever predicts the training groups also measured in another context with the smaller
     squared error, each group left out of both sides (1 when there is nothing to decide on).
@@ -180,31 +181,31 @@ def transfer_weights(labels, group_ctx, delta, base, scale_cc, readout) -> tuple
     With t the transferred and y the measured shift, both relative to the mean shift b, transfer wins
     when Σ|y − t|² < Σ|y|², i.e. when the least-squares weight Σ<y, t> / Σ|t|² exceeds 1/2."""
     sums = np.zeros((2, 2))  # rows: seen, unseen; columns: <y - b, t - b>, |t - b|²
-    n_in = np.bincount(group_ctx, minlength=len(base))
+    w_in = np.bincount(group_ctx, w, minlength=len(base))
     for i in range(len(labels)):
         c = group_ctx[i]
         other = (labels == labels[i]) & (group_ctx != c)
         if not other.any():
             continue
         src = group_ctx[other]
-        base_seen = (base[c] * n_in[c] - delta[i]) / max(n_in[c] - 1, 1)  # c's mean shift without this group
-        cases = ((delta[other] * scale_cc[c, src][:, None]).mean(0), base_seen), (delta[other].mean(0), delta[group_ctx != c].mean(0))
+        base_seen = (base[c] * w_in[c] - w[i] * delta[i]) / max(w_in[c] - w[i], 1e-12)  # c's mean shift without i
+        rest = group_ctx != c
+        base_rest = (w[rest, None] * delta[rest]).sum(0) / w[rest].sum()
+        cases = ((delta[other] * scale_cc[c, src][:, None]).mean(0), base_seen), (delta[other].mean(0), base_rest)
         for row, (moved, b) in enumerate(cases):
-            y, t = readout((delta[i] - b)[None])[0], readout((moved - b)[None])[0]
+            y, t = delta[i] - b, moved - b
             sums[row] += (float(y @ t), float(t @ t))
     return tuple(float(num / den > 0.5) if den > 0 else 1.0 for num, den in sums)
 
 
-def ridge_loo(x: np.ndarray, y: np.ndarray, readout=None, criterion: str = "mse") -> tuple[np.ndarray, float, np.ndarray]:
+def ridge_loo(x: np.ndarray, y: np.ndarray, criterion: str = "mse") -> tuple[np.ndarray, float, np.ndarray]:
     """Ridge coefficients (x.T (x x.T + λI)^-1 y) with λ minimising the exact leave-one-out squared error
     (`criterion="mse"`) or maximising the mean leave-one-out Pearson r between each row's predicted and
     measured values (`"correlation"`), that λ (relative to the mean squared row norm of x), and the
     leave-one-out fitted values.
 
     In the dual form the hat matrix is H = K (K + λI)^-1 with K = x x.T, and the leave-one-out residual
-    of row i is (y_i − ŷ_i) / (1 − H_ii): one eigendecomposition of K serves every λ. With `readout`, the
-    criterion is measured after mapping rows through that (linear) function."""
-    readout = readout or (lambda v: v)
+    of row i is (y_i − ŷ_i) / (1 − H_ii): one eigendecomposition of K serves every λ."""
     n = len(x)
     k = x @ x.T
     scale = max(float(np.trace(k)) / max(n, 1), 1e-12)
@@ -217,9 +218,9 @@ def ridge_loo(x: np.ndarray, y: np.ndarray, readout=None, criterion: str = "mse"
         h_diag = (evecs**2) @ shrink
         loo = (y - fitted) / np.maximum(1.0 - h_diag, 1e-6)[:, None]
         if criterion == "mse":
-            err = float((readout(loo) ** 2).sum())
+            err = float((loo**2).sum())
         else:  # minus the mean leave-one-out Pearson r of each row's predicted and measured values
-            err = -float(np.mean(_row_corr(readout(y), readout(y - loo))))
+            err = -float(np.mean(_row_corr(y, y - loo)))
         if err < best[0]:
             best = (err, lam, y - loo)
     _, lam, loo_fit = best

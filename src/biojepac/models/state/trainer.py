@@ -290,7 +290,9 @@ def fit_expression_prior(expr_ng: np.ndarray, obs, sampler: SentenceSampler, fea
     keys = sorted({(int(p), int(c)) for p, c, *_ in sampler.groups})
     labels = np.asarray([sampler.perts[p] for p, _ in keys])
     group_ctx = np.asarray([c for _, c in keys])
-    delta = np.stack([expr_ng[(pert == sampler.perts[p]) & (ctx_code == c)].mean(0) - ctrl_mean[c] for p, c in keys])
-    prior, out_of_sample = fit_prior(labels, group_ctx, sampler.contexts, delta, features)
+    rows = [(pert == sampler.perts[p]) & (ctx_code == c) for p, c in keys]
+    delta = np.stack([expr_ng[r].mean(0) - ctrl_mean[c] for r, (_, c) in zip(rows, keys)])
+    prior, out_of_sample = fit_prior(labels, group_ctx, sampler.contexts, delta, features,
+                                     n_cells=np.asarray([r.sum() for r in rows]))
     row = {k: i for i, k in enumerate(keys)}
     return prior, np.stack([out_of_sample[row[(int(p), int(c))]] for p, c, *_ in sampler.groups]).astype(np.float32)
