@@ -52,6 +52,8 @@ def test_tiny_model_overfits_tiny_screen(fitted):
 def test_save_load_roundtrip_and_uncertainty(fitted, tmp_path):
     adata, model = fitted
     model.save(tmp_path / "m")
+    with np.load(tmp_path / "m" / "prior.npz") as npz:  # the prior is saved in expression: one value per gene
+        assert npz["delta"].shape[1] == npz["coef"].shape[1] == len(model.genes)
     assert json.loads((tmp_path / "m" / "model.json").read_text())["kind"] == "biojepac"
     again = registry.load(tmp_path / "m")
     ctrl = adata.X.toarray()[:70]

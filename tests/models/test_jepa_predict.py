@@ -158,6 +158,16 @@ def test_onehot_ids_give_no_shift_beyond_the_context_mean_for_unseen_perturbatio
     np.testing.assert_allclose(prior.shift(["UNSEEN"], "c", onehot)[0], delta.mean(0), atol=1e-5)
 
 
+def test_the_context_mean_shift_weights_each_perturbation_by_its_cells_as_the_cell_mean_baseline():
+    """An unseen perturbation without informative features gets the shift of the mean perturbed cell (the
+    cell-mean baseline), not the mean over perturbations: a perturbation with 3x the cells counts 3x."""
+    labels = np.asarray(["A", "B", "C"])
+    delta = np.asarray([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    onehot = GeneTable(name="onehot", keys=tuple(labels), matrix=np.eye(3), fallback="zeros")
+    prior, _ = fit_prior(labels, np.zeros(3, int), np.asarray(["c"]), delta, onehot, n_cells=np.asarray([30, 10, 10]))
+    np.testing.assert_allclose(prior.shift(["UNSEEN"], "c", onehot)[0], [0.6, 0.2], atol=1e-6)
+
+
 def test_shuffled_labels_predict_nothing_for_held_out_perturbations():
     """Features that carry no information about the response (labels shuffled against the cells) give
     held-out predictions uncorrelated with the truth."""
