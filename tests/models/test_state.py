@@ -108,6 +108,29 @@ def test_resume_gives_the_same_parameters(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_bf16_training_keeps_float32_weights_and_tracks_the_float32_loss(tmp_path):
+    """`FitConfig.bf16`: the loss is computed in bfloat16 from float32 master weights; its value stays within
+    bf16's precision of float32's and the updated weights stay float32."""
+    from biojepac.train.distributed import mixed_precision
+
+    adata = make_shift_screen(n_genes=6)
+    features = resolve_features("onehot", adata)
+    x = np.asarray(adata.X)
+    sampler = trainer.SentenceSampler(x, x, adata.obs, features.vectors(["A", "B"]), 8, 2, seed=1)
+    cfg = dataclasses.replace(TINY, set_size=8)
+    net = StateTransition(cfg, 6, 6, features.dim, 1, 1, key=jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in sampler(0).items()}
+    loss32, _ = trainer.make_loss_fn(cfg)(net, None, batch, jax.random.PRNGKey(2))
+    loss16, _ = mixed_precision(trainer.make_loss_fn(cfg))(net, None, batch, jax.random.PRNGKey(2))
+    assert loss16.dtype == jnp.float32 and abs(float(loss16) - float(loss32)) <= 0.02 * abs(float(loss32)) + 1e-3
+    optim = trainer.make_optimizer(trainer.FitConfig(n_steps=2, lr=1e-3))
+    step_fn = make_train_step(mixed_precision(trainer.make_loss_fn(cfg)), optim)
+    out = run_loop(make_state(net, optim, jax.random.PRNGKey(1)), step_fn, sampler,
+                   LoopConfig(n_steps=2, ckpt_every=2, log_every=1, progress=False), tmp_path)
+    leaves = jax.tree.leaves(eqx.filter(out.params, eqx.is_inexact_array))
+    assert all(leaf.dtype == jnp.float32 for leaf in leaves) and all(np.isfinite(np.asarray(leaf)).all() for leaf in leaves)
+
+
 def test_sampler_pairs_controls_of_the_same_context():
     adata = make_shift_screen(n_genes=6)
     adata.obs["context"] = np.where(np.arange(adata.n_obs) % 2 == 0, "c1", "c2")

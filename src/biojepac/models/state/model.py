@@ -159,6 +159,8 @@ class TrainStateConfig:
     """A saved BioJEPAC model folder: train on its encoder's pooled cell latents (STATE's SE role) instead of HVGs."""
     progress: bool = True
     """Show a progress bar."""
+    bf16: bool = False
+    """Compute in bfloat16 with float32 master weights (GPUs and TPUs; slower on a CPU)."""
 
 
 def train(cfg: TrainStateConfig) -> StateModel:
@@ -171,7 +173,7 @@ def train(cfg: TrainStateConfig) -> StateModel:
                                     set_size=cfg.set_size or model_cfg.set_size,
                                     cell_input="latent" if cfg.encoder else "expression")
     fit_cfg = dataclasses.replace(fit_cfg, n_steps=scale_steps(fit_cfg.n_steps, cfg.steps_scale), seed=cfg.seed,
-                                  run_dpath=cfg.run_dpath, progress=cfg.progress)
+                                  run_dpath=cfg.run_dpath, progress=cfg.progress, bf16=cfg.bf16)
     adata = read_training_screen(cfg.screen)
     t0 = time.perf_counter()
     encoder = None

@@ -29,6 +29,7 @@ from biojepac.features import DEFAULT_FEATURES, resolve_features
 from biojepac.models.energy import batched_energy_distance
 from biojepac.models.jepa.prior import fit_prior
 from biojepac.models.state.network import StateConfig, StateMeta, StateTransition, predict_set_cells
+from biojepac.train.distributed import mixed_precision
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
 
 
@@ -224,7 +225,8 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
                           len(sampler.batches), key=key_init)
     optim = make_optimizer(fit_cfg)
     state = make_state(net, optim, key_loop)
-    step_fn = make_train_step(make_loss_fn(cfg), optim)
+    loss_fn = mixed_precision(make_loss_fn(cfg)) if fit_cfg.bf16 else make_loss_fn(cfg)
+    step_fn = make_train_step(loss_fn, optim)
     run_dpath = fit_cfg.run_dpath
     if run_dpath is None:
         import tempfile
