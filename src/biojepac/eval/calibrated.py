@@ -1,7 +1,9 @@
 """Calibrated metrics, as the field moved after VCC 2025, each also placed between a baseline and a ceiling.
 
 - `pds_cosine`: PDS with cosine distance between effects (each file vs its own control), every gene that
-  is the target of any perturbation in the screen left out (combos count both genes).
+  is the target of any perturbation in the screen left out (combos count both genes); 1 - rank / P with
+  ties ranked as ties (midrank, as cell-eval2 ranks): a prediction with one effect for every perturbation
+  scores the same for each, whatever their names (cell-eval 0.8.2's L1 PDS breaks ties by position).
 - `de_jaccard`: |real DEGs ∩ predicted DEGs| / |union| (DEGs: BH FDR < 0.05, as for DES); 1 when both
   are empty (the prediction correctly calls nothing).
 - `de_direction`: over real DEGs, the fraction whose predicted change has the same sign.
@@ -22,8 +24,8 @@ import numpy as np
 from biojepac.data.schema import split_combo
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.stats import Summary
-from biojepac.eval.vcc import effects, rank_score, significant
-from biojepac.eval.vcc2026 import cosine_distances, sig_jaccard
+from biojepac.eval.vcc import effects, significant
+from biojepac.eval.vcc2026 import cosine_distances, sig_jaccard, true_midrank
 
 NAMES = ("pds_cosine", "de_jaccard", "de_direction", "lfc_nmae")
 LOWER_IS_BETTER = frozenset({"lfc_nmae"})
@@ -41,7 +43,7 @@ def calibrated_metrics(real: ScoredScreen, real_s: Summary, pred_s: Summary) -> 
     n_sig = rs.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
-            "pds_cosine": rank_score(dist),
+            "pds_cosine": 1.0 - true_midrank(dist) / len(dist),
             "de_jaccard": sig_jaccard(rs, ps),
             "de_direction": np.where(n_sig > 0, (rs & (np.sign(dp) == np.sign(dr))).sum(1) / n_sig, np.nan),
             "lfc_nmae": (rs * np.abs(dp - dr)).sum(1) / (rs * np.abs(dr)).sum(1),

@@ -73,7 +73,9 @@ def _l1_distances(pred_eff, real_eff, exclude):
 
 
 def rank_score(dist: Float[np.ndarray, "perts perts"]) -> Float[np.ndarray, " perts"]:
-    """1 - (position of the diagonal in each row's argsort) / P, exactly as cell-eval ranks."""
+    """1 - (position of the diagonal in each row's argsort) / P, exactly as cell-eval 0.8.2 ranks: ties are
+    broken by position (not ranked as ties), kept for an identical score; the calibrated and VCC 2026 PDS
+    rank ties as ties (`vcc2026.true_midrank`)."""
     order = np.argsort(dist, axis=1)
     rank = np.argmax(order == np.arange(len(dist))[:, None], axis=1)
     return 1.0 - rank / len(dist)

@@ -272,10 +272,15 @@ def pds_cosine(pred_b, real_b, panel_cols, pred_ctrl: np.ndarray | None = None) 
     pe = (pred_b[1:] - (real_b[0] if pred_ctrl is None else pred_ctrl))[:, keep]
     re = (real_b[1:] - real_b[0])[:, keep]
     dist = cosine_distances(pe, re)
-    match = np.diag(dist)[:, None]
     n = len(dist)
-    rank = (dist < match).sum(axis=1) + ((dist == match).sum(axis=1) - 1) / 2.0
-    return 1.0 - rank / (n - 1) if n > 1 else np.ones(n)
+    return 1.0 - true_midrank(dist) / (n - 1) if n > 1 else np.ones(n)
+
+
+def true_midrank(dist: np.ndarray) -> np.ndarray:
+    """Per row, the 0-based rank of the diagonal (the true perturbation) among the row's distances, ties as
+    ties: the mean of the positions the tied values share (rank 0 = strictly nearest)."""
+    match = np.diag(dist)[:, None]
+    return (dist < match).sum(axis=1) + ((dist == match).sum(axis=1) - 1) / 2.0
 
 
 def _drop_target(summed, a, b, tcols):
