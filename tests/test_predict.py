@@ -183,3 +183,20 @@ def test_counts_depth_samples_raw_counts_at_the_stated_depth(files):
     p /= p.sum(1, keepdims=True)
     assert np.abs(x.sum(0) / x.sum() - p.mean(0)).max() < 0.01
     assert counts.uns["biojepac"]["counts_depth"] == 5000
+
+
+def test_max_controls_keeps_that_many_real_controls(files):
+    """--max-controls N below the context's control count keeps N distinct real controls, the same N for a seed."""
+    tmp, train = files
+    n_ctrl = int(((train.obs["target_gene"] == "non-targeting") & (train.obs["context"] == "c1")).sum())
+    assert n_ctrl > 5
+    outs = []
+    for name in ("a", "b"):
+        out = tmp / f"{name}.h5ad"
+        assert main(["predict", "--model", "cell-mean", "--screen", str(tmp / "train.h5ad"), "--context", "c1",
+                     "--perturbations", "G001", "--n-cells", "4", "--max-controls", "5", "--out", str(out)]) == 0
+        outs.append(ad.read_h5ad(out))
+    ctrl = outs[0].obs[outs[0].obs["target_gene"] == "non-targeting"]
+    assert len(ctrl) == 5 and ctrl["control_cell"].is_unique
+    assert set(train.obs.loc[ctrl["control_cell"], "context"]) == {"c1"}
+    assert list(ctrl["control_cell"]) == list(outs[1].obs["control_cell"][outs[1].obs["target_gene"] == "non-targeting"])

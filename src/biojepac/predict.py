@@ -174,6 +174,10 @@ def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath)
     return mask | is_ctrl
 
 
+CONTROL_STREAM = 2**40
+"""The random stream that picks the `max_controls` real controls kept (perturbation i draws from [seed, i])."""
+
+
 def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, seed: int,
                   max_controls: int = 0, control_sampling: str = "biojepac") -> ad.AnnData:
     """Predicted cells (n_cells per perturbation, each from a sampled real control) + the real controls.
@@ -211,7 +215,8 @@ def predict_cells(model, train: ad.AnnData, perts: pd.DataFrame, context: str, s
         blocks.append(sp.csr_matrix(y))
         rows.append(pd.DataFrame({schema.PERT_COL: pert, "control_cell": obs.index[ctrl_idx[pick]]}))
     if max_controls and max_controls < len(ctrl_idx):
-        keep = np.sort(np.random.default_rng([seed, -1]).choice(len(ctrl_idx), max_controls, replace=False))
+        # Its own stream (seed entries must be >= 0): no perturbation index reaches CONTROL_STREAM.
+        keep = np.sort(np.random.default_rng([seed, CONTROL_STREAM]).choice(len(ctrl_idx), max_controls, replace=False))
     else:
         keep = np.arange(len(ctrl_idx))
     blocks.append(sp.csr_matrix(x_ctrl[keep], dtype=np.float32))
