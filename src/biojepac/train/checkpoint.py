@@ -14,6 +14,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from biojepac.io import temp_sibling
+
 CKPT_FNAME = "ckpt.eqx"
 
 
@@ -23,13 +25,16 @@ def save(ckpt_fpath: pathlib.Path, state, header: dict) -> None:
     ckpt_fpath.parent.mkdir(parents=True, exist_ok=True)
     # Gather to host first so a sharded state serialises the same as a single-device one.
     state = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, state)
-    tmp_fpath = ckpt_fpath.with_name(ckpt_fpath.name + f".tmp{os.getpid()}")
-    with open(tmp_fpath, "wb") as fd:
-        fd.write((json.dumps(header, default=str) + "\n").encode())
-        eqx.tree_serialise_leaves(fd, state)
-        fd.flush()
-        os.fsync(fd.fileno())
-    os.replace(tmp_fpath, ckpt_fpath)
+    tmp_fpath = temp_sibling(ckpt_fpath)  # hidden, pid-named: one a killed save leaves is removed by the next
+    try:
+        with open(tmp_fpath, "wb") as fd:
+            fd.write((json.dumps(header, default=str) + "\n").encode())
+            eqx.tree_serialise_leaves(fd, state)
+            fd.flush()
+            os.fsync(fd.fileno())
+        os.replace(tmp_fpath, ckpt_fpath)
+    finally:
+        tmp_fpath.unlink(missing_ok=True)
 
 
 def load_header(ckpt_fpath: pathlib.Path) -> dict:
