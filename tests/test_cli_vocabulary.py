@@ -32,6 +32,10 @@ SYNONYMS = {
     "ntc_name": "control",
     "counts": "requests",
     "state_steps": "steps_scale",
+    "fresh": "overwrite",
+    "restart": "overwrite",
+    "clobber": "overwrite",
+    "no_resume": "overwrite",
 }
 """Field name -> the vocabulary word to use instead (anywhere in a command, nested configs included)."""
 TOP_LEVEL_SYNONYMS = {"n_steps": "steps_scale"}

@@ -22,16 +22,19 @@ def test_demo_writes_a_report_with_real_numbers(tmp_path):
     assert (tmp_path / "split.json").exists()
 
 
-def test_demo_starts_runs_made_with_other_settings_afresh(tmp_path, capsys):
-    from biojepac.demo import prepare_runs
+def test_demo_run_folder_is_checked_before_any_work(tmp_path):
+    """The demo's runs folder goes through the shared run-folder check first (`train.run_folder.open_run`):
+    another seed over a trained run is refused before the screen is generated; --overwrite empties it."""
+    import pytest
+
+    from biojepac.errors import InputError
+    from biojepac.train.run_folder import open_run
 
     runs = tmp_path / "runs"
-    prepare_runs(DemoConfig(out_dpath=tmp_path, seed=0))
+    open_run(runs, "demo", {"seed": 0, "screen_preset": "demo", "model_preset": "tiny", "steps_scale": 1.0,
+                            "features": "varm:network_features"})
     (runs / "state").mkdir()
     (runs / "state" / "ckpt.eqx").write_text("seed-0 run")
-    prepare_runs(DemoConfig(out_dpath=tmp_path, seed=0))  # same settings: the runs are kept (and resumed)
-    assert (runs / "state" / "ckpt.eqx").exists()
-    prepare_runs(DemoConfig(out_dpath=tmp_path, seed=1))
-    assert not (runs / "state").exists()
-    assert "trained with other settings (seed 0 -> 1): starting those runs afresh" in capsys.readouterr().out
-    assert json.loads((runs / "settings.json").read_text())["seed"] == 1
+    with pytest.raises(InputError, match=r"runs: it was made with other settings \(seed: 0 there, 1 now\)"):
+        run_demo(DemoConfig(out_dpath=tmp_path, seed=1))
+    assert not (tmp_path / "screen_counts.h5ad").exists() and (runs / "state" / "ckpt.eqx").exists()

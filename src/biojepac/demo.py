@@ -11,7 +11,6 @@ Every file the demo writes stays in `out_dpath`, so each step can be re-run by h
 import dataclasses
 import json
 import pathlib
-import shutil
 import time
 import typing
 
@@ -27,6 +26,7 @@ from biojepac.io import write_h5ad_atomic, write_text_atomic
 from biojepac.models import registry
 from biojepac.models.base import Preset
 from biojepac.predict import predict_cells
+from biojepac.train.run_folder import open_run
 
 ModelName = typing.Literal["control-mean", "cell-mean", "linear", "knn", "state", "biojepac"]
 
@@ -49,11 +49,16 @@ class DemoConfig:
     """Seeds the screen, the split, control sampling and every model."""
     n_boot: int = 200
     """Bootstrap resamples for confidence intervals."""
+    overwrite: bool = False
+    """Start the training runs in OUT_DPATH/runs afresh (default: resume runs made with the same settings,
+    refuse runs made with others)."""
 
 
 def run_demo(cfg: DemoConfig) -> pathlib.Path:
     out = cfg.out_dpath
     out.mkdir(parents=True, exist_ok=True)
+    # Before any work: the demo's training runs resume only with the settings they were made with.
+    open_run(out / "runs", "demo", {k: getattr(cfg, k) for k in RUN_SETTINGS}, cfg.overwrite)
     t0 = time.perf_counter()
     print(f"[1/5] synthetic screen ({cfg.screen_preset})")
     screen = synthetic.make_synthetic_screen(synthetic.get_screen_preset(cfg.screen_preset), cfg.seed)
@@ -76,7 +81,6 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
 
     requests = real.obs[schema.PERT_COL].astype(str).value_counts()
     requests = pd.DataFrame({"target_gene": test_perts, "n_cells": [int(requests[p]) for p in test_perts]})
-    prepare_runs(cfg)
     rows = []
     for i, name in enumerate(cfg.models):
         print(f"[2/5] fit {name}")
@@ -105,25 +109,6 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
 
 RUN_SETTINGS = ("seed", "screen_preset", "model_preset", "steps_scale", "features")
 """The demo settings its training runs depend on (the screen is a function of preset and seed)."""
-
-
-def prepare_runs(cfg: DemoConfig) -> None:
-    """The demo owns `out_dpath/runs`: runs made with other settings are not resumed but started afresh,
-    and the demo says so. Runs with the same settings resume (training is resumable)."""
-    runs = cfg.out_dpath / "runs"
-    settings_fpath = runs / "settings.json"
-    now = json.loads(json.dumps({k: getattr(cfg, k) for k in RUN_SETTINGS}))
-    if runs.exists():
-        try:
-            before = json.loads(settings_fpath.read_text())
-        except (OSError, ValueError):
-            before = {}
-        diffs = [f"{k} {before.get(k, 'unknown')} -> {now[k]}" for k in RUN_SETTINGS if before.get(k) != now[k]]
-        if diffs:
-            print(f"      {runs} was trained with other settings ({', '.join(diffs)}): starting those runs afresh")
-            shutil.rmtree(runs)
-    runs.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(settings_fpath, json.dumps(now, indent=1))
 
 
 def get_real(norm: ad.AnnData, context: str, test_perts: list[str]) -> ad.AnnData:

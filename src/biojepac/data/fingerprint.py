@@ -39,3 +39,11 @@ def shards_fingerprint(shards, gene_names) -> dict:
     """Shape, gene names and per-shard rows and stored entries of backed CSR shards (metadata only)."""
     return {"n_genes": len(gene_names), "genes": digest(gene_names),
             "shards": [{"rows": int(s.n_rows), "nnz": int(s._indptr[-1])} for s in shards]}
+
+
+def file_digest(fpath) -> str | None:
+    """A short hash of a small file's bytes (a saved model's model.json), None when it is absent."""
+    import pathlib
+
+    fpath = pathlib.Path(fpath)
+    return hashlib.sha1(fpath.read_bytes()).hexdigest()[:16] if fpath.is_file() else None

@@ -15,7 +15,8 @@ How a new model uses it:
 - `run_dpath` gets `ckpt.eqx` (atomic, resumed automatically) and `metrics.jsonl`.
 - `header` says what the run is: its settings and a fingerprint of its data (`data.fingerprint`). It is
   saved in the checkpoint, and a rerun whose header differs is refused (`check_resume`), so a folder
-  made with another seed, preset, config or data is never silently resumed.
+  made with another seed, preset, config or data is never silently resumed. Commands check the whole
+  run folder before any work as well (`train.run_folder.open_run`, with `--overwrite`).
 """
 
 import dataclasses
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from biojepac.errors import InputError
 from biojepac.io import write_text_atomic
-from biojepac.train import checkpoint, mesh as meshlib
+from biojepac.train import checkpoint, mesh as meshlib, run_folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,41 +111,9 @@ def _trim_metrics(metrics_fpath: pathlib.Path, last_step: int) -> None:
     write_text_atomic(metrics_fpath, "".join(r + "\n" for r in rows))
 
 
-RESUME_FREE_KEYS = ("step", "n_steps")
-"""Header keys a rerun may change: the position, and the stopping step (a stage trained in pieces)."""
-
-
-def _differences(saved, now, path: str = "") -> list[str]:
-    """Each setting that differs between two JSON-like headers, as 'path: X there, Y now'."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for key in [*now, *(k for k in saved if k not in now)]:
-            if not path and key in RESUME_FREE_KEYS:
-                continue
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in saved:
-                out.append(f"{sub}: not recorded there, {_short(now[key])} now")
-            elif key not in now:
-                out.append(f"{sub}: {_short(saved[key])} there, not given now")
-            else:
-                out += _differences(saved[key], now[key], sub)
-        return out
-    return [] if saved == now else [f"{path or 'header'}: {_short(saved)} there, {_short(now)} now"]
-
-
-def _short(value) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def check_resume(run_dpath: pathlib.Path, saved: dict, header: dict) -> None:
     """Refuse to resume a checkpoint whose header (settings, data fingerprint) differs from this run's."""
-    now = json.loads(json.dumps(header, default=str))  # as it is stored: tuples are lists, paths strings
-    diffs = _differences(saved, now)
-    if diffs:
-        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
-        raise InputError(f"{run_dpath}: its checkpoint was made with other settings ({'; '.join(diffs[:3])}{more}); "
-                         "give another --run-dpath, or delete that folder to start afresh")
+    run_folder.refuse_if_different(run_dpath, saved, header, "its checkpoint was made with other settings")
 
 
 def run_loop(
@@ -171,13 +140,13 @@ def run_loop(
         try:
             saved = checkpoint.load_header(ckpt_fpath)
         except (OSError, ValueError) as e:  # truncated or not a checkpoint at all
-            raise InputError(f"{ckpt_fpath}: not a readable checkpoint ({e}); delete it to start afresh") from None
+            raise InputError(f"{ckpt_fpath}: not a readable checkpoint ({e}); give --overwrite to start afresh") from None
         check_resume(run_dpath, saved, header)
         try:
             state, _ = checkpoint.load(ckpt_fpath, state)
         except (OSError, ValueError, RuntimeError) as e:
             raise InputError(f"{ckpt_fpath}: its weights do not fit this run ({type(e).__name__}: {e}); "
-                             "delete it to start afresh") from None
+                             "give --overwrite to start afresh") from None
     _trim_metrics(metrics_fpath, int(state.step))  # rows from steps that will be redone
     mesh = meshlib.make_mesh()
     state = meshlib.replicate(state, mesh)

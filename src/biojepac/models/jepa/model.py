@@ -158,10 +158,15 @@ class TrainBiojepacConfig:
     """Also log to this wandb project (needs the wandb extra)."""
     params_only: bool = False
     """Only print parameter counts for the preset (paper preset: vs the report's) and exit."""
+    overwrite: bool = False
+    """Empty the run folder and start afresh (default: resume a run made with the same settings and data,
+    refuse one made with others)."""
 
 
 def train_biojepac(cfg: TrainBiojepacConfig) -> None:
+    from biojepac.data.fingerprint import screen_fingerprint
     from biojepac.data.load import read_training_screen
+    from biojepac.train.run_folder import open_run
 
     model_cfg = dataclasses.replace(get_preset(cfg.preset), seed=cfg.seed)
     if cfg.params_only:
@@ -174,6 +179,8 @@ def train_biojepac(cfg: TrainBiojepacConfig) -> None:
             print("report: JEPA 6,019,840  AC 7,881,216  Pert 882,880 (see docs/biojepac.md)")
         return
     adata = read_training_screen(cfg.screen)
+    settings = {k: getattr(cfg, k) for k in ("preset", "features", "steps_scale", "seed")}  # --stage may change
+    open_run(cfg.run_dpath, "train biojepac", {**settings, "data": screen_fingerprint(adata)}, cfg.overwrite)
     only = None if cfg.stage == "all" else cfg.stage
     model = BioJepacModel(model_cfg, cfg.features or None, cfg.run_dpath, cfg.steps_scale)
     if model.fit(adata, only, cfg.progress, cfg.wandb_project) is not None:

@@ -22,7 +22,7 @@ from biojepac.models.jepa.jepa_predictor import MaskPredictor
 from biojepac.models.jepa.network import log_library
 from biojepac.models.jepa.trainer import make_optim
 from biojepac.models.base import Preset, scale_steps
-from biojepac.train import distributed, ema, loop
+from biojepac.train import distributed, ema, loop, run_folder
 from biojepac.train.distributed import DistConfig
 
 
@@ -54,6 +54,9 @@ class StreamedPretrainConfig:
     """Seeds initialisation, masks and data order."""
     progress: bool = True
     """Progress bar (process 0 only)."""
+    overwrite: bool = False
+    """Empty the run folder and start afresh (default: resume a run made with the same settings and shards,
+    refuse one made with others)."""
     dist: DistConfig = DistConfig()
     """Multi-host settings (single process when unset)."""
 
@@ -71,6 +74,11 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
                      block_rows=cfg.block_rows, window_blocks=cfg.window_blocks, seed=cfg.seed + 1),
         process_index=host, process_count=n_hosts,
     )
+    # What the run is (settings that change the result, and the data): a rerun with others is refused.
+    settings = {k: getattr(cfg, k) for k in ("preset", "seed", "steps_scale", "n_tokens", "block_rows", "window_blocks",
+                                             "bf16", "grad_accum")}
+    settings = {**settings, "batch_size": global_bs, "n_hosts": n_hosts, "data": shards_fingerprint(stream.shards, stream.gene_names)}
+    run_folder.open_run(cfg.run_dpath, "train stream-pretrain", settings, cfg.overwrite, write=host == 0)  # host 0 writes
     k_enc, k_pred, k_state = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
     student = Encoder(stream.n_genes, mcfg.encoder, k_enc)
     predictor = MaskPredictor(mcfg.encoder.d, c.pred_d, c.pred_layers, mcfg.encoder.n_heads, k_pred, mcfg.encoder.attention)
@@ -92,9 +100,5 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
         return {"x": b["x"], "lib": log_library(b["x"]), **mask}
 
     lcfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(10, n_steps // 10)), ckpt_every=cfg.ckpt_every, progress=cfg.progress and host == 0)
-    # What the run is (settings that change the result, and the data): a rerun with others is refused.
-    settings = {k: getattr(cfg, k) for k in ("preset", "seed", "steps_scale", "n_tokens", "block_rows", "window_blocks",
-                                             "bf16", "grad_accum")}
-    header = {"stage": "pretrain", **settings, "batch_size": global_bs, "n_hosts": n_hosts,
-              "data": shards_fingerprint(stream.shards, stream.gene_names)}
+    header = {"stage": "pretrain", **settings}
     return loop.run_loop(state, step_fn, get_batch, lcfg, pathlib.Path(cfg.run_dpath), header=header, desc="pretrain(stream)")

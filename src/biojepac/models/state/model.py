@@ -161,12 +161,17 @@ class TrainStateConfig:
     """Show a progress bar."""
     bf16: bool = False
     """Compute in bfloat16 with float32 master weights (GPUs and TPUs; slower on a CPU)."""
+    overwrite: bool = False
+    """Empty the run folder and start afresh (default: resume a run made with the same settings and data,
+    refuse one made with others)."""
 
 
 def train(cfg: TrainStateConfig) -> StateModel:
     """`biojepac train state`: fit from a preset and save the model to run_dpath/model."""
+    from biojepac.data.fingerprint import file_digest, screen_fingerprint
     from biojepac.data.load import read_training_screen
     from biojepac.models.base import scale_steps
+    from biojepac.train.run_folder import open_run
 
     model_cfg, fit_cfg = trainer.PRESETS[cfg.preset]
     model_cfg = dataclasses.replace(model_cfg, pseudobulk_weight=cfg.pseudobulk_weight,
@@ -175,6 +180,9 @@ def train(cfg: TrainStateConfig) -> StateModel:
     fit_cfg = dataclasses.replace(fit_cfg, n_steps=scale_steps(fit_cfg.n_steps, cfg.steps_scale), seed=cfg.seed,
                                   run_dpath=cfg.run_dpath, progress=cfg.progress, bf16=cfg.bf16)
     adata = read_training_screen(cfg.screen)
+    settings = {k: getattr(cfg, k) for k in ("preset", "features", "steps_scale", "set_size", "pseudobulk_weight", "bf16", "seed")}
+    inputs = {"data": screen_fingerprint(adata), "encoder": None if cfg.encoder is None else file_digest(cfg.encoder / "model.json")}
+    open_run(cfg.run_dpath, "train state", {**settings, **inputs}, cfg.overwrite)
     t0 = time.perf_counter()
     encoder = None
     if cfg.encoder is not None:

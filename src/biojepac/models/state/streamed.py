@@ -31,6 +31,7 @@ from biojepac.models.state import trainer
 from biojepac.models.state.model import StatePreset, StateModel
 from biojepac.models.state.network import StateMeta, StateTransition
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
+from biojepac.train.run_folder import open_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,9 @@ class StreamedStateConfig:
     """Seeds initialisation, label dropout and data order."""
     progress: bool = True
     """Show a progress bar."""
+    overwrite: bool = False
+    """Empty the run folder and start afresh (default: resume a run made with the same settings and shards,
+    refuse one made with others)."""
 
 
 def train_state_streamed(cfg: StreamedStateConfig) -> StateModel:
@@ -68,6 +72,10 @@ def train_state_streamed(cfg: StreamedStateConfig) -> StateModel:
     stream = CellStream(StreamConfig(shard_fpaths=tuple(cfg.shards), kind="sentences", cell_repr="dense",
                                      batch_size=fit_cfg.batch_size, sentence_len=model_cfg.set_size,
                                      block_rows=cfg.block_rows, window_blocks=cfg.window_blocks, seed=cfg.seed + 1))
+    settings = {k: getattr(cfg, k) for k in ("preset", "features", "steps_scale", "set_size", "block_rows", "window_blocks",
+                                             "seed")}
+    open_run(cfg.run_dpath, "train state-stream", {**settings, "data": shards_fingerprint(stream.shards, stream.gene_names)},
+             cfg.overwrite)
     targets = stream.labels[schema.PERT_COL][0]
     contexts, batches = stream.labels[schema.CONTEXT_COL][0], stream.labels[schema.BATCH_COL][0]
     perts = [str(t) for t in targets if t != schema.CONTROL]
