@@ -69,7 +69,7 @@ def test_nothing_imports_the_cli():
 
 def test_train_holds_only_shared_machinery():
     names = {f.stem for f in (SRC / "train").glob("*.py")} - {"__init__"}
-    assert names <= {"loop", "checkpoint", "ema", "mesh", "distributed"}, names
+    assert names <= {"loop", "checkpoint", "ema", "mesh", "distributed", "run_folder"}, names
     graph = import_graph()
     # the shared loop knows no model
     assert not [d for m, deps in graph.items() if m.startswith("biojepac.train") for d in deps

@@ -103,6 +103,8 @@ def write_dir_atomic(dpath: str | os.PathLike, write: Callable[[pathlib.Path], o
     import tempfile
 
     dpath = pathlib.Path(dpath)
+    if dpath.exists() and not dpath.is_dir():  # checked before the work: a folder never replaces a file
+        raise InputError(f"{dpath}: exists and is not a folder; give the folder to write")
     dpath.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dpath)  # left by a killed earlier write (a concurrent writer's is kept)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=dpath.parent, prefix=f".{dpath.name}.tmp{os.getpid()}-"))

@@ -90,7 +90,7 @@ def _check_output(name: str, flag: str, value) -> None:
     path = pathlib.Path(value)
     if name in OUTPUT_FOLDERS and path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path}: exists and is not a folder")
-    if name in OUTPUT_FILES and path.is_dir():
+    if name in OUTPUT_FILES and path.is_dir() and not (path / "model.json").is_file():  # a saved model is replaced whole
         raise InputError(f"{flag} {path}: is a folder; give the file to write")
 
 

@@ -139,8 +139,8 @@ def test_fetch_offline_fails_fast_with_instructions(tmp_path, url):
 
 
 def test_download_verifies_checksum_and_size(tmp_path):
-    src = tmp_path / "remote.bin"
-    src.write_bytes(b"perturb-seq" * 1000)
+    src = tmp_path / "remote.h5ad"
+    ad.AnnData(np.ones((3, 2), np.float32)).write_h5ad(src)
     md5 = hashlib.md5(src.read_bytes()).hexdigest()
 
     def recipe(**kw):
@@ -154,8 +154,13 @@ def test_download_verifies_checksum_and_size(tmp_path):
     assert "checksum verified" in fetch_recipe(recipe(md5=md5), tmp_path / "b")[0]
     assert (tmp_path / "b" / "toy" / "raw" / "screen.h5ad").read_bytes() == src.read_bytes()
     assert "already in place; checksum verified" in fetch_recipe(recipe(md5=md5), tmp_path / "b")[0]
-    with pytest.raises(InputError, match="size 11000 bytes, expected 5"):
+    with pytest.raises(InputError, match=r"size \d+ bytes, expected 5"):
         fetch_recipe(recipe(size_bytes=5), tmp_path / "b")
+    # No published size or checksum: a truncated .h5ad already in place is still refused (it does not open).
+    in_place = tmp_path / "b" / "toy" / "raw" / "screen.h5ad"
+    in_place.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(InputError, match="screen.h5ad: not a readable .h5ad file .*; delete it and fetch again"):
+        fetch_recipe(recipe(), tmp_path / "b")
 
 
 def test_subsample_rows_caps_each_group():

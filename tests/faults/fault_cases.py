@@ -193,13 +193,73 @@ SPLIT = ("data", "split", "--screen", "{screen}", "--out", "{out_json}")
 OOC = ("data", "prepare-ooc", "--screen", "{screen}", "--out", "{out}")
 STREAM = ("train", "stream-pretrain", "--run-dpath", "{run}", "--preset", "tiny", "--steps-scale", "0.01", "--no-progress")
 CHECK = ("features", "check", "--screen", "{screen}", "--features", "onehot")
+SSTREAM = ("train", "state-stream", "--run-dpath", "{run}", "--preset", "tiny", "--steps-scale", "0.01", "--no-progress",
+           "--features", "onehot", "--set-size", "4")
+COMBINE = ("data", "combine", "--screens", "a={screen}", "b={screen}", "--out", "{out}", "--no-checksum")
+FETCH = ("data", "fetch", "replogle22_rpe1", "--data-dpath", "{tmp}/data", "--timeout-s", "0.1")
 DEMO = ("demo", "--out-dpath", "{out_dpath}", "--screen-preset", "tiny", "--models", "control-mean", "--steps-scale", "0.01")
 BENCH = ("bench", "--db", "{tmp}/b.sqlite", "--out-dpath", "{tmp}/lb", "--cache-dpath", "{tmp}/cache", "--data-dpath", "{tmp}/data",
          "--models", "cell-mean", "--tasks", "synthetic-unseen-pert")
 SYNTH = ("data", "synth", "--out", "{out}", "--screen-preset", "tiny")
 PREPARE = ("data", "prepare", "replogle22_rpe1", "--data-dpath", "{tmp}/data")
 
+def _out_is_after_run(kind: str):
+    """The arc-state run copied in place, and --out already a file / a folder of someone else's files."""
+
+    def setup(case_dpath: pathlib.Path, paths: dict) -> dict:
+        return {**_state_run()(case_dpath, paths), **_out_is(kind, "out_dpath")(case_dpath, paths)}
+
+    return setup
+
+
+def _raw_file_in_place(kind: str):
+    """A dataset's raw file already in the cache (`data fetch` then only verifies it): the world's screen, broken."""
+
+    def setup(case_dpath: pathlib.Path, paths: dict) -> dict:
+        dst = case_dpath / "data" / "replogle22_rpe1" / "raw" / "rpe1_raw_singlecell_01.h5ad"
+        dst.parent.mkdir(parents=True)
+        data = pathlib.Path(paths["screen"]).read_bytes()
+        dst.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"<html>rate limited</html>")
+        return {"raw": str(dst)}
+
+    return setup
+
+
+STATE_RUN = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "state_run" / "run"
+"""A tiny arc-state ST run folder (committed for the converter's tests)."""
+CONVERT = ("convert", "state-checkpoint", "--run-dpath", "{strun}", "--out", "{out_dpath}")
+
+
+def _state_run(edit=None, out_model: bool = False):
+    """A copy of the arc-state run folder, broken by `edit(dpath)`; `out_model`: a saved model already at --out."""
+
+    def setup(case_dpath: pathlib.Path, paths: dict) -> dict:
+        dst = case_dpath / "strun"
+        shutil.copytree(STATE_RUN, dst)
+        if edit is not None:
+            edit(dst)
+        if out_model:
+            shutil.copytree(paths["model"], paths["out_dpath"])
+        return {"strun": str(dst)}
+
+    return setup
+
+
+SHARD_FAULTS = [  # (name, argv tail, tokens, setup): the shards both streamed trainers read (data.stream)
+    ("no shards", (), ("--shards",), None),
+    ("shard missing", ("--shards", "{tmp}/nope.h5ad"), ("nope.h5ad",), None),
+    ("shard not h5ad", ("--shards", "{shard}"), ("{shard}",), raw_fault("shard", "text")),
+    ("shard truncated", ("--shards", "{shard}"), ("{shard}",), raw_fault("shard", "truncated")),
+    ("shard empty", ("--shards", "{shard}"), ("{shard}",), raw_fault("shard", "empty")),
+    ("shard NaN", ("--shards", "{shard}"), ("{shard}", "G003"), adata_fault("shard", lambda a: _csr(set_value(math.nan)(a)))),
+    ("shard inf", ("--shards", "{shard}"), ("{shard}", "G003"), adata_fault("shard", lambda a: _csr(set_value(math.inf)(a)))),
+    ("shard negative", ("--shards", "{shard}"), ("{shard}", "G003"), adata_fault("shard", lambda a: _csr(set_value(-1.0)(a)))),
+    ("shard duplicate genes", ("--shards", "{shard}"), ("{shard}", "G005"), adata_fault("shard", rename_gene(6, "G005"))),
+]
+STREAMED = {"train stream-pretrain": STREAM, "train state-stream": SSTREAM}
+
 OPTION_FAULTS = [
+    *[(command, name, (*argv, *tail), tokens, setup) for command, argv in STREAMED.items() for name, tail, tokens, setup in SHARD_FAULTS],
     ("predict", "--n-cells 0", (*PREDICT, "--perturbations", "G001", "--n-cells", "0"), ("--n-cells",)),
     ("predict", "--n-cells -2", (*PREDICT, "--perturbations", "G001", "--n-cells", "-2"), ("--n-cells",)),
     ("predict", "--max-controls -1", (*PREDICT, "--requests", "{requests}", "--max-controls", "-1"), ("--max-controls",)),
@@ -274,19 +334,6 @@ OPTION_FAULTS = [
     ("train biojepac", "unknown features", (*TRAIN_JEPA, "--features", "bogus:x"), ("bogus",)),
     ("train biojepac", "--run-dpath is a file", TRAIN_JEPA, ("{run}",), _out_is("file", "run")),
     ("train biojepac", "later stage first", (*TRAIN_JEPA, "--stage", "decode"), ("{run}",)),
-    ("train stream-pretrain", "no shards", STREAM, ("--shards",)),
-    ("train stream-pretrain", "shard missing", (*STREAM, "--shards", "{tmp}/nope.h5ad"), ("nope.h5ad",)),
-    ("train stream-pretrain", "shard not h5ad", (*STREAM, "--shards", "{shard}"), ("{shard}",), raw_fault("shard", "text")),
-    ("train stream-pretrain", "shard truncated", (*STREAM, "--shards", "{shard}"), ("{shard}",), raw_fault("shard", "truncated")),
-    ("train stream-pretrain", "shard empty", (*STREAM, "--shards", "{shard}"), ("{shard}",), raw_fault("shard", "empty")),
-    ("train stream-pretrain", "shard NaN", (*STREAM, "--shards", "{shard}"), ("{shard}", "G003"),
-     adata_fault("shard", lambda a: _csr(set_value(math.nan)(a)))),
-    ("train stream-pretrain", "shard inf", (*STREAM, "--shards", "{shard}"), ("{shard}", "G003"),
-     adata_fault("shard", lambda a: _csr(set_value(math.inf)(a)))),
-    ("train stream-pretrain", "shard negative", (*STREAM, "--shards", "{shard}"), ("{shard}", "G003"),
-     adata_fault("shard", lambda a: _csr(set_value(-1.0)(a)))),
-    ("train stream-pretrain", "shard duplicate genes", (*STREAM, "--shards", "{shard}"), ("{shard}", "G005"),
-     adata_fault("shard", rename_gene(6, "G005"))),
     ("train stream-pretrain", "--batch-size -1", (*STREAM, "--shards", "{shard}", "--batch-size", "-1"), ("--batch-size",)),
     ("train stream-pretrain", "--grad-accum 0", (*STREAM, "--shards", "{shard}", "--grad-accum", "0"), ("--grad-accum",)),
     ("train stream-pretrain", "--block-rows 0", (*STREAM, "--shards", "{shard}", "--block-rows", "0"), ("--block-rows",)),
@@ -294,6 +341,41 @@ OPTION_FAULTS = [
     ("train stream-pretrain", "--ckpt-every 0", (*STREAM, "--shards", "{shard}", "--ckpt-every", "0"), ("--ckpt-every",)),
     ("train stream-pretrain", "--n-tokens -1", (*STREAM, "--shards", "{shard}", "--n-tokens", "-1"), ("--n-tokens",)),
     ("train stream-pretrain", "--steps-scale 0", (*STREAM, "--shards", "{shard}", "--steps-scale", "0"), ("--steps-scale",)),
+    ("train state-stream", "shards of other genes", (*SSTREAM, "--shards", "{shard}", "{pred}"), ("{pred}",),
+     adata_fault("pred", rename_gene(6, "XYZ"))),
+    ("train state-stream", "expression features", (*SSTREAM, "--shards", "{shard}", "--features", "expr"), ("--features",)),
+    ("train state-stream", "--steps-scale 0", (*SSTREAM, "--shards", "{shard}", "--steps-scale", "0"), ("--steps-scale",)),
+    ("train state-stream", "--set-size -1", (*SSTREAM, "--shards", "{shard}", "--set-size", "-1"), ("--set-size",)),
+    ("train state-stream", "--seed -1", (*SSTREAM, "--shards", "{shard}", "--seed", "-1"), ("--seed",)),
+    ("train state-stream", "--block-rows 0", (*SSTREAM, "--shards", "{shard}", "--block-rows", "0"), ("--block-rows",)),
+    ("train state-stream", "--window-blocks 0", (*SSTREAM, "--shards", "{shard}", "--window-blocks", "0"), ("--window-blocks",)),
+    ("train state-stream", "--run-dpath is a file", (*SSTREAM, "--shards", "{shard}"), ("{run}",), _out_is("file", "run")),
+    ("data combine", "screen missing", (*COMBINE[:4], "b={tmp}/nope.h5ad", *COMBINE[5:]), ("nope.h5ad",)),
+    ("data combine", "screen not h5ad", COMBINE, ("{screen}",), raw_fault("screen", "text")),
+    ("data combine", "screen truncated", COMBINE, ("{screen}",), raw_fault("screen", "truncated")),
+    ("data combine", "screen NaN", COMBINE, ("{screen}", "G003"), adata_fault("screen", set_value(math.nan))),
+    ("data combine", "screen inf", COMBINE, ("{screen}", "G003"), adata_fault("screen", set_value(math.inf))),
+    ("data combine", "screen negative", COMBINE, ("{screen}", "G003"), adata_fault("screen", set_value(-1.0))),
+    ("data combine", "log1p screen, total unknown", (*COMBINE[:4], "b={real}", *COMBINE[5:]), ("{real}", "--log1p-targets")),
+    ("data combine", "screen duplicate genes", COMBINE, ("{screen}", "G005"), adata_fault("screen", rename_gene(6, "G005"))),
+    ("data combine", "screen no pert column", COMBINE, ("{screen}", "target_gene"), adata_fault("screen", drop_obs("target_gene"))),
+    ("data combine", "screen without NAME=", (*COMBINE[:4], "{screen}", *COMBINE[5:]), ("{screen}",)),
+    ("data combine", "one name twice", (*COMBINE[:4], "a={screen}", *COMBINE[5:]), ("a",)),
+    ("data combine", "no screens", ("data", "combine", "--out", "{out}"), ("--screens",)),
+    ("data combine", "--chunk-rows 0", (*COMBINE, "--chunk-rows", "0"), ("--chunk-rows",)),
+    ("data combine", "--gene-space bogus", (*COMBINE, "--gene-space", "bogus"), ("bogus",)),
+    ("data combine", "--out is a folder", COMBINE, ("{out}",), _out_is("folder", "out")),
+    ("data fetch", "truncated file in place", FETCH, ("{raw}",), _raw_file_in_place("truncated")),
+    ("data fetch", "html page in place", FETCH, ("{raw}",), _raw_file_in_place("html")),
+    ("data fetch", "user-supplied file missing", ("data", "fetch", "vcc25_h1", "--data-dpath", "{tmp}/data"), ("adata_Training.h5ad",)),
+    ("data fetch", "unknown dataset", ("data", "fetch", "nosuch"), ("nosuch",), None, True),
+    ("convert state-checkpoint", "run folder missing", (*CONVERT[:3], "{tmp}/nope", *CONVERT[4:]), ("nope",)),
+    ("convert state-checkpoint", "checkpoint truncated", CONVERT, ("final.ckpt",), _state_run(lambda d: _truncate(d / "checkpoints" / "final.ckpt"))),
+    ("convert state-checkpoint", "perturbation map missing", CONVERT, ("pert_onehot_map.pt",),
+     _state_run(lambda d: (d / "pert_onehot_map.pt").unlink())),
+    ("convert state-checkpoint", "var_dims missing", CONVERT, ("var_dims.pkl",), _state_run(lambda d: (d / "var_dims.pkl").unlink())),
+    ("convert state-checkpoint", "--out is a file", CONVERT, ("{out_dpath}",), _out_is_after_run("file")),
+    ("convert state-checkpoint", "--out holds other files", CONVERT, ("{out_dpath}",), _out_is_after_run("folder")),
     ("features check", "--n-neighbours 0", (*CHECK, "--n-neighbours", "0"), ("--n-neighbours",)),
     ("features check", "--n-genes -1", (*CHECK, "--n-genes", "-1"), ("--n-genes",)),
     ("features check", "unknown features", (*CHECK[:4], "--features", "bogus:x"), ("bogus",)),
@@ -369,6 +451,8 @@ def build_cases() -> dict[str, list[Case]]:
         if setup is not None and name.startswith("--out") or name.endswith("is a file") or name.endswith("is a folder"):
             out = ""  # the output is the fault: it exists before and must be left as it was
         cases[command].append(Case(command, name, argv, tokens, 2, setup, out, parse_error))
+    cases["convert state-checkpoint"].append(Case("convert state-checkpoint", "--out an earlier saved model (replaced)", CONVERT, (),
+                                                  0, _state_run(out_model=True), "{out_dpath}"))
     return dict(cases)
 
 

@@ -5,7 +5,7 @@ import pytest
 from fault_cases import CASES
 from fault_harness import run_case
 
-COMMANDS = ('data split', 'data state-toml', 'data prepare-ooc', 'data synth', 'data prepare',)
+COMMANDS = ('data split', 'data state-toml', 'data prepare-ooc', 'data synth', 'data prepare', 'data combine', 'data fetch',)
 
 
 @pytest.mark.parametrize("case", [c for cmd in COMMANDS for c in CASES.get(cmd, [])], ids=lambda c: c.id)

@@ -5,7 +5,7 @@ import pytest
 from fault_cases import CASES
 from fault_harness import run_case
 
-COMMANDS = ('train state', 'train biojepac', 'train stream-pretrain',)
+COMMANDS = ('train state', 'train biojepac', 'train stream-pretrain', 'train state-stream',)
 
 
 @pytest.mark.parametrize("case", [c for cmd in COMMANDS for c in CASES.get(cmd, [])], ids=lambda c: c.id)

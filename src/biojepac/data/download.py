@@ -49,12 +49,21 @@ def hash_file(fpath: pathlib.Path) -> dict[str, str]:
 
 
 def verify(fpath: pathlib.Path, remote: RemoteFile) -> str:
-    """Check size and any known checksum; raise `InputError` on a mismatch; return what was checked."""
+    """Check size and any known checksum, and that an .h5ad opens as one (a truncated download or an error
+    page saved under its name does not); raise `InputError` on a mismatch; return what was checked."""
     size = fpath.stat().st_size
     if remote.size_bytes is not None and size != remote.size_bytes:
         raise InputError(f"{fpath}: size {size} bytes, expected {remote.size_bytes} (incomplete or wrong file); delete it and fetch again")
+    if remote.fname.endswith(".h5ad"):
+        from biojepac.data.load import open_h5
+
+        try:
+            open_h5(fpath).close()
+        except InputError as err:
+            raise InputError(f"{err}; delete it and fetch again") from None
     if remote.md5 is None and remote.sha256 is None:
-        return f"{size} bytes" + (" (size matches)" if remote.size_bytes is not None else "") + "; no published checksum to compare"
+        opens = ", opens as .h5ad" if remote.fname.endswith(".h5ad") else ""
+        return f"{size} bytes" + (" (size matches)" if remote.size_bytes is not None else "") + f"{opens}; no published checksum to compare"
     got = hash_file(fpath)
     for algo in ("md5", "sha256"):
         want = getattr(remote, algo)

@@ -22,7 +22,11 @@ META_FNAME = "model.json"
 def save_model_dir(dpath: pathlib.Path, kind: str, config: dict, genes: Sequence[str],
                    write_files: Callable[[pathlib.Path], dict | None]) -> pathlib.Path:
     """Write a model folder: `write_files(tmp_dpath)` writes the weights and may return extra
-    `model.json` fields; then `model.json` is added and the folder renamed into place."""
+    `model.json` fields; then `model.json` is added and the folder renamed into place. An existing folder
+    is replaced only if it is a saved model (a mistyped path must not delete someone's files)."""
+    dpath = pathlib.Path(dpath)
+    if dpath.is_dir() and any(dpath.iterdir()) and not (dpath / META_FNAME).is_file():
+        raise InputError(f"{dpath}: exists and is not a saved model folder (no {META_FNAME}); give another folder")
 
     def write(tmp: pathlib.Path) -> None:
         extra = write_files(tmp) or {}
