@@ -53,6 +53,8 @@ class FitConfig:
     """Where ckpt.eqx and metrics.jsonl go (resumed when present); None: a fresh temporary folder."""
     progress: bool = True
     """Show a progress bar."""
+    bf16: bool = False
+    """Compute the loss in bfloat16 from float32 master weights (`train.distributed.mixed_precision`)."""
 
 
 def _arc_state(set_size: int, d_model: int, n_layers: int, n_heads: int, n_basal_layers: int) -> tuple[StateConfig, FitConfig]:
