@@ -123,11 +123,9 @@ def test_bf16_training_keeps_float32_weights_and_tracks_the_float32_loss(tmp_pat
     loss32, _ = trainer.make_loss_fn(cfg)(net, None, batch, jax.random.PRNGKey(2))
     loss16, _ = mixed_precision(trainer.make_loss_fn(cfg))(net, None, batch, jax.random.PRNGKey(2))
     assert loss16.dtype == jnp.float32 and abs(float(loss16) - float(loss32)) <= 0.02 * abs(float(loss32)) + 1e-3
-    optim = trainer.make_optimizer(trainer.FitConfig(n_steps=2, lr=1e-3))
-    step_fn = make_train_step(mixed_precision(trainer.make_loss_fn(cfg)), optim)
-    out = run_loop(make_state(net, optim, jax.random.PRNGKey(1)), step_fn, sampler,
-                   LoopConfig(n_steps=2, ckpt_every=2, log_every=1, progress=False), tmp_path)
-    leaves = jax.tree.leaves(eqx.filter(out.params, eqx.is_inexact_array))
+    fitted, *_ = trainer.fit(adata, cfg, "onehot", trainer.FitConfig(n_steps=2, batch_size=2, lr=1e-3, bf16=True,
+                                                                     run_dpath=tmp_path / "run", progress=False))
+    leaves = jax.tree.leaves(eqx.filter(fitted, eqx.is_inexact_array))
     assert all(leaf.dtype == jnp.float32 for leaf in leaves) and all(np.isfinite(np.asarray(leaf)).all() for leaf in leaves)
 
 

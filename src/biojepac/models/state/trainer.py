@@ -54,7 +54,9 @@ class FitConfig:
     progress: bool = True
     """Show a progress bar."""
     bf16: bool = False
-    """Compute the loss in bfloat16 from float32 master weights (`train.distributed.mixed_precision`)."""
+    """Compute in bfloat16 with float32 master weights, gradients and optimiser state (`train.distributed.
+    mixed_precision`): for GPUs and TPUs, whose matmul units run bf16 at several times float32's rate; on a
+    CPU it is slower."""
 
 
 def _arc_state(set_size: int, d_model: int, n_layers: int, n_heads: int, n_basal_layers: int) -> tuple[StateConfig, FitConfig]:
