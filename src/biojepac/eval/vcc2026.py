@@ -31,8 +31,9 @@ import scipy.sparse as sp
 import scipy.special
 
 from biojepac.errors import InputError
-from biojepac.eval import mwu
 from biojepac.eval.inputs import row_totals
+from biojepac.eval.stats import _csr_group_sums
+from biojepac.eval.vcc2026_de import Source, wilcoxon_stats
 
 BULK_TARGET_SUM = 5e4
 CPM_TARGET_SUM = 1e6
@@ -54,7 +55,7 @@ class CountScreen:
 
     name: str
     x: sp.csr_matrix
-    """Cells x genes, float64 counts, CSR with sorted indices."""
+    """Cells x genes counts (float32 as read, else float64), CSR with sorted indices."""
     codes: np.ndarray
     perts: np.ndarray
     genes: np.ndarray
@@ -64,18 +65,18 @@ class CountScreen:
 
 def count_screen(x, labels, genes, *, control: str, name: str, integral: bool = True) -> CountScreen:
     """Check raw counts (non-negative integers, no cell total above 1e6) and group the cells. `integral=False`
-    admits fractional values (the baseline's scaled control cells, as cell-eval2 allows them there)."""
-    x = sp.csr_matrix(x, dtype=np.float64)
+    admits fractional values (the baseline's scaled control cells, as cell-eval2 allows them there).
+    float32 values are kept as they are (every count below 2**24 is exact in float32); sums are float64."""
+    x = sp.csr_matrix(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64)
     x.sum_duplicates()
     x.sort_indices()
-    d = x.data
-    if d.size and (d.min() < 0 or not np.all(np.isfinite(d))):
+    bad_value, first_frac, totals = _check_counts(x.indptr, x.data, INTEGRAL_ATOL)
+    if bad_value:
         raise InputError(f"{name}: VCC 2026 needs raw counts (non-negative, finite)")
-    frac = np.abs(d - np.rint(d)) > INTEGRAL_ATOL  # cell-eval2's test: within 1e-6 of an integer, kept as stored
-    if integral and d.size and frac.any():
-        bad = int(np.searchsorted(x.indptr, np.flatnonzero(frac)[0], side="right") - 1)
-        raise InputError(f"{name}: VCC 2026 needs raw integer counts; cell {bad} holds a fractional value")
-    totals = np.asarray(x.sum(axis=1)).ravel()
+    if integral and first_frac >= 0:  # cell-eval2's test: within 1e-6 of an integer, kept as stored
+        raise InputError(f"{name}: VCC 2026 needs raw integer counts; cell {first_frac} holds a fractional value")
     if totals.size and totals.max() > MAX_CELL_TOTAL:
         raise InputError(f"{name}: a cell totals {totals.max():.0f} counts, above {MAX_CELL_TOTAL:.0f}")
     labels = np.asarray(labels).astype(str)
@@ -84,6 +85,26 @@ def count_screen(x, labels, genes, *, control: str, name: str, integral: bool = 
     perts = np.unique(labels[labels != control])
     codes = np.where(labels == control, 0, np.searchsorted(perts, labels) + 1)
     return CountScreen(name, x, codes.astype(np.int64), perts, np.asarray(genes).astype(str), control)
+
+
+@numba.njit(nogil=True, cache=True)
+def _check_counts(indptr, data, atol):
+    """(any negative or non-finite value, first row holding a value farther than atol from an integer or -1,
+    row totals in float64), in one pass."""
+    bad = False
+    first = -1
+    totals = np.zeros(len(indptr) - 1)
+    for r in range(len(indptr) - 1):
+        t = 0.0
+        for j in range(indptr[r], indptr[r + 1]):
+            d = np.float64(data[j])
+            if not (d >= 0.0 and d < np.inf):
+                bad = True
+            if first < 0 and abs(d - np.rint(d)) > atol:
+                first = r
+            t += d
+        totals[r] = t
+    return bad, first, totals
 
 
 def target_columns(perts, genes, target_gene_map: dict | None = None) -> np.ndarray:
@@ -113,12 +134,12 @@ def harmonised_target_map(perts, genes, symbols=None) -> dict[str, str]:
     harmonisation (`data.genes`: outdated symbols, aliases, Ensembl IDs; QARS -> QARS1): both sides are
     mapped to current symbols and matched when exactly one measured gene shares the label's symbol.
     Ambiguous and unknown labels get no entry (scored without exclusion, as cell-eval2 does)."""
-    from biojepac.data.genes import load_symbols
-
     gene_set = set(genes)
     missing = [p for p in perts if p not in gene_set]
-    if not missing:  # every label is a measured gene's name: no table needed
+    if not missing:  # every label is a measured gene's name: no table needed (nor its slow import)
         return {}
+    from biojepac.data.genes import load_symbols
+
     table = symbols or load_symbols()
     by_symbol: dict[str, list[str]] = {}
     for g in genes:
@@ -133,9 +154,8 @@ def harmonised_target_map(perts, genes, symbols=None) -> dict[str, str]:
 
 
 def group_sums(x: sp.csr_matrix, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    """(groups x genes) count sums; exact in float64 for integer counts, whatever the order."""
-    ind = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes)))
-    return np.asarray((ind @ x).todense())
+    """(groups x genes) count sums in float64, each in cell order."""
+    return _csr_group_sums(x.indptr, x.indices, x.data, codes, n_groups, x.shape[1])[0]
 
 
 def bulk_lognorm(sums: np.ndarray) -> np.ndarray:
@@ -356,14 +376,11 @@ def _scanpy_pvalues(u, nnz, ties, ctrl_ties, n_per_group):
     return 2 * scipy.special.ndtr(-np.abs(z))
 
 
-def _cpm_log1p(x: sp.csr_matrix) -> sp.csr_matrix:
-    """scanpy normalize_total(target_sum=1e6) then log1p, in float64 (cell-eval2's DE input)."""
-    totals = row_totals(x.indptr, x.data)
-    per = totals / CPM_TARGET_SUM
+def cpm_divisors(x: sp.csr_matrix) -> np.ndarray:
+    """scanpy normalize_total(target_sum=1e6)'s divisor per cell: total / 1e6, 1 for an empty cell."""
+    per = row_totals(x.indptr, x.data) / CPM_TARGET_SUM
     per[per == 0] = 1.0
-    out = sp.csr_matrix((x.data / np.repeat(per, np.diff(x.indptr)), x.indices, x.indptr), shape=x.shape)
-    out.data = np.log1p(out.data)
-    return out, out.data.copy()
+    return per
 
 
 def _bh(p: np.ndarray) -> np.ndarray:
@@ -377,22 +394,27 @@ def _bh(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def de_table(sc: CountScreen, workers: int = 2) -> tuple[DETable, np.ndarray]:
-    """DE of each perturbation vs the screen's own control (group 0). Returns the table over the kept genes
-    and the kept mask (control mean CPM > 5)."""
-    logx, _ = _cpm_log1p(sc.x)
+def de_table(sc: CountScreen, workers: int = 2, control: CountScreen | None = None) -> tuple[DETable, np.ndarray]:
+    """DE of each perturbation vs the control (group 0) of the screen itself, or of `control`'s screen.
+    Returns the table over the kept genes and the kept mask (control mean CPM > 5)."""
     n_per = np.bincount(sc.codes, minlength=len(sc.perts) + 1)
-    st = mwu.group_stats(logx, sc.codes, n_per, workers, _scanpy_pvalues, pvalues_only=True)
-    # arithmetic CPM means, from the linear CPM values (expm1 of log1p is not exact: recompute)
-    totals = row_totals(sc.x.indptr, sc.x.data)
-    per = totals / CPM_TARGET_SUM
-    per[per == 0] = 1.0
-    cpm = sp.csr_matrix((sc.x.data / np.repeat(per, np.diff(sc.x.indptr)), sc.x.indices, sc.x.indptr),
-                        shape=sc.x.shape)
-    means = group_sums(cpm, sc.codes, len(n_per)) / n_per[:, None]
+    per = cpm_divisors(sc.x)
+    if control is None:
+        rows = np.arange(sc.x.shape[0])
+        sources = [Source(sc.x.indptr, sc.x.indices, sc.x.data, rows, sc.codes, per)]
+    else:
+        rows = np.flatnonzero(sc.codes > 0)
+        ctrl = np.flatnonzero(control.codes == 0)
+        n_per[0] = len(ctrl)
+        cx = control.x
+        sources = [Source(sc.x.indptr, sc.x.indices, sc.x.data, rows, sc.codes[rows], per[rows]),
+                   Source(cx.indptr, cx.indices, cx.data, ctrl, np.zeros(len(ctrl), np.int64), cpm_divisors(cx)[ctrl])]
+    st = wilcoxon_stats(sources, len(n_per), sc.x.shape[1], workers)
+    means = st.cpm_sums / n_per[:, None]
     kept = means[0] > MIN_CTRL_CPM
     lfc = np.log2((means[1:, kept] + LFC_EPS) / (means[0, kept] + LFC_EPS))
-    pval = st.pval[:, kept]
+    k = np.flatnonzero(kept)
+    pval = _scanpy_pvalues(st.u[:, k], st.nnz[:, k], st.ties[:, k], st.ctrl_ties[k], n_per.astype(np.float64))
     return DETable(lfc, pval, _bh(pval) if kept.any() else pval), kept
 
 
@@ -470,13 +492,7 @@ def side(sc: CountScreen, de_control: CountScreen | None = None, workers: int = 
     """Summarise one file. With `de_control`, its DE runs against that screen's control cells instead of its
     own (cell-eval2's `control_source: real` for a prediction)."""
     sums = group_sums(sc.x, sc.codes, len(sc.perts) + 1)
-    de_sc = sc
-    if de_control is not None:
-        ctrl = de_control.x[de_control.codes == 0]
-        pmask = sc.codes > 0
-        de_sc = dataclasses.replace(sc, x=sp.vstack([sc.x[pmask], ctrl], format="csr"),
-                                    codes=np.r_[sc.codes[pmask], np.zeros(ctrl.shape[0], np.int64)])
-    de, kept = de_table(de_sc, workers=workers)
+    de, kept = de_table(sc, workers=workers, control=de_control)
     return Side(bulk_lognorm(sums), jackknife(sc, sums), de, kept)
 
 

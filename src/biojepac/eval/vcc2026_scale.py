@@ -144,7 +144,7 @@ def baseline_screen(real: v.CountScreen, tcols: np.ndarray, seed: int = BASELINE
                          "its baseline mean is undefined")
     profile = total / count
     ctrl = real.x[real.codes == 0]
-    ctrl_mean = np.asarray(ctrl.sum(axis=0)).ravel() / ctrl.shape[0]
+    ctrl_mean = np.asarray(ctrl.sum(axis=0, dtype=np.float64)).ravel() / ctrl.shape[0]
     zero = ctrl_mean <= 0
     scale = np.where(zero, 0.0, profile / np.where(zero, 1.0, ctrl_mean))
     rng = np.random.default_rng(seed)
