@@ -71,8 +71,8 @@ def score_files(pred, real, *, pert_col: str, control: str, context_col: str | N
 
     The target gene of each label: `target_gene_map` first, then (with `harmonise`) our gene harmonisation for
     labels that are not a gene name themselves, then the label itself."""
-    preds = load_contexts(pred, pert_col=pert_col, control=control, context_col=context_col)
     reals = load_contexts(real, pert_col=pert_col, control=control, context_col=context_col)
+    preds = load_contexts(pred, pert_col=pert_col, control=control, context_col=context_col)
     if set(preds) != set(reals):
         raise InputError(f"contexts differ: prediction {sorted(preds)}, reference {sorted(reals)}")
     out = {}
@@ -85,7 +85,8 @@ def score_files(pred, real, *, pert_col: str, control: str, context_col: str | N
         if unresolved:
             logger.warning("%s: %d of %d labels name no measured gene and are scored without target-gene "
                            "exclusion, e.g. %s", r.name, len(unresolved), len(r.perts), unresolved[:5])
-        out[ctx] = score_context(preds[ctx], r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits,
+        del reals[ctx]
+        out[ctx] = score_context(preds.pop(ctx), r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits,
                                  with_scale=with_scale)
     return out
 
@@ -117,8 +118,10 @@ def score_context(pred: v.CountScreen, real: v.CountScreen, target_gene_map: dic
     `with_scale`, only the metrics: baseline, replicate and scores are left empty)."""
     v.check_alike(pred, real)
     tcols = v.target_columns(real.perts, real.genes, target_gene_map)
+    pred_side = v.side(pred, real, workers)
+    del pred  # the prediction's summary is all that is left to read of it: its cells go (when this held the last reference)
     real_side = v.side(real, workers=workers)
-    per, user = v.score_sides(v.side(pred, real, workers), real_side, tcols, real.genes)
+    per, user = v.score_sides(pred_side, real_side, tcols, real.genes)
     if not with_scale:
         return ContextScore(real.perts, per, user, {}, {}, {}, [])
     base_sc = baseline_screen(real, tcols, baseline_seed)
