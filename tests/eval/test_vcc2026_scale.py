@@ -205,7 +205,7 @@ def test_evaluate_vcc2026_scores_each_context_on_its_own_scale(tmp_path):
 def test_evaluate_vcc2026_refuses_fractional_predictions(tmp_path):
     import anndata as ad
 
-    x, labels, genes = make_screen(0, n_ctrl=20, n_per=8, n_genes=20)
+    x, labels, genes = make_screen(0)  # a reference that anchors: it is summarised before the prediction is read
     real = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame({"target_gene": labels}), var=pd.DataFrame(index=genes))
     pred = real.copy()
     pred.X = pred.X * 0.5

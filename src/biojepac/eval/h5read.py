@@ -56,6 +56,19 @@ def read_obs_column(fpath: pathlib.Path, col: str) -> np.ndarray:
         return obs[col].astype(str).to_numpy()
 
 
+def read_var_names(fpath: pathlib.Path) -> np.ndarray:
+    """A file's gene names as str, without reading X."""
+    if not fpath.is_file():
+        raise InputError(f"{fpath}: file not found")
+    try:
+        with h5py.File(fpath, "r") as f:
+            return _var_names(f)
+    except _Unsupported:
+        import anndata as ad
+
+        return np.asarray(ad.read_h5ad(fpath, backed="r").var_names.astype(str))
+
+
 def _obs_column(f: h5py.File, fpath: pathlib.Path, pert_col: str) -> np.ndarray:
     obs = f.get("obs")
     if not isinstance(obs, h5py.Group) or obs.attrs.get("encoding-type") != "dataframe":

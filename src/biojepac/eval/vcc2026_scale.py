@@ -35,7 +35,7 @@ import scipy.sparse as sp
 
 from biojepac.errors import InputError
 from biojepac.eval import vcc2026 as v
-from biojepac.eval.h5read import anndata_parts, read_h5ad_parts, read_obs_column
+from biojepac.eval.h5read import anndata_parts, read_h5ad_parts, read_obs_column, read_var_names
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +70,20 @@ def score_files(pred, real, *, pert_col: str, control: str, context_col: str | N
     """Score two files (paths or AnnData) context by context ({"": ...} without `context_col`).
 
     The target gene of each label: `target_gene_map` first, then (with `harmonise`) our gene harmonisation for
-    labels that are not a gene name themselves, then the label itself."""
+    labels that are not a gene name themselves, then the label itself.
+
+    One file's cells at a time: the prediction's labels and genes are checked first (no matrix read), then the
+    reference is summarised with its baseline and replicate, keeping only its control cells, then the
+    prediction is read and scored."""
+    pred_labels = peek_labels(pred, pert_col=pert_col, control=control, context_col=context_col)
     reals = load_contexts(real, pert_col=pert_col, control=control, context_col=context_col)
-    preds = load_contexts(pred, pert_col=pert_col, control=control, context_col=context_col)
-    if set(preds) != set(reals):
-        raise InputError(f"contexts differ: prediction {sorted(preds)}, reference {sorted(reals)}")
-    out = {}
+    if set(pred_labels) != set(reals):
+        raise InputError(f"contexts differ: prediction {sorted(pred_labels)}, reference {sorted(reals)}")
+    refs = {}
     for ctx in sorted(reals):
-        r = reals[ctx]
+        r = reals.pop(ctx)
+        genes, perts = pred_labels[ctx]
+        v.check_alike(dataclasses.replace(r, name=str(pred), x=None, genes=genes, perts=perts), r)
         tmap = dict(v.harmonised_target_map(r.perts, r.genes) if harmonise else {})
         tmap.update(target_gene_map or {})
         unresolved = [str(p) for p, c in zip(r.perts, v.target_columns(r.perts, r.genes, tmap)) if c < 0 and
@@ -85,10 +91,66 @@ def score_files(pred, real, *, pert_col: str, control: str, context_col: str | N
         if unresolved:
             logger.warning("%s: %d of %d labels name no measured gene and are scored without target-gene "
                            "exclusion, e.g. %s", r.name, len(unresolved), len(r.perts), unresolved[:5])
-        del reals[ctx]
-        out[ctx] = score_context(preds.pop(ctx), r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits,
-                                 with_scale=with_scale)
-    return out
+        refs[ctx] = reference(r, tmap, workers=workers, base_seed=base_seed, n_splits=n_splits, with_scale=with_scale)
+        del r
+    preds = load_contexts(pred, pert_col=pert_col, control=control, context_col=context_col)
+    return {ctx: score_prediction(preds.pop(ctx), refs[ctx], workers=workers) for ctx in sorted(refs)}
+
+
+def peek_labels(src, *, pert_col: str, control: str, context_col: str | None = None) -> dict[str, tuple]:
+    """Per context, (gene names, sorted perturbation labels) of a file, without reading its matrix."""
+    if isinstance(src, (str, pathlib.Path)):
+        fpath = pathlib.Path(src)
+        labels, genes = read_obs_column(fpath, pert_col), read_var_names(fpath)
+        ctx = read_obs_column(fpath, context_col) if context_col else None
+    else:
+        labels, genes, _ = anndata_parts(src, "<AnnData>", pert_col)
+        if context_col and context_col not in src.obs.columns:
+            raise InputError(f"<AnnData>: obs column {context_col!r} not found (have {list(src.obs.columns)})")
+        ctx = src.obs[context_col].astype(str).to_numpy() if context_col else None
+    labels, genes = np.asarray(labels).astype(str), np.asarray(genes).astype(str)
+    ctx = np.full(len(labels), "") if ctx is None else ctx
+    return {c: (genes, np.unique(labels[(ctx == c) & (labels != control)])) for c in np.unique(ctx)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What scoring a prediction needs of one context's reference: its control cells (the prediction's DE
+    runs against them), its summary, its target columns, and (with the scale) b and r."""
+
+    control: v.CountScreen
+    """The reference's control cells only (its perturbation labels kept, for the checks)."""
+    side: v.Side
+    tcols: np.ndarray
+    baseline: dict[str, float]
+    replicate: dict[str, float]
+    splits: list[dict[str, float]]
+
+
+def reference(real: v.CountScreen, target_gene_map: dict | None = None, *, workers: int = 2,
+              base_seed: int = BASE_SEED, n_splits: int = N_SPLITS, baseline_seed: int = BASELINE_SEED,
+              with_scale: bool = True) -> Reference:
+    """Summarise one context's reference, with its baseline and replicate aggregates when `with_scale`."""
+    tcols = v.target_columns(real.perts, real.genes, target_gene_map)
+    real_side = v.side(real, workers=workers)
+    base, rep, splits = {}, {}, []
+    if with_scale:
+        base_sc = baseline_screen(real, tcols, baseline_seed)
+        _, base = v.score_sides(v.side(base_sc, real, workers), real_side, tcols, real.genes)
+        del base_sc
+        rep, splits = replicate(real, real_side, tcols, base_seed=base_seed, n_splits=n_splits, workers=workers)
+    ctrl = real.codes == 0
+    control = dataclasses.replace(real, x=real.x[ctrl], codes=real.codes[ctrl])
+    return Reference(control, real_side, tcols, base, rep, splits)
+
+
+def score_prediction(pred: v.CountScreen, ref: Reference, *, workers: int = 2) -> ContextScore:
+    """Score `pred` against a summarised reference (one context)."""
+    real = ref.control
+    v.check_alike(pred, real)
+    per, user = v.score_sides(v.side(pred, real, workers), ref.side, ref.tcols, real.genes)
+    scores = scale_scores(user, ref.baseline, ref.replicate) if ref.baseline else {}
+    return ContextScore(real.perts, per, user, ref.baseline, ref.replicate, scores, ref.splits)
 
 
 def load_contexts(src, *, pert_col: str, control: str, context_col: str | None = None) -> dict[str, v.CountScreen]:
@@ -117,17 +179,9 @@ def score_context(pred: v.CountScreen, real: v.CountScreen, target_gene_map: dic
     """Score `pred` against `real` (one context) and place it on the baseline-to-replicate scale (without
     `with_scale`, only the metrics: baseline, replicate and scores are left empty)."""
     v.check_alike(pred, real)
-    tcols = v.target_columns(real.perts, real.genes, target_gene_map)
-    pred_side = v.side(pred, real, workers)
-    del pred  # the prediction's summary is all that is left to read of it: its cells go (when this held the last reference)
-    real_side = v.side(real, workers=workers)
-    per, user = v.score_sides(pred_side, real_side, tcols, real.genes)
-    if not with_scale:
-        return ContextScore(real.perts, per, user, {}, {}, {}, [])
-    base_sc = baseline_screen(real, tcols, baseline_seed)
-    _, base = v.score_sides(v.side(base_sc, real, workers), real_side, tcols, real.genes)
-    rep, splits = replicate(real, real_side, tcols, base_seed=base_seed, n_splits=n_splits, workers=workers)
-    return ContextScore(real.perts, per, user, base, rep, scale_scores(user, base, rep), splits)
+    ref = reference(real, target_gene_map, workers=workers, base_seed=base_seed, n_splits=n_splits,
+                    baseline_seed=baseline_seed, with_scale=with_scale)
+    return score_prediction(pred, ref, workers=workers)
 
 
 def baseline_screen(real: v.CountScreen, tcols: np.ndarray, seed: int = BASELINE_SEED) -> v.CountScreen:
