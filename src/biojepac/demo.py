@@ -97,7 +97,7 @@ def run_demo(cfg: DemoConfig) -> pathlib.Path:
         write_h5ad_atomic(pred, pred_fpath)
         print(f"[4/5] evaluate {name}")
         res = evaluate(pred, real, train=train, profile="all", out_dpath=out / "reports" / name,
-                       n_boot=cfg.n_boot, seed=cfg.seed)
+                       n_boot=cfg.n_boot, seed=cfg.seed, plots=True)
         agg = res["aggregates"]
         rows.append({"model": name, "fit_s": fit_s, **headline(agg), **truth_agreement(pred, norm, context, test_perts),
                      "report": str(pathlib.Path("reports") / name / "report.md")})

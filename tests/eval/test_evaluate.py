@@ -14,7 +14,7 @@ from biojepac.eval.stats import summarize
 
 def test_evaluate_writes_everything_and_perfect_prediction_scores_top(tmp_path, screen_factory):
     real = screen_factory(1)
-    out = evaluate(real, real, train=screen_factory(3, effect_seed=7), profile="all", out_dpath=tmp_path, n_boot=50)
+    out = evaluate(real, real, train=screen_factory(3, effect_seed=7), profile="all", out_dpath=tmp_path, n_boot=50, plots=True)
     agg = out["aggregates"]
     # A prediction identical to the truth: MAE 0, DES 1 wherever there are DEGs, Pearson delta 1.
     per = out["per_perturbation"]
@@ -43,7 +43,7 @@ def test_cli_evaluate(tmp_path, screen_factory, capsys):
     screen_factory(1).write_h5ad(tmp_path / "real.h5ad")
     screen_factory(2, counts=False, noise=0.5).write_h5ad(tmp_path / "pred.h5ad")
     rc = main(["evaluate", "--pred", str(tmp_path / "pred.h5ad"), "--real", str(tmp_path / "real.h5ad"),
-               "--profile", "report", "--out-dpath", str(tmp_path / "out"), "--n-boot", "20"])
+               "--profile", "report", "--out-dpath", str(tmp_path / "out"), "--n-boot", "20", "--plots"])
     assert rc == 0 and (tmp_path / "out" / "report.md").is_file()
     bad = screen_factory(2)[:, ::-1].copy()
     bad.write_h5ad(tmp_path / "bad.h5ad")
@@ -111,7 +111,7 @@ def test_output_folder_is_replaced_whole_or_not_at_all(tmp_path, screen_factory,
 
     real, pred = screen_factory(1), screen_factory(2, counts=False, noise=0.5)
     out = tmp_path / "out"
-    evaluate(real, real, profile="report", out_dpath=out, n_boot=10)
+    evaluate(real, real, profile="report", out_dpath=out, n_boot=10, plots=True)
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert {"per_perturbation.csv", "aggregates.json", "report.md"} <= set(first)
 
@@ -120,7 +120,7 @@ def test_output_folder_is_replaced_whole_or_not_at_all(tmp_path, screen_factory,
 
     monkeypatch.setattr(report, "write_report", killed)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(pred, real, profile="report", out_dpath=out, n_boot=10)
+        evaluate(pred, real, profile="report", out_dpath=out, n_boot=10, plots=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # all of run 1, nothing of run 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     monkeypatch.undo()

@@ -60,8 +60,9 @@ class EvaluateConfig:
     """Bootstrap resamples over perturbations for the confidence intervals."""
     seed: int = 0
     """Seed for the bootstrap and the split-half ceiling."""
-    plots: bool = True
-    """Write report.md with PNG plots (CSV and JSON are always written)."""
+    plots: bool = False
+    """Also write report.md with PNG plots (on request: matplotlib's import and the drawing take longer than the
+    scoring itself; the CSV and JSON are always written)."""
     context_col: str | None = None
     """vcc2026: obs column naming each cell's context (cell line); each context is scored on its own scale."""
     target_map: pathlib.Path | None = None
@@ -99,13 +100,13 @@ def evaluate(
     control: str = schema.CONTROL,
     n_boot: int = 1000,
     seed: int = 0,
-    plots: bool = True,
+    plots: bool = False,
     context_col: str | None = None,
     target_gene_map: dict | None = None,
 ) -> dict:
     """Score `pred` against `real`. Returns {"per_perturbation": DataFrame, "aggregates": dict, "paths": dict}.
 
-    Writes nothing when `out_dpath` is None; `plots=False` writes the CSV and JSON but no report.
+    Writes nothing when `out_dpath` is None; the CSV and JSON, plus report.md and its plots with `plots`.
     `profile="vcc2026"` is `evaluate_vcc2026` (raw counts; `context_col`, `target_gene_map` apply to it only).
     """
     import pandas as pd
