@@ -9,8 +9,8 @@ under `/usr/bin/time -v` (wall time, peak RSS), one run each:
 Compares every per-perturbation value (and with `--full` u, b, r and the scores) and writes
 benchmarks/results/vcc2026.{md,json} and the vcc2026 section of eval_speed.md. `--ours-only` times ours alone
 (a VCC-2026-sized pair, on which cell-eval2 would take hours: `--n-cells 133334 --n-genes 18533 --n-perts 300
---ours-only --name vcc2026_size`, 400 cells per perturbation plus 13,334 controls; its own section of
-eval_speed.md). Needs the separate env
+--ours-only --name vcc2026_size`, 400 cells per perturbation plus 13,334 controls; the prediction there is the
+reference binomially thinned, see `make_pair`; its own section of eval_speed.md). Needs the separate env
 benchmarks/peers/envs/celleval2 (pip install cell-eval2==0.20.0). Our numba kernels are compiled by one warm-up
 run first (cached on disk after installation).
 
@@ -47,15 +47,59 @@ print("SECONDS", time.perf_counter() - t)
 """
 
 
-def make_pair(dpath: pathlib.Path, n_cells: int, n_genes: int, n_perts: int, seed: int) -> tuple[str, str]:
+def make_pair(dpath: pathlib.Path, n_cells: int, n_genes: int, n_perts: int, seed: int,
+              thinned: bool = False) -> tuple[str, str]:
     """Raw counts, CSR float32; perturbations knock their own gene down to 10% and move 10-600 others. The two
     files are drawn at the same time (one process each) and written 1,000 cells at a time, so that a
-    VCC-sized pair never sits in memory whole."""
+    VCC-sized pair never sits in memory whole. With `thinned`, the prediction is instead the reference with
+    each count thinned binomially (p = THIN): drawn from the stored counts only, far cheaper at VCC size than
+    drawing every cell x gene again, and the same work for the scorer."""
     import concurrent.futures
 
+    if thinned:
+        real = write_screen(dpath, "real", n_cells, n_genes, n_perts, seed)
+        return real, write_thinned(pathlib.Path(real), dpath / "pred.h5ad", seed)
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
         jobs = [pool.submit(write_screen, dpath, tag, n_cells, n_genes, n_perts, seed) for tag in ("real", "pred")]
         return tuple(job.result() for job in jobs)
+
+
+THIN = 0.9
+"""Binomial thinning of the reference's counts for a `thinned` prediction."""
+
+
+def write_thinned(real: pathlib.Path, fpath: pathlib.Path, seed: int) -> str:
+    """A copy of `real` (its obs and var) whose counts are Binomial(count, THIN), 10,000 cells at a time."""
+    import shutil
+
+    import h5py
+
+    tmp = fpath.with_name(f".{fpath.name}.part")
+    shutil.copyfile(real, tmp)
+    r = np.random.default_rng(seed + 99)
+    with h5py.File(real, "r") as src, h5py.File(tmp, "r+") as h5:
+        x, sx = h5["X"], src["X"]
+        ptr = sx["indptr"][:]
+        for name in ("data", "indices", "indptr"):
+            del x[name]
+        data = x.create_dataset("data", (0,), np.float32, maxshape=(None,), chunks=(1 << 20,))
+        indices = x.create_dataset("indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 20,))
+        out_ptr = [np.zeros(1, np.int64)]
+        for lo in range(0, len(ptr) - 1, 10_000):
+            hi = min(lo + 10_000, len(ptr) - 1)
+            d = r.binomial(sx["data"][ptr[lo]:ptr[hi]].astype(np.int64), THIN).astype(np.float32)
+            ind = sx["indices"][ptr[lo]:ptr[hi]]
+            keep = d > 0
+            rows = np.repeat(np.arange(hi - lo), np.diff(ptr[lo:hi + 1]))[keep]
+            end = data.shape[0]
+            data.resize((end + int(keep.sum()),))
+            indices.resize((end + int(keep.sum()),))
+            data[end:] = d[keep]
+            indices[end:] = ind[keep]
+            out_ptr.append(end + np.cumsum(np.bincount(rows, minlength=hi - lo)))
+        x.create_dataset("indptr", data=np.concatenate(out_ptr))
+    tmp.rename(fpath)
+    return str(fpath)
 
 
 def write_screen(dpath: pathlib.Path, tag: str, n_cells: int, n_genes: int, n_perts: int, seed: int) -> str:
@@ -144,11 +188,11 @@ def main() -> None:
     if (data / "real.h5ad").is_file() and (data / "pred.h5ad").is_file():
         real, pred = str(data / "real.h5ad"), str(data / "pred.h5ad")
     else:
-        real, pred = make_pair(data, args.n_cells, args.n_genes, args.n_perts, args.seed)
+        real, pred = make_pair(data, args.n_cells, args.n_genes, args.n_perts, args.seed, thinned=args.ours_only)
     loads = {"start": load()}
     # numba compiles our kernels once per argument types (cached on disk after): a warm-up run on a small pair
     # written the same way, or on the pair itself when it is cheap to score
-    warm = make_pair(tmp, 2100, 300, 5, args.seed) if args.ours_only else (real, pred)
+    warm = make_pair(tmp, 2100, 300, 5, args.seed, thinned=True) if args.ours_only else (real, pred)
     subprocess.run([PY, "-c", OURS_METRICS, warm[1], warm[0], str(tmp / "warm.csv")], check=True, capture_output=True)
     rows = {"ours: metrics": timed([PY, "-c", OURS_METRICS, pred, real, str(tmp / "ours.csv")])}
     loads["ours metrics"] = load()
@@ -262,7 +306,8 @@ def write_md_ours(r: dict, name: str) -> None:
         SECTIONS.get(name, ""), "## VCC 2026 profile at VCC 2026 size: biojepac alone", "",
         f"{sh['n_cells']:,} cells per file ({sh['n_perts']} perturbations x {n_per} cells + "
         f"{sh['n_cells'] - sh['n_perts'] * n_per:,} controls) x {sh['n_genes']:,} genes, generated raw counts (CSR float32; "
-        f"files of {r['file_mib']['real']:,.0f} and {r['file_mib']['pred']:,.0f} MiB). cell-eval2 is not run at this "
+        f"files of {r['file_mib']['real']:,.0f} and {r['file_mib']['pred']:,.0f} MiB; the prediction is the reference with "
+        f"each count thinned binomially, p = {THIN}). cell-eval2 is not run at this "
         "size: its time on the 11,000-cell pair is in the table above, and its work grows with the cells (12x here) "
         "and the perturbations (6x), so hours on these cores. Each run a fresh process timed by "
         f"`/usr/bin/time -v`; {r['cpus']} shared cores, 1-minute load average: "

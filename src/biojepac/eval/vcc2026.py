@@ -216,9 +216,11 @@ def _jackknife(indptr, indices, data, order, bounds, sums, ts):
             for k in range(1, k_max + 1):
                 pw *= e
                 m[k] = pw.sum()
+            wg = np.empty(n_genes)
             for g in range(n_genes):
                 a = ts * P[g] / tot
                 w = a / (1.0 + a)
+                wg[g] = w
                 wk = 1.0
                 t1 = 0.0
                 t2 = 0.0
@@ -234,8 +236,7 @@ def _jackknife(indptr, indices, data, order, bounds, sums, ts):
                 ri = rem[k - lo]
                 for j in range(indptr[r], indptr[r + 1]):
                     g = indices[j]
-                    a = ts * P[g] / tot
-                    t0 = np.log1p(a / (1.0 + a) * ei)
+                    t0 = np.log1p(wg[g] * ei)
                     v = np.log1p(ts * (P[g] - data[j]) / ri) - b[g]
                     s1[g] += v - t0
                     s2[g] += v * v - t0 * t0
