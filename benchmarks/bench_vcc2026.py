@@ -57,7 +57,7 @@ def make_pair(dpath: pathlib.Path, n_cells: int, n_genes: int, n_perts: int, see
     import concurrent.futures
 
     if thinned:
-        real = write_screen(dpath, "real", n_cells, n_genes, n_perts, seed)
+        real = write_screen(dpath, "real", n_cells, n_genes, n_perts, seed, n_parts=2)
         return real, write_thinned(pathlib.Path(real), dpath / "pred.h5ad", seed)
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
         jobs = [pool.submit(write_screen, dpath, tag, n_cells, n_genes, n_perts, seed) for tag in ("real", "pred")]
@@ -102,12 +102,60 @@ def write_thinned(real: pathlib.Path, fpath: pathlib.Path, seed: int) -> str:
     return str(fpath)
 
 
-def write_screen(dpath: pathlib.Path, tag: str, n_cells: int, n_genes: int, n_perts: int, seed: int) -> str:
+def write_screen(dpath: pathlib.Path, tag: str, n_cells: int, n_genes: int, n_perts: int, seed: int,
+                 n_parts: int = 1) -> str:
+    """One file of the pair. With `n_parts` > 1 (the reference of a `thinned` pair), its cells are drawn in
+    that many processes, each over a range of cells with a random stream of its own."""
+    import concurrent.futures
+
     import anndata as ad
     import h5py
     import pandas as pd
     import scipy.sparse as sp
 
+    labels, genes, perts, base, f, r = biology(tag, n_cells, n_genes, n_perts, seed)
+    obs = pd.DataFrame({"target": np.array(perts)[labels]}, index=[f"{tag}{i}" for i in range(n_cells)])
+    fpath = dpath / f"{tag}.h5ad"
+    tmp = dpath / f".{tag}.h5ad.part"
+    ad.AnnData(X=sp.csr_matrix((n_cells, n_genes), dtype=np.float32), obs=obs,
+               var=pd.DataFrame(index=genes)).write_h5ad(tmp)
+    cuts = [k * (n_cells // 1000 // n_parts) * 1000 for k in range(n_parts)] + [n_cells]
+    if n_parts > 1:
+        with concurrent.futures.ProcessPoolExecutor(n_parts) as pool:
+            parts = list(pool.map(draw_part, [dpath] * n_parts, [tag] * n_parts, range(n_parts), cuts[:-1], cuts[1:],
+                                  [(n_cells, n_genes, n_perts, seed)] * n_parts))
+        blocks = (sp.csr_matrix(tuple(np.memmap(a, dtype=t, mode="r") for a, t in zip(part, RAW_TYPES)),
+                                shape=(hi - lo, n_genes)) for part, lo, hi in zip(parts, cuts[:-1], cuts[1:]))
+    else:
+        blocks = draw_blocks(labels, base, f, r, 0, n_cells)
+    with h5py.File(tmp, "r+") as h5:
+        x = h5["X"]
+        for name in ("data", "indices", "indptr"):
+            del x[name]
+        data = x.create_dataset("data", (0,), np.float32, maxshape=(None,), chunks=(1 << 20,))
+        indices = x.create_dataset("indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 20,))
+        indptr = [np.zeros(1, np.int64)]
+        for block in blocks:
+            end = data.shape[0]
+            data.resize((end + block.nnz,))
+            indices.resize((end + block.nnz,))
+            data[end:] = block.data
+            indices[end:] = block.indices
+            indptr.append(end + block.indptr[1:].astype(np.int64))
+        x.create_dataset("indptr", data=np.concatenate(indptr))
+    if n_parts > 1:
+        for part in parts:
+            for a in part:
+                pathlib.Path(a).unlink()
+    tmp.rename(fpath)
+    return str(fpath)
+
+
+RAW_TYPES = (np.float32, np.int32, np.int64)
+
+
+def biology(tag: str, n_cells: int, n_genes: int, n_perts: int, seed: int):
+    """(labels, genes, perturbations, base expression, fold changes, the file's random stream)."""
     rng = np.random.default_rng(seed)
     genes = np.array([f"GENE{i:05d}" for i in range(n_genes)])
     perts = ["non-targeting"] + list(genes[rng.choice(n_genes, n_perts, replace=False)])
@@ -123,31 +171,33 @@ def write_screen(dpath: pathlib.Path, tag: str, n_cells: int, n_genes: int, n_pe
     noise = 0.3 if tag == "pred" else 0.0
     r = np.random.default_rng(seed + len(tag) + (7 if tag == "pred" else 0))
     f = fold * np.exp(r.normal(0, noise, fold.shape)) if noise else fold
-    obs = pd.DataFrame({"target": np.array(perts)[labels]}, index=[f"{tag}{i}" for i in range(n_cells)])
-    fpath = dpath / f"{tag}.h5ad"
-    tmp = dpath / f".{tag}.h5ad.part"
-    ad.AnnData(X=sp.csr_matrix((n_cells, n_genes), dtype=np.float32), obs=obs,
-               var=pd.DataFrame(index=genes)).write_h5ad(tmp)
-    with h5py.File(tmp, "r+") as h5:
-        x = h5["X"]
-        for name in ("data", "indices", "indptr"):
-            del x[name]
-        data = x.create_dataset("data", (0,), np.float32, maxshape=(None,), chunks=(1 << 20,))
-        indices = x.create_dataset("indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 20,))
-        indptr = [np.zeros(1, np.int64)]
-        for lo in range(0, n_cells, 1000):
-            idx = labels[lo:lo + 1000]
-            block = sp.csr_matrix(r.poisson(base[None] * f[idx] * r.lognormal(0, 0.3, size=(len(idx), 1)))
-                                  .astype(np.float32))
-            end = data.shape[0]
-            data.resize((end + block.nnz,))
-            indices.resize((end + block.nnz,))
-            data[end:] = block.data
-            indices[end:] = block.indices
-            indptr.append(end + block.indptr[1:].astype(np.int64))
-        x.create_dataset("indptr", data=np.concatenate(indptr))
-    tmp.rename(fpath)
-    return str(fpath)
+    return labels, genes, perts, base, f, r
+
+
+def draw_blocks(labels, base, f, r, lo: int, hi: int):
+    """CSR float32 Poisson counts of cells lo..hi, 1,000 at a time."""
+    import scipy.sparse as sp
+
+    for start in range(lo, hi, 1000):
+        idx = labels[start:min(start + 1000, hi)]
+        yield sp.csr_matrix(r.poisson(base[None] * f[idx] * r.lognormal(0, 0.3, size=(len(idx), 1))).astype(np.float32))
+
+
+def draw_part(dpath: pathlib.Path, tag: str, k: int, lo: int, hi: int, shape: tuple) -> tuple[str, str, str]:
+    """Cells lo..hi drawn with stream k (stream 0 is the file's own), appended block by block to raw
+    data (float32), indices (int32) and indptr (int64) files."""
+    labels, _, _, base, f, r = biology(tag, *shape)
+    r = r if k == 0 else np.random.default_rng(shape[-1] + 1000 * k)
+    out = tuple(str(dpath / f".{tag}.{k}.{name}.raw") for name in ("data", "indices", "indptr"))
+    ptr, end = [np.zeros(1, np.int64)], 0
+    with open(out[0], "wb") as fd, open(out[1], "wb") as fi:
+        for block in draw_blocks(labels, base, f, r, lo, hi):
+            block.data.astype(np.float32).tofile(fd)
+            block.indices.astype(np.int32).tofile(fi)
+            ptr.append(end + block.indptr[1:].astype(np.int64))
+            end += block.nnz
+    np.concatenate(ptr).tofile(out[2])
+    return out
 
 
 def timed(cmd: list[str]) -> dict:
