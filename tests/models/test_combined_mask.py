@@ -146,3 +146,96 @@ def test_biojepac_in_memory_pretrain_batches_carry_the_mask(combined):
     b = _cell_batch(scr, EpochSampler(adata.n_obs, 32, 0), 0)
     is_b = b["x"][:, :10].sum(1) == 0  # B measured G010-G039 only; A's cells have counts in G000-G009
     np.testing.assert_array_equal(b["gene_mask"], np.where(is_b[:, None], np.arange(40) >= 10, np.arange(40) < 30))
+
+
+def _jepa_modules(n_genes: int, feat_dim: int):
+    from biojepac.models.jepa.config import get_preset
+    from biojepac.models.jepa.network import make_modules
+
+    mcfg = get_preset("tiny")
+    mcfg = dataclasses.replace(mcfg, encoder=dataclasses.replace(mcfg.encoder, token_mode="all"))
+    return mcfg, make_modules(n_genes, feat_dim, mcfg, jax.random.PRNGKey(0), 2)
+
+
+def test_decode_loss_ignores_unmeasured_genes():
+    """The decoder's reconstruction error is the mean over measured (cell, gene) pairs only: checked against
+    the squared errors computed cell by cell."""
+    from biojepac.models.jepa import stages
+
+    n_genes = 12
+    _, mods = _jepa_modules(n_genes, 4)
+    rng = np.random.default_rng(3)
+    x = rng.random((5, n_genes), dtype=np.float32)
+    mask = np.ones((5, n_genes), bool)
+    mask[:3, 7:] = False  # the first three cells come from a dataset without genes 7-11
+    x[~mask] = 0.0  # as a combined screen stores them
+    lib = np.full((5,), 3.0, np.float32)
+    recon = eqx.filter_jit(jax.vmap(lambda xx, ll: mods.decoder(*mods.encoder(xx, ll)[:3])[0]))
+    sq = (np.asarray(recon(jnp.asarray(x), jnp.asarray(lib))) - x) ** 2  # cell by cell, no mask
+    plain = float(stages.decode_loss(mods.decoder, mods.encoder, {"x": x, "lib": lib}, None)[0])
+    masked = float(stages.decode_loss(mods.decoder, mods.encoder, {"x": x, "lib": lib, "gene_mask": mask}, None)[0])
+    np.testing.assert_allclose(plain, sq.mean(), rtol=1e-5)  # no mask: the plain mean over cells and genes
+    np.testing.assert_allclose(masked, sq[mask].mean(), rtol=1e-5)  # masked: unmeasured genes add nothing
+    assert abs(plain - masked) > 1e-4
+
+
+def test_predict_loss_ignores_unmeasured_genes():
+    """BioJEPAC stage 3: the pseudobulk expression and latent targets at genes a group's dataset did not measure
+    cannot move the loss (and do without the mask)."""
+    from biojepac.models.jepa import stages
+
+    n_genes, feat_dim, b, s = 10, 4, 3, 4
+    mcfg, mods = _jepa_modules(n_genes, feat_dim)
+    d = mcfg.encoder.d
+    rng = np.random.default_rng(4)
+    mask = np.ones((b, n_genes), bool)
+    mask[1, 6:] = False
+    batch = {"x_ctrl": rng.random((b, s, n_genes), dtype=np.float32), "lib_ctrl": np.full((b, s), 3.0, np.float32),
+             "x_pert": rng.random((b, s, n_genes), dtype=np.float32), "lib_pert": np.full((b, s), 3.0, np.float32),
+             "prior": rng.normal(size=(b, n_genes, d)).astype(np.float32) * 0.1,
+             "feat": rng.normal(size=(b, feat_dim)).astype(np.float32), "mode": np.zeros(b, np.int32),
+             "ctx": np.ones(b, np.int32), "target": np.zeros((b, n_genes), np.float32),
+             "delta_z": rng.normal(size=(b, n_genes, d)).astype(np.float32) * 0.1,
+             "delta_x": rng.normal(size=(b, n_genes)).astype(np.float32) * 0.1, "gene_mask": mask}
+    other = dict(batch, delta_x=np.where(mask, batch["delta_x"], 9.0).astype(np.float32),
+                 delta_z=np.where(mask[..., None], batch["delta_z"], -4.0).astype(np.float32))
+    cfg = dataclasses.replace(mcfg.predict, label_dropout=0.0)
+    params, extra = mods.predictor, (mods.encoder, mods.decoder, mods.composer)
+    if cfg.finetune_composer:
+        params, extra = (mods.predictor, mods.composer), (mods.encoder, mods.decoder)
+    fn = eqx.filter_jit(lambda bb: stages.predict_loss(params, extra, bb, jax.random.PRNGKey(0), cfg=cfg))
+    (l1, m1), (l2, m2) = fn(batch), fn(other)
+    np.testing.assert_allclose(float(l1), float(l2), rtol=1e-6)
+    np.testing.assert_allclose(float(m1["expr_mse"]), float(m2["expr_mse"]), rtol=1e-6)
+    unmasked = {k: v for k, v in batch.items() if k != "gene_mask"}
+    l3, m3 = fn(dict(unmasked, delta_x=other["delta_x"], delta_z=other["delta_z"]))
+    assert float(m3["expr_mse"]) > float(m1["expr_mse"]) + 1.0 and float(l3) > float(l1)
+    all_ones = fn(dict(batch, gene_mask=np.ones_like(mask)))[1]["expr_mse"]  # a full mask is the plain mean
+    np.testing.assert_allclose(float(all_ones), float(fn(unmasked)[1]["expr_mse"]), rtol=1e-6)
+
+
+def test_biojepac_fit_on_combined_screen_hands_each_group_its_mask(combined, monkeypatch):
+    """Plumbing: the stage-3 batches of a fit on a combined screen carry each group's dataset mask."""
+    from biojepac.models.jepa import trainer
+    from biojepac.models.jepa.config import get_preset
+
+    adata = ad.read_h5ad(combined)
+    seen = []
+    real = trainer._run
+
+    class Seen(Exception):
+        pass
+
+    def spy(run, name, state, step_fn, get_batch, end, n_steps):
+        if name == "predict":  # the batches are what is checked; training the stage is not needed
+            seen.extend(get_batch(step) for step in range(4))
+            raise Seen
+        return real(run, name, state, step_fn, get_batch, end, n_steps)
+
+    monkeypatch.setattr(trainer, "_run", spy)
+    with pytest.raises(Seen):
+        trainer.fit_biojepac(adata, "onehot", get_preset("tiny"), steps_scale=0.02)
+    is_b = np.concatenate([b["x_ctrl"][:, :, :10].sum((1, 2)) == 0 for b in seen])  # B measured G010-G039 only
+    assert is_b.any() and not is_b.all()  # groups of both datasets were drawn
+    mask = np.concatenate([b["gene_mask"] for b in seen])
+    np.testing.assert_array_equal(mask, np.where(is_b[:, None], np.arange(40) >= 10, np.arange(40) < 30))

@@ -5,8 +5,15 @@ loads and validates them (`load_screen`), optionally harmonises gene symbols, no
 (normalize_total + log1p, recorded), optionally keeps HVGs, and writes the canonical screen to
 `DATA_DPATH/NAME/NAME.h5ad` atomically.
 
-Checksums: none of the sources publishes one we could confirm here, so every `md5`/`sha256` is None
-and `fetch` checks size (where published) and readability instead. Fill them in once verified.
+Checksums, as each source publishes them (`fetch` verifies what is known and says what it checked):
+- figshare+ (Replogle 2022, article 20029387): the figshare API lists each file's size and `computed_md5`;
+  both are recorded (read from the API's file list as quoted by two independent public manifests, since
+  figshare cannot be reached from here).
+- GEO (Nadig 2025, GSE264667): GEO publishes no checksum for supplementary files, only their size on the FTP
+  listing; the size (as a public manifest quotes it) is recorded and checked.
+- Harvard Dataverse (GEARS' K562 package): Dataverse computes an MD5 per file (shown on the file page), but
+  we could not read it here; neither md5 nor size is recorded, so `fetch` checks readability (the zip opens).
+- VCC 2025 (behind a registration): no checksum or size is published; the user supplies the files.
 """
 
 import dataclasses
@@ -68,7 +75,7 @@ RECIPES: dict[str, Recipe] = {
             name="replogle22_k562_essential_gears",
             description="Replogle 2022 K562 essential CRISPRi in GEARS packaging: 5,000 HVGs, log1p, ~1,087 perturbations.",
             page="https://dataverse.harvard.edu/api/access/datafile/7458695 (GEARS PertData 'replogle_k562_essential')",
-            # md5 unknown: Dataverse serves it, but we have not confirmed the value.
+            # Dataverse shows an MD5 on the file page; not readable from here, so none is recorded.
             files=(RemoteFile("replogle_k562_essential.zip", "https://dataverse.harvard.edu/api/access/datafile/7458695"),),
             screen_fname="perturb_processed.h5ad",
             extract_from="replogle_k562_essential.zip",
@@ -82,7 +89,8 @@ RECIPES: dict[str, Recipe] = {
             name="replogle22_k562_essential",
             description="Replogle 2022 K562 essential-gene CRISPRi, raw single-cell UMIs (~10.7 GB).",
             page=_FIGSHARE_PAGE,
-            files=(RemoteFile("K562_essential_raw_singlecell_01.h5ad", _FIGSHARE + "35773219", size_bytes=10_661_879_995),),
+            files=(RemoteFile("K562_essential_raw_singlecell_01.h5ad", _FIGSHARE + "35773219", md5="4f1122ce1c7f13299a68df6459a266d3",
+                                size_bytes=10_661_879_995),),
             screen_fname="K562_essential_raw_singlecell_01.h5ad",
             columns=ScreenColumns(**_WEISSMAN, guide="sgID_AB", default_context="K562"),
             expect="counts", n_hvg=5000, backed=True,
@@ -91,7 +99,8 @@ RECIPES: dict[str, Recipe] = {
             name="replogle22_k562_gwps",
             description="Replogle 2022 K562 genome-wide CRISPRi, raw single-cell UMIs (~66 GB; use --max-cells-per-pert).",
             page=_FIGSHARE_PAGE,
-            files=(RemoteFile("K562_gwps_raw_singlecell_01.h5ad", _FIGSHARE + "35775507", size_bytes=65_830_941_948),),
+            files=(RemoteFile("K562_gwps_raw_singlecell_01.h5ad", _FIGSHARE + "35775507", md5="887e3e6a8c8df6eadf7a3030a53c9546",
+                                size_bytes=65_830_941_948),),
             screen_fname="K562_gwps_raw_singlecell_01.h5ad",
             columns=ScreenColumns(**_WEISSMAN, guide="sgID_AB", default_context="K562"),
             expect="counts", n_hvg=5000, backed=True,
@@ -100,7 +109,8 @@ RECIPES: dict[str, Recipe] = {
             name="replogle22_rpe1",
             description="Replogle 2022 RPE1 essential-gene CRISPRi, raw single-cell UMIs (~8.7 GB).",
             page=_FIGSHARE_PAGE,
-            files=(RemoteFile("rpe1_raw_singlecell_01.h5ad", _FIGSHARE + "35775606"),),
+            files=(RemoteFile("rpe1_raw_singlecell_01.h5ad", _FIGSHARE + "35775606", md5="6a2a9d0d2bf4ec147f4d1104043b268c",
+                                size_bytes=8_700_873_216),),
             screen_fname="rpe1_raw_singlecell_01.h5ad",
             columns=ScreenColumns(**_WEISSMAN, guide="sgID_AB", default_context="RPE1"),
             expect="counts", n_hvg=5000, backed=True,
@@ -110,7 +120,8 @@ RECIPES: dict[str, Recipe] = {
             name="nadig25_hepg2",
             description="Nadig 2025 HepG2 essential-gene CRISPRi, raw single-cell UMIs (GEO GSE264667, ~5.6 GB).",
             page="https://www.ncbi.nlm.nih.gov/geo/query/acc.cgi?acc=GSE264667",
-            files=(RemoteFile("GSE264667_hepg2_raw_singlecell_01.h5ad", _GEO + "GSE264667_hepg2_raw_singlecell_01.h5ad"),),
+            files=(RemoteFile("GSE264667_hepg2_raw_singlecell_01.h5ad", _GEO + "GSE264667_hepg2_raw_singlecell_01.h5ad",
+                                size_bytes=5_614_460_941),),
             screen_fname="GSE264667_hepg2_raw_singlecell_01.h5ad",
             columns=ScreenColumns(**_WEISSMAN, default_context="HepG2"),
             expect="counts", n_hvg=5000, backed=True,
@@ -119,7 +130,8 @@ RECIPES: dict[str, Recipe] = {
             name="nadig25_jurkat",
             description="Nadig 2025 Jurkat essential-gene CRISPRi, raw single-cell UMIs (GEO GSE264667, ~9.4 GB).",
             page="https://www.ncbi.nlm.nih.gov/geo/query/acc.cgi?acc=GSE264667",
-            files=(RemoteFile("GSE264667_jurkat_raw_singlecell_01.h5ad", _GEO + "GSE264667_jurkat_raw_singlecell_01.h5ad"),),
+            files=(RemoteFile("GSE264667_jurkat_raw_singlecell_01.h5ad", _GEO + "GSE264667_jurkat_raw_singlecell_01.h5ad",
+                                size_bytes=9_366_490_264),),
             screen_fname="GSE264667_jurkat_raw_singlecell_01.h5ad",
             columns=ScreenColumns(**_WEISSMAN, default_context="Jurkat"),
             expect="counts", n_hvg=5000, backed=True,

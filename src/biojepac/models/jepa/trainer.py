@@ -349,7 +349,14 @@ def train_predict(run: Run, predictor, composer, teacher, decoder, stats: GroupS
         return {"x_ctrl": scr.x_cg[ctrl], "lib_ctrl": scr.lib_c[ctrl], "x_pert": scr.x_cg[pert], "lib_pert": scr.lib_c[pert],
                 "prior": prior_gd[groups], "feat": feat[groups], "mode": np.full(len(groups), mode, np.int32),
                 "ctx": ctx_index[groups].astype(np.int32), "target": stats.target[groups],
-                "delta_z": stats.delta_z[groups], "delta_x": stats.delta_x[groups]}
+                "delta_z": stats.delta_z[groups], "delta_x": stats.delta_x[groups], **group_masks(groups)}
+
+    def group_masks(groups: np.ndarray) -> dict:
+        """A combined screen: each group's measured genes (its cells share a context, hence a dataset)."""
+        if scr.gene_masks is None:
+            return {}
+        codes, table = scr.gene_masks
+        return {"gene_mask": table[codes[[stats.cells[g][0] for g in groups]]]}
 
     n_batch = min(c.batch_size, len(train_g))
     get_batch = lambda step: sets(np.random.default_rng([cfg.seed + 7, step]).choice(train_g, n_batch, replace=False),
@@ -417,7 +424,7 @@ def _cell_batch(scr: Screen, sampler: loop.EpochSampler, step: int) -> dict:
     idx = sampler(step)
     if scr.gene_masks is None:
         return {"x": scr.x_cg[idx], "lib": scr.lib_c[idx]}
-    codes, table = scr.gene_masks  # a combined screen: pretraining leaves unmeasured genes out (stages.pretrain_loss)
+    codes, table = scr.gene_masks  # a combined screen: pretraining and decoding leave unmeasured genes out (stages)
     return {"x": scr.x_cg[idx], "lib": scr.lib_c[idx], "gene_mask": table[codes[idx]]}
 
 
