@@ -142,6 +142,43 @@ def test_intersection_list_and_cli(three_screens, table_fpath, tmp_path, capsys)
     np.testing.assert_allclose(comb.X.toarray(), want, rtol=2e-6, atol=2e-6)
 
 
+def test_shards_hold_the_single_files_rows_and_stream_as_one(three_screens, table_fpath, tmp_path, capsys):
+    """`--shard-cells`: a folder of shards, none mixing datasets, whose rows, obs, var and masks concatenate to the
+    one-file output; the stream loader reads the folder as those shards."""
+    from biojepac.data.stream import CellStream, StreamConfig
+
+    paths, _ = three_screens
+    screens = tuple(f"{k}={v}" for k, v in paths.items())
+    kw = dict(screens=screens, log1p_targets=("C=5000",), symbols=str(table_fpath), chunk_rows=32, checksum=False)
+    combine_screens(CombineConfig(out=tmp_path / "one.h5ad", **kw))
+    dpath = tmp_path / "shards"
+    assert main(["data", "combine", "--screens", *screens, "--log1p-targets", "C=5000", "--symbols", str(table_fpath),
+                 "--chunk-rows", "32", "--no-checksum", "--out", str(dpath), "--shard-cells", "50"]) == 0
+    assert "in 7 shards" in capsys.readouterr().out
+    files = sorted(dpath.glob("*.h5ad"))
+    assert [f.name for f in files] == [f"shard-{i:05d}.h5ad" for i in range(7)]  # A 120 -> 50+50+20, B 90 -> 50+40, C 60 -> 50+10
+    parts = [ad.read_h5ad(f) for f in files]
+    assert [p.n_obs for p in parts] == [50, 50, 20, 50, 40, 50, 10]
+    assert all(p.obs["dataset"].nunique() == 1 for p in parts)
+    one = ad.read_h5ad(tmp_path / "one.h5ad")
+    joined = ad.concat(parts, merge="same")
+    np.testing.assert_array_equal(joined.X.toarray(), one.X.toarray())
+    assert list(joined.obs_names) == list(one.obs_names)
+    for col in (schema.PERT_COL, schema.CONTEXT_COL, schema.BATCH_COL, "dataset"):
+        assert list(joined.obs[col].astype(str)) == list(one.obs[col].astype(str))
+    for p in parts:
+        pd.testing.assert_frame_equal(p.var, one.var)
+        assert list(p.uns[schema.UNS_KEY]["combine"]["datasets"]) == ["A", "B", "C"]
+    stream = CellStream(StreamConfig(shard_fpaths=(str(dpath),), kind="cells", cell_repr="dense", batch_size=270, block_rows=16))
+    assert stream.n_rows == 270 and len(stream.shards) == 7
+    b = stream.next_batch()
+    codes, masks = gene_masks(one.obs, one.var)
+    np.testing.assert_array_equal(b["x"], one.X.toarray()[b["row"]])
+    np.testing.assert_array_equal(b["gene_mask"], masks[codes[b["row"]]])
+    with pytest.raises(InputError, match="is a file"):
+        combine_screens(CombineConfig(out=tmp_path / "one.h5ad", shard_cells=10, **kw))
+
+
 def test_hvg_ranks_across_datasets_as_scanpy_batch_key(tmp_path, table_fpath):
     """Same genes in every dataset: our streamed ranking equals scanpy's highly_variable_genes(batch_key)."""
     import scanpy as sc

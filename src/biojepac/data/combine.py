@@ -12,9 +12,12 @@ The flow, top-down in `combine_screens`:
    - anything else (log1p of an unknown scale, no raw counts): refused, one line naming the file.
 2. `choose_genes`: the gene space (union, intersection, a list file, or the top-k highly variable genes
    ranked across datasets as scanpy's `highly_variable_genes(batch_key=...)` ranks batches).
-3. One more pass per dataset writes its normalised rows, columns moved into the gene space, to a chunked
-   CSR `.h5ad` (the layout `data prepare-ooc` writes and `data.stream` reads). Memory holds one row block
-   of one dataset at a time, plus the per-cell labels.
+3. One more pass per dataset writes its normalised rows, columns moved into the gene space, as chunked
+   CSR (the layout `data prepare-ooc` writes and `data.stream` reads): to one `.h5ad`, or, with
+   `--shard-cells N`, to a folder of `.h5ad` shards of at most N cells (each one dataset's rows, with their
+   obs, the common var and the provenance), which `train state-stream --shards FOLDER` reads. Memory holds
+   one row block of one dataset at a time plus the per-cell labels: of every cell for one `.h5ad` (its obs is
+   written whole), of one dataset at a time for shards (re-read from its input when its rows are written).
 
 Genes a dataset did not measure hold no value in X (sparse: nothing stored, i.e. 0) and are marked False in
 `var["measured:NAME"]`; `obs["dataset"]` names each cell's dataset, `gene_masks` turns the two into masks.
@@ -43,7 +46,7 @@ from biojepac.data.load import ScreenColumns, canonical_obs, validate_labels
 from biojepac.data.ooc import CsrWriter, hvg_from_moments, row_facts
 from biojepac.data.values import classify, size_factors
 from biojepac.errors import InputError
-from biojepac.io import temp_sibling
+from biojepac.io import temp_sibling, write_dir_atomic
 
 DATASET_COL = "dataset"
 """obs column naming each cell's source dataset."""
@@ -58,7 +61,11 @@ class CombineConfig:
     """Input screens as NAME=PATH (canonical .h5ad: obs target_gene, optional context/batch; `data prepare`
     writes them). NAME goes to obs `dataset` and prefixes `context` and `batch`."""
     out: pathlib.Path = pathlib.Path("combined.h5ad")
-    """Output: one chunked CSR .h5ad (log1p), readable backed and by the stream loader; written atomically."""
+    """Output: one chunked CSR .h5ad (log1p), readable backed and by the stream loader; with --shard-cells, a
+    folder of shards. Written atomically."""
+    shard_cells: int = 0
+    """0: write one .h5ad at --out. N > 0: write --out as a folder of .h5ad shards (`shard-00000.h5ad`, ...)
+    of at most N cells each, a shard never mixing datasets; memory then no longer grows with the total cells."""
     gene_space: str = "union"
     """union | intersection | list:PATH (one gene per line, any identifier style; its names and order are
     kept) | hvg:K (top K highly variable genes ranked across datasets)."""
@@ -83,8 +90,9 @@ class Source:
 
     name: str
     fpath: pathlib.Path
-    obs: pd.DataFrame
-    """The output's obs rows for this dataset (canonical columns, prefixed labels)."""
+    obs: pd.DataFrame | None
+    """The output's obs rows for this dataset (canonical columns, prefixed labels); None when not kept
+    (shard output: `source_obs` re-reads them when the dataset's rows are written)."""
     genes: list[str]
     """Matching key (current symbol, else the name as given, Ensembl version dropped) per input gene."""
     elem: str
@@ -105,7 +113,8 @@ def run_combine(cfg: CombineConfig) -> None:
         gm = rec["gene_map"]
         print(f"{name}: {rec['n_cells']:,} cells, {rec['n_genes']:,} genes ({gm['n_current']} current, {gm['n_renamed']} renamed, "
               f"{gm['n_ambiguous']} ambiguous, {gm['n_unknown']} unmatched; {gm['n_in_space']} in the gene space); {rec['normalisation']}")
-    print(f"wrote {cfg.out}: {summary['n_cells']:,} cells x {summary['n_genes']:,} genes ({cfg.gene_space}), "
+    shards = f" in {len(summary['shards'])} shards" if "shards" in summary else ""
+    print(f"wrote {cfg.out}: {summary['n_cells']:,} cells x {summary['n_genes']:,} genes ({cfg.gene_space}){shards}, "
           f"in {time.perf_counter() - t0:.1f} s")
 
 
@@ -123,8 +132,15 @@ def combine_screens(cfg: CombineConfig) -> dict:
         raise InputError(f"--log1p-targets: {unknown[0]!r} is not a dataset of --screens ({', '.join(screens)})")
     if not cfg.target > 0:
         raise InputError(f"--target must be > 0, got {cfg.target!r}")
+    if cfg.shard_cells < 0:
+        raise InputError(f"--shard-cells must be >= 0, got {cfg.shard_cells}")
+    if cfg.shard_cells and pathlib.Path(cfg.out).is_file():
+        raise InputError(f"--out {cfg.out}: is a file; with --shard-cells give the folder to write the shards to")
     table = get_symbols(cfg.symbols)
     sources = [read_source(name, pathlib.Path(path), cfg, table, log1p_targets.get(name)) for name, path in screens.items()]
+    if cfg.shard_cells:
+        for src in sources:
+            src.obs = None  # one dataset's labels at a time from here on
     names, keys = choose_genes(cfg, sources, table)
     return write_combined(cfg, sources, names, keys, table)
 
@@ -165,14 +181,34 @@ def read_source(name: str, fpath: pathlib.Path, cfg: CombineConfig, table: Symbo
     with f:
         if "X" not in f or "obs" not in f or "var" not in f:
             raise InputError(f"{fpath}: not an .h5ad screen (needs X, obs and var)")
-        obs, var = ad.io.read_elem(f["obs"]), ad.io.read_elem(f["var"])
-        # A canonical file keeps its own modality per cell (Norman is CRISPRa); CRISPRi where it has none.
-        columns = ScreenColumns(pert_type=schema.PERT_TYPE_COL) if schema.PERT_TYPE_COL in obs.columns else ScreenColumns()
-        obs = canonical_obs(obs, columns, source)
+        obs, var = _canonical_obs(f, source), ad.io.read_elem(f["var"])
         validate_labels(obs, var.index, source)
         in_names = [str(g) for g in var.index]
         genes, gene_report = match_genes(in_names, table)
         elem, values, totals, source_total, how = _decide_values(f, source, cfg, obs, in_names, log1p_target)
+    out_obs, label_report = output_obs(name, obs, totals, table)
+    record = {
+        "path": str(fpath.resolve()),
+        "size_bytes": fpath.stat().st_size,
+        "sha256": _sha256(fpath) if cfg.checksum else "not computed (--no-checksum)",
+        "n_cells": len(obs), "n_genes": len(in_names),
+        "values": values, "values_from": elem, "normalisation": how,
+        "gene_map": _gene_record(gene_report, table),
+        "label_map": {"n_renamed": len(label_report.renamed), "renamed": dict(label_report.renamed),
+                      "ambiguous": {k: ",".join(v) for k, v in label_report.ambiguous.items()}},
+    }
+    return Source(name, fpath, out_obs, genes, elem, values, totals, source_total, record)
+
+
+def _canonical_obs(f: h5py.File, source: str) -> pd.DataFrame:
+    obs = ad.io.read_elem(f["obs"])
+    # A canonical file keeps its own modality per cell (Norman is CRISPRa); CRISPRi where it has none.
+    columns = ScreenColumns(pert_type=schema.PERT_TYPE_COL) if schema.PERT_TYPE_COL in obs.columns else ScreenColumns()
+    return canonical_obs(obs, columns, source)
+
+
+def output_obs(name: str, obs: pd.DataFrame, totals: np.ndarray | None, table: SymbolTable):
+    """(The output's obs rows for dataset `name`, the perturbation-label report)."""
     cat = pd.Categorical(obs[schema.PERT_COL].astype(str))
     labels, label_report = harmonize_labels(list(cat.categories), table)
     uniq = pd.Index(labels).unique()  # two old labels may map to one current symbol
@@ -186,17 +222,16 @@ def read_source(name: str, fpath: pathlib.Path, cfg: CombineConfig, table: Symbo
     }, index=pd.Index([f"{name}:{c}" for c in obs.index.astype(str)]))
     if schema.GUIDE_COL in obs.columns:
         out_obs[schema.GUIDE_COL] = pd.Categorical(obs[schema.GUIDE_COL].astype(str))
-    record = {
-        "path": str(fpath.resolve()),
-        "size_bytes": fpath.stat().st_size,
-        "sha256": _sha256(fpath) if cfg.checksum else "not computed (--no-checksum)",
-        "n_cells": len(obs), "n_genes": len(in_names),
-        "values": values, "values_from": elem, "normalisation": how,
-        "gene_map": _gene_record(gene_report, table),
-        "label_map": {"n_renamed": len(label_report.renamed), "renamed": dict(label_report.renamed),
-                      "ambiguous": {k: ",".join(v) for k, v in label_report.ambiguous.items()}},
-    }
-    return Source(name, fpath, out_obs, genes, elem, values, totals, source_total, record)
+    return out_obs, label_report
+
+
+def source_obs(src: Source, table: SymbolTable) -> pd.DataFrame:
+    """`src`'s output obs rows: kept, or re-read from its file (checked when it was first read)."""
+    if src.obs is not None:
+        return src.obs
+    with h5py.File(src.fpath, "r") as f:
+        obs = _canonical_obs(f, str(src.fpath))
+    return output_obs(src.name, obs, src.totals, table)[0]
 
 
 def match_genes(names: list[str], table: SymbolTable) -> tuple[list[str], object]:
@@ -357,7 +392,7 @@ def hvg_across(sources: list[Source], k: int, cfg: CombineConfig) -> list[str]:
                 v = normalise_block(m, src, row0, cfg.target)
                 vals = (np.expm1(v.data) if cfg.hvg_flavor == "seurat" else v.data).astype(np.float64)
                 mom += [np.bincount(v.indices, vals, n), np.bincount(v.indices, vals**2, n)]
-        df = hvg_from_moments(mom[0], mom[1], len(src.obs), k, cfg.hvg_flavor)
+        df = hvg_from_moments(mom[0], mom[1], src.record["n_cells"], k, cfg.hvg_flavor)
         idx = np.asarray([pos[g] for g in src.genes])
         n_hv[idx] += df["highly_variable"].to_numpy()
         dn = df["dispersions_norm"].to_numpy()
@@ -381,7 +416,6 @@ def write_combined(cfg: CombineConfig, sources: list[Source], names: list[str], 
         measured[src.name] = np.zeros(n_genes, bool)
         measured[src.name][remap[remap >= 0]] = True
         src.record["gene_map"]["n_in_space"] = int((remap >= 0).sum())
-    obs = _concat_obs([s.obs for s in sources])
     var = pd.DataFrame({"symbol": keys}, index=pd.Index(names))
     var["n_datasets"] = np.sum([m for m in measured.values()], axis=0).astype(np.int32)
     for name, m in measured.items():
@@ -394,26 +428,74 @@ def write_combined(cfg: CombineConfig, sources: list[Source], names: list[str], 
         "values": "log1p",
     }
     out = pathlib.Path(cfg.out)
+    if cfg.shard_cells:
+        shards: list[dict] = []
+        write_dir_atomic(out, lambda tmp: shards.extend(write_shards(tmp, cfg, sources, col, var, prov, table)))
+        return {**prov["combine"], "n_cells": sum(s["n_cells"] for s in shards), "n_genes": n_genes, "shards": shards}
+    obs = _concat_obs([source_obs(s, table) for s in sources])
     tmp = temp_sibling(out)  # hidden; removed by the next run if this one is killed
     try:
         with h5py.File(tmp, "w") as f:
             writer = CsrWriter(f, n_genes, 1 << 18)
             n_rows = 0
             for src in sources:
-                remap = np.asarray([col.get(g, -1) for g in src.genes], dtype=np.int64)
-                with h5py.File(src.fpath, "r") as fin:
-                    for row0, m in iter_blocks(fin[src.elem], cfg.chunk_rows):
-                        writer.append(remap_columns(normalise_block(m, src, row0, cfg.target), remap, n_genes))
-                        n_rows += m.shape[0]
+                for _, m in normalised_blocks(src, cfg, col, n_genes):
+                    writer.append(m)
+                    n_rows += m.shape[0]
             writer.close(n_rows)
-            f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
-            ad.io.write_elem(f, "obs", obs)
-            ad.io.write_elem(f, "var", var)
-            ad.io.write_elem(f, "uns", {schema.UNS_KEY: prov})
+            _write_meta(f, obs, var, prov)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return {**prov["combine"], "n_cells": int(n_rows), "n_genes": n_genes}
+
+
+def normalised_blocks(src: Source, cfg: CombineConfig, col: dict[str, int], n_genes: int) -> typing.Iterator[tuple[int, sp.csr_matrix]]:
+    """(first row, block) of `src`'s rows at the common normalisation, in the output's gene space."""
+    remap = np.asarray([col.get(g, -1) for g in src.genes], dtype=np.int64)
+    with h5py.File(src.fpath, "r") as fin:
+        for row0, m in iter_blocks(fin[src.elem], cfg.chunk_rows):
+            yield row0, remap_columns(normalise_block(m, src, row0, cfg.target), remap, n_genes)
+
+
+def write_shards(dpath: pathlib.Path, cfg: CombineConfig, sources: list[Source], col: dict[str, int], var: pd.DataFrame,
+                 prov: dict, table: SymbolTable) -> list[dict]:
+    """Each dataset's rows as `shard-NNNNN.h5ad` files of at most `cfg.shard_cells` cells; one list entry each."""
+    shards: list[dict] = []
+    for src in sources:
+        obs = source_obs(src, table)
+        shard, start = None, 0  # the open shard and its first row in `src`
+        for _, m in normalised_blocks(src, cfg, col, len(var)):
+            while m.shape[0]:
+                if shard is None:
+                    fpath = dpath / f"shard-{len(shards):05d}.h5ad"
+                    shard = (h5py.File(fpath, "w"), fpath)
+                    writer, n = CsrWriter(shard[0], len(var), 1 << 18), 0
+                take = min(m.shape[0], cfg.shard_cells - n)
+                writer.append(m[:take])
+                m, n = m[take:], n + take
+                if n == cfg.shard_cells:
+                    shards.append(_close_shard(shard, writer, n, obs.iloc[start : start + n], var, prov, src.name))
+                    shard, start = None, start + n
+        if shard is not None:
+            shards.append(_close_shard(shard, writer, n, obs.iloc[start : start + n], var, prov, src.name))
+        del obs
+    return shards
+
+
+def _close_shard(shard, writer: CsrWriter, n_rows: int, obs: pd.DataFrame, var: pd.DataFrame, prov: dict, dataset: str) -> dict:
+    f, fpath = shard
+    with f:
+        writer.close(n_rows)
+        _write_meta(f, obs, var, prov)
+    return {"file": fpath.name, "dataset": dataset, "n_cells": int(n_rows)}
+
+
+def _write_meta(f: h5py.File, obs: pd.DataFrame, var: pd.DataFrame, prov: dict) -> None:
+    f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
+    ad.io.write_elem(f, "obs", obs)
+    ad.io.write_elem(f, "var", var)
+    ad.io.write_elem(f, "uns", {schema.UNS_KEY: prov})
 
 
 def remap_columns(m: sp.csr_matrix, remap: np.ndarray, n_genes: int) -> sp.csr_matrix:

@@ -36,7 +36,8 @@ from biojepac.errors import InputError
 @dataclasses.dataclass(frozen=True)
 class StreamConfig:
     shard_fpaths: tuple[str, ...] = ()
-    """Backed `.h5ad` files or AnnData `.zarr` stores with CSR X and identical genes, read in this order."""
+    """Backed `.h5ad` files or AnnData `.zarr` stores with CSR X and identical genes, read in this order; a
+    folder of `.h5ad` shards (`data combine --shard-cells`) stands for its `*.h5ad` files in name order."""
     kind: typing.Literal["cells", "pairs", "sentences"] = "cells"
     """What one batch item is: a cell, a (control, perturbed) pair, or a pair of S-cell sentences."""
     cell_repr: typing.Literal["tokens", "dense"] = "tokens"
@@ -115,6 +116,22 @@ class CsrShard:
         return indptr - lo, indices, data
 
 
+def expand_shards(fpaths: tuple[str, ...]) -> tuple[str, ...]:
+    """Each folder of `.h5ad` shards replaced by its `*.h5ad` files in name order (a `.zarr` store, also a
+    folder, stays one shard)."""
+    out: list[str] = []
+    for fpath in map(pathlib.Path, fpaths):
+        is_zarr = fpath.suffix == ".zarr" or any((fpath / m).exists() for m in (".zgroup", "zarr.json"))
+        if fpath.is_dir() and not is_zarr:
+            found = sorted(fpath.glob("*.h5ad"))
+            if not found:
+                raise InputError(f"{fpath}: a folder with no .h5ad shards (nor a .zarr store)")
+            out += map(str, found)
+        else:
+            out.append(str(fpath))
+    return tuple(out)
+
+
 @dataclasses.dataclass
 class _Window:
     """Rows of one window in CSR, and its items as local row positions `(n_items, width)`."""
@@ -132,6 +149,7 @@ class CellStream:
     def __init__(self, cfg: StreamConfig, process_index: int = 0, process_count: int = 1):
         assert cfg.shard_fpaths, "StreamConfig.shard_fpaths is empty"
         assert 0 <= process_index < process_count, f"bad host {process_index} of {process_count}"
+        cfg = dataclasses.replace(cfg, shard_fpaths=expand_shards(cfg.shard_fpaths))
         self.cfg, self.host, self.n_hosts = cfg, process_index, process_count
         self.shards = [CsrShard(f) for f in cfg.shard_fpaths]
         self.n_genes = self.shards[0].n_genes

@@ -29,7 +29,8 @@ from biojepac.train.distributed import DistConfig
 @dataclasses.dataclass(frozen=True)
 class StreamedPretrainConfig:
     shards: tuple[str, ...] = ()
-    """Prepared (log1p, HVG) backed .h5ad / .zarr shards with identical genes (`biojepac data prepare-ooc`)."""
+    """Prepared (log1p, HVG) backed .h5ad / .zarr shards with identical genes (`biojepac data prepare-ooc`, or
+    `data combine`); a folder of .h5ad shards (`data combine --shard-cells`) stands for all of them."""
     run_dpath: pathlib.Path = pathlib.Path("runs/stream_pretrain")
     """Checkpoint + metrics.jsonl; an existing checkpoint is resumed."""
     preset: Preset = "cpu-small"

@@ -37,7 +37,8 @@ from biojepac.train.run_folder import open_run
 @dataclasses.dataclass(frozen=True)
 class StreamedStateConfig:
     shards: tuple[str, ...] = ()
-    """Backed log1p .h5ad / .zarr shards with identical genes (`biojepac data combine` or `data prepare-ooc` output)."""
+    """Backed log1p .h5ad / .zarr shards with identical genes (`biojepac data combine` or `data prepare-ooc` output);
+    a folder of .h5ad shards (`data combine --shard-cells`) stands for all of them."""
     run_dpath: pathlib.Path = pathlib.Path("runs/state_stream")
     """Run folder: ckpt.eqx + metrics.jsonl while training (resumed when present), model/ when done."""
     preset: StatePreset = "cpu-small"
