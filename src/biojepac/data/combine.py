@@ -461,6 +461,7 @@ def normalised_blocks(src: Source, cfg: CombineConfig, col: dict[str, int], n_ge
 def write_shards(dpath: pathlib.Path, cfg: CombineConfig, sources: list[Source], col: dict[str, int], var: pd.DataFrame,
                  prov: dict, table: SymbolTable) -> list[dict]:
     """Each dataset's rows as `shard-NNNNN.h5ad` files of at most `cfg.shard_cells` cells; one list entry each."""
+    dpath.chmod(0o755)  # mkdtemp made it private; the shards are an ordinary output
     shards: list[dict] = []
     for src in sources:
         obs = source_obs(src, table)
@@ -475,19 +476,27 @@ def write_shards(dpath: pathlib.Path, cfg: CombineConfig, sources: list[Source],
                 writer.append(m[:take])
                 m, n = m[take:], n + take
                 if n == cfg.shard_cells:
-                    shards.append(_close_shard(shard, writer, n, obs.iloc[start : start + n], var, prov, src.name))
+                    shards.append(_close_shard(shard, writer, n, obs.iloc[start : start + n], var, prov, src.name, dpath, shards))
                     shard, start = None, start + n
         if shard is not None:
-            shards.append(_close_shard(shard, writer, n, obs.iloc[start : start + n], var, prov, src.name))
+            shards.append(_close_shard(shard, writer, n, obs.iloc[start : start + n], var, prov, src.name, dpath, shards))
         del obs
     return shards
 
 
-def _close_shard(shard, writer: CsrWriter, n_rows: int, obs: pd.DataFrame, var: pd.DataFrame, prov: dict, dataset: str) -> dict:
+def _close_shard(shard, writer: CsrWriter, n_rows: int, obs: pd.DataFrame, var: pd.DataFrame, prov: dict, dataset: str,
+                 dpath: pathlib.Path, done: list[dict]) -> dict:
     f, fpath = shard
     with f:
         writer.close(n_rows)
-        _write_meta(f, obs, var, prov)
+        if not done:
+            _write_meta(f, obs, var, prov)
+        else:  # var and uns are every shard's: copied inside HDF5 from the first (anndata writes uns key by key, ~s each)
+            f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
+            ad.io.write_elem(f, "obs", obs)
+            with h5py.File(dpath / done[0]["file"], "r") as first:
+                for elem in ("var", "uns"):
+                    first.copy(first[elem], f, elem)
     return {"file": fpath.name, "dataset": dataset, "n_cells": int(n_rows)}
 
 
