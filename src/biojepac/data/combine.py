@@ -137,10 +137,11 @@ def combine_screens(cfg: CombineConfig) -> dict:
     if cfg.shard_cells and pathlib.Path(cfg.out).is_file():
         raise InputError(f"--out {cfg.out}: is a file; with --shard-cells give the folder to write the shards to")
     table = get_symbols(cfg.symbols)
-    sources = [read_source(name, pathlib.Path(path), cfg, table, log1p_targets.get(name)) for name, path in screens.items()]
-    if cfg.shard_cells:
-        for src in sources:
-            src.obs = None  # one dataset's labels at a time from here on
+    sources = []
+    for name, path in screens.items():
+        sources.append(read_source(name, pathlib.Path(path), cfg, table, log1p_targets.get(name)))
+        if cfg.shard_cells:
+            sources[-1].obs = None  # one dataset's labels at a time: re-read when its rows are written
     names, keys = choose_genes(cfg, sources, table)
     return write_combined(cfg, sources, names, keys, table)
 
