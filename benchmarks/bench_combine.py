@@ -105,6 +105,12 @@ def main() -> None:
     losses = [m["loss"] for m in metrics if "loss" in m]
     train_row = {"n_steps": metrics[-1].get("step"), "seconds": train["seconds"], "peak RSS (MiB)": train["peak_rss_mb"],
                  "first loss": losses[0] if losses else None, "last loss": losses[-1] if losses else None}
+    render({"rows": rows, "runs": runs, "train": {**train, **train_row}, "load_before": load_before[0]})
+
+
+def render(result: dict) -> None:
+    """combine.{json,md} from the measured result (`--render`: again from combine.json, for a note changed later)."""
+    rows, train_row, load_before = result["rows"], result["train"], (result["load_before"],)
     rss = [r["peak RSS (MiB)"] for r in rows]
     note = (
         "Three generated screens per size, in different gene spaces and identifier styles: `replogle_k562` (40% of the cells, "
@@ -118,11 +124,14 @@ def main() -> None:
         f"load average (1 min) {load_before[0]:.1f} when the benchmark started, after each run in the table.\n\n"
         "Memory: X is never held whole (the 1M-cell output holds ~100M stored values, ~800 MiB as CSR in memory); a run "
         "holds one 8,192-cell block plus per-cell labels. One `.h5ad` writes its obs whole at the end, so it holds every "
-        f"cell's labels: peak {rss[0]:.0f} MiB at 100k -> {rss[2]:.0f} MiB at 1M. Shards hold one dataset's labels at a time "
-        f"(re-read from its input when its rows are written) plus 4 bytes a cell of count totals: {rss[3]:.0f} MiB at 100k, "
-        f"{rss[4]:.0f} MiB at 1M, {rss[5]:.0f} MiB at 3M in nine datasets. What still grows is the largest dataset's obs "
-        "(its labels and barcodes, ~130 bytes a cell, read whole), so for 10M cells split the largest inputs or expect "
-        "about 130 MiB per million cells of the largest one. "
+        f"cell's labels: peak {rss[0]:.0f} MiB at 100k -> {rss[2]:.0f} MiB at 1M, ~{(rss[2] - rss[0]) / 0.9:.0f} MiB per "
+        "million cells. Shards hold one dataset's labels at a time (each dataset's are dropped once it is read, and "
+        f"re-read when its rows are written): {rss[3]:.0f} MiB at 100k, {rss[4]:.0f} MiB at 1M, {rss[5]:.0f} MiB at 3M in "
+        f"nine datasets, ~{(rss[5] - rss[4]) / 2:.0f} MiB per further million cells. Not quite flat: 4 bytes a cell of "
+        "count totals are kept for every dataset, and the rest of that growth is not profiled yet. Extrapolated (not "
+        f"measured) to 10M cells in datasets of these sizes: ~{rss[5] + 7 * (rss[5] - rss[4]) / 2:.0f} MiB as shards, "
+        f"~{rss[2] + 9 * (rss[2] - rss[0]) / 0.9:.0f} MiB as one file. The largest dataset's obs is read whole (~130 bytes "
+        "a cell), so a single 10M-cell input would need that much more. "
         "Throughput depends on the load: the 100k rows carry fixed costs (imports, the symbol table: ~5 s); read cells/s "
         "as a floor on 2 busy cores.\n\n"
     )
@@ -133,7 +142,7 @@ def main() -> None:
                   f"{train_row['last loss']:.3f} at the last. A smoke test of the path at this size, not a quality result.\n")
     cols = ["cells", "datasets", "gene space", "output", "genes out", "input (MiB)", "output (MiB)", "seconds", "cells/s",
             "peak RSS (MiB)", "load (1 min) after"]
-    write_results("combine", "data combine: up to 3M cells, three gene spaces, out of core, one file or shards", {"rows": rows, "runs": runs, "train": {**train, **train_row}},
+    write_results("combine", "data combine: up to 3M cells, three gene spaces, out of core, one file or shards", result,
                   note, rows, cols)
     md = pathlib.Path(__file__).resolve().parent / "results" / "combine.md"
     md.write_text(md.read_text() + note_train)
@@ -141,4 +150,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--render"]:
+        render(json.loads((pathlib.Path(__file__).resolve().parent / "results" / "combine.json").read_text()))
+    else:
+        main()

@@ -16,7 +16,7 @@ AT_LEAST_ONE = ("n_boot", "n_cells", "block_rows", "chunk_rows", "n_workers", "o
                 "window_blocks", "ckpt_every", "n_neighbours", "peer_state_steps", "peer_gears_epochs")
 """Counts that must be >= 1 (a zero would do nothing, or divide by zero)."""
 AT_LEAST_ZERO = ("seed", "k", "max_controls", "set_size", "batch_size", "n_tokens", "max_cells_per_pert", "n_combos",
-                 "n_genes", "n_top_genes")
+                 "n_genes", "n_top_genes", "shard_cells")
 """Counts and seeds that must be >= 0 (0 means 'all', 'off' or 'the preset's', as each field's help says)."""
 AT_LEAST = {"n_hvg": -1}
 """Counts with a special negative value (n_hvg -1: the dataset's default)."""
@@ -41,7 +41,8 @@ def check_options(cfg, prefix: str = "") -> None:
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, pathlib.PurePath):
-            _check_output(field.name, flag, value)
+            if not (field.name == "out" and getattr(cfg, "shard_cells", 0)):  # `data combine` checks its shard folder itself
+                _check_output(field.name, flag, value)
             continue
         _check(field.name, flag, value)
 

@@ -177,6 +177,10 @@ def test_shards_hold_the_single_files_rows_and_stream_as_one(three_screens, tabl
     np.testing.assert_array_equal(b["gene_mask"], masks[codes[b["row"]]])
     with pytest.raises(InputError, match="is a file"):
         combine_screens(CombineConfig(out=tmp_path / "one.h5ad", shard_cells=10, **kw))
+    # Written again, the earlier shard output is replaced whole (A 120 -> 100+20, B 90, C 60).
+    assert main(["data", "combine", "--screens", *screens, "--log1p-targets", "C=5000", "--symbols", str(table_fpath),
+                 "--no-checksum", "--out", str(dpath), "--shard-cells", "100"]) == 0
+    assert [ad.read_h5ad(f).n_obs for f in sorted(dpath.glob("*.h5ad"))] == [100, 20, 90, 60]
 
 
 def test_hvg_ranks_across_datasets_as_scanpy_batch_key(tmp_path, table_fpath):

@@ -136,6 +136,11 @@ def combine_screens(cfg: CombineConfig) -> dict:
         raise InputError(f"--shard-cells must be >= 0, got {cfg.shard_cells}")
     if cfg.shard_cells and pathlib.Path(cfg.out).is_file():
         raise InputError(f"--out {cfg.out}: is a file; with --shard-cells give the folder to write the shards to")
+    if cfg.shard_cells and pathlib.Path(cfg.out).is_dir():  # replaced whole: only an earlier shard output may be
+        other = [f.name for f in pathlib.Path(cfg.out).iterdir() if not re.fullmatch(r"shard-\d{5}\.h5ad", f.name)]
+        if other:
+            raise InputError(f"--out {cfg.out}: a folder holding other files ({other[0]!r}); the shards replace the whole "
+                             "folder, so give a new one or an earlier shard output")
     table = get_symbols(cfg.symbols)
     sources = []
     for name, path in screens.items():
