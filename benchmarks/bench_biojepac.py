@@ -95,10 +95,13 @@ def bench_throughput(n_steps=20) -> list[dict]:
         mesh = meshlib.make_mesh()
         state = meshlib.replicate(state, mesh)
         batch = meshlib.shard_batch(get_batch(0), mesh)
-        # Cells a step reads: the batch's leading axis, times the set size where a batch holds cell sets
-        # (the predict stage: groups x S control cells, plus as many perturbed cells read by the teacher).
+        # Cells a step reads: the batch's leading axis, or in the predict stage groups x S control cells plus
+        # as many perturbed cells (their teacher latents; the controls also go through the predictor).
         first = next(iter(batch.values()))
-        n_cells = int(np.prod(first.shape[:-1])) * (2 if "x_pert" in batch and first.ndim == 3 else 1)
+        n_cells = 2 * int(np.prod(batch["z_ctrl"].shape[:2])) if "z_ctrl" in batch else len(first)
+        g = adata.n_vars  # gene tokens per cell a step reads (the decode stage encodes every gene; compose none)
+        n_tokens = batch["z_ctrl"].shape[2] if "z_ctrl" in batch else {"pretrain": min(cfg.pretrain.token_subset or g, g),
+                                                                         "decode": g}.get(desc, 0)
         cost = step_fn.lower(state, batch).lowered.compile().cost_analysis()
         flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
         t0 = time.perf_counter()
@@ -115,7 +118,7 @@ def bench_throughput(n_steps=20) -> list[dict]:
         recompiles = len(compiles) - n_compiles  # XLA compilations during the timed steps (0: no retracing)
         roof = matmul_roofline()
         achieved = flops * n_steps / dt / 1e9
-        rows.append({"stage": desc, "batch": n_cells, "n_genes": adata.n_vars, "compile_s": round(compile_s, 1),
+        rows.append({"stage": desc, "batch": n_cells, "n_genes": adata.n_vars, "tokens": n_tokens, "compile_s": round(compile_s, 1),
                      "step_ms": round(dt / n_steps * 1e3, 1), "cells_per_s": round(n_cells * n_steps / dt, 1),
                      "cpu_ms_per_step": round(cpu / n_steps * 1e3, 1), "cells_per_cpu_s": round(n_cells * n_steps / cpu, 1), "gflop_per_step": round(flops / 1e9, 2),
                      "gflops": round(achieved, 1), "roofline_gflops": round(roof, 1),

@@ -103,7 +103,9 @@ def test_predict_loss_is_stationary_at_the_target(fitted):
     rng = np.random.default_rng(0)
     cells = np.stack([rng.choice(stats.cells[i], 8) for i in g])
     ctrl = scr.controls.order[scr.controls.offset[cells]]
-    batch = {"x_ctrl": scr.x_cg[ctrl], "lib_ctrl": scr.lib_c[ctrl], "x_pert": scr.x_cg[cells], "lib_pert": scr.lib_c[cells],
+    latents = trainer.Latents(scr, model.mods.encoder, stats.z_cgd)
+    tok = np.broadcast_to(np.arange(len(scr.genes)), (4, len(scr.genes)))
+    batch = {"z_ctrl": latents.gather(ctrl, tok), "z_pert": latents.gather(cells, tok), "idx": tok.astype(np.int32),
              "prior": stats.delta_z[g], "feat": model.features.vectors(list(stats.labels[g])),
              "mode": np.zeros(4, np.int32), "ctx": np.ones(4, np.int32), "target": stats.target[g],
              "delta_z": stats.delta_z[g]}
@@ -125,6 +127,24 @@ def test_predict_loss_is_stationary_at_the_target(fitted):
     loss, grads = eqx.filter_value_and_grad(loss_fn)(zero)
     assert float(loss) < 1e-8
     assert max(float(np.abs(x).max()) for x in jax.tree.leaves(eqx.filter(grads, eqx.is_array))) < 1e-5
+
+
+def test_cached_teacher_latents_equal_a_fresh_teacher_pass(fitted):
+    """The predict stage reads `group_stats`' cached latents; a screen too large for the cache gets them from
+    the teacher again: both are the same latents, at whichever tokens a step draws."""
+    _, train, _, model = fitted
+    scr = trainer.prepare_screen(train, model.features)
+    stats = trainer.group_stats(scr, model.mods.encoder)
+    assert stats.z_cgd is not None and trainer.group_stats(scr, model.mods.encoder, cache_mib=0).z_cgd is None
+    rng = np.random.default_rng(0)
+    cells = rng.choice(len(scr.x_cg), (3, 5))
+    tok = np.sort(np.stack([rng.choice(len(scr.genes), 7, replace=False) for _ in range(3)]), axis=1)
+    cached = trainer.Latents(scr, model.mods.encoder, stats.z_cgd).gather(cells, tok)
+    fresh = trainer.Latents(scr, model.mods.encoder, None).gather(cells, tok)
+    assert cached.shape == (3, 5, 7, TINY.encoder.d)
+    np.testing.assert_allclose(cached, fresh, rtol=1e-5, atol=1e-6)
+    one = np.asarray(trainer._teacher_tokens(model.mods.encoder, scr.x_cg[cells[1, 2]][None], scr.lib_c[cells[1, 2]][None]))
+    np.testing.assert_allclose(cached[1, 2], one[0, tok[1]], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "cpu-small", "paper"])

@@ -1,5 +1,7 @@
 """BioJEPAC building blocks against direct computations: attention, losses, masks, FiLM, equivariance."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -78,6 +80,42 @@ def test_mask_count_exact_and_disjoint():
         m, v = sample_mask(jax.random.PRNGKey(seed), n_tok, n_m)
         assert m.shape == (22,) and v.shape == (15,)
         assert sorted(np.concatenate([m, v]).tolist()) == list(range(n_tok))
+        m, v = sample_mask(jax.random.PRNGKey(seed), n_tok, n_masked(20, 0.6), 20)  # a subset of 20 tokens
+        kept = np.concatenate([m, v])
+        assert m.shape == (12,) and v.shape == (8,) and len(set(kept.tolist())) == 20 and kept.max() < n_tok
+
+
+def _pretrain_setup(n_genes: int, token_subset: int):
+    from biojepac.models.jepa.config import get_preset
+    from biojepac.models.jepa.jepa_predictor import MaskPredictor
+
+    mcfg = get_preset("tiny")
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    student = Encoder(n_genes, mcfg.encoder, k1)
+    predictor = MaskPredictor(mcfg.encoder.d, mcfg.pretrain.pred_d, mcfg.pretrain.pred_layers, mcfg.encoder.n_heads, k2)
+    return (student, predictor), student, dataclasses.replace(mcfg.pretrain, token_subset=token_subset)
+
+
+def test_pretrain_token_subset_reads_only_the_drawn_tokens():
+    """With `token_subset`, a cell's loss depends on the values of its drawn tokens only (student and teacher
+    alike), and a step costs about that fraction of the full cell's FLOPs."""
+    from biojepac.models.jepa import stages
+
+    n_genes, n_cells, k = 40, 3, 10
+    params, teacher, cfg = _pretrain_setup(n_genes, k)
+    x = np.random.default_rng(0).random((n_cells, n_genes), dtype=np.float32)
+    lib, key = jnp.full((n_cells,), 3.0), jax.random.PRNGKey(1)
+    loss = jax.jit(lambda xx: stages.pretrain_loss(params, teacher, {"x": xx, "lib": lib}, key, cfg=cfg)[0])
+    drawn = np.zeros((n_cells, n_genes), bool)
+    for i, kk in enumerate(jax.random.split(key, n_cells)):  # the draw pretrain_loss makes for cell i
+        m, v = sample_mask(kk, n_genes, n_masked(k, cfg.mask_ratio), k)
+        drawn[i, np.concatenate([m, v])] = True
+    np.testing.assert_allclose(float(loss(x)), float(loss(np.where(drawn, x, 5.0))), rtol=1e-6)
+    assert abs(float(loss(x)) - float(loss(np.where(drawn, 5.0, x)))) > 1e-4
+    flops = lambda c: jax.jit(lambda xx: stages.pretrain_loss(params, teacher, {"x": xx, "lib": lib}, key, cfg=c)[0]).lower(
+        x).compile().cost_analysis()
+    first = lambda ca: (ca[0] if isinstance(ca, list) else ca)["flops"]
+    assert first(flops(cfg)) < 0.4 * first(flops(dataclasses.replace(cfg, token_subset=0)))
 
 
 def test_info_nce_matches_direct_loop():

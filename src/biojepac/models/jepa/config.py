@@ -35,6 +35,9 @@ class PretrainConfig:
 
     mask_ratio: float = 0.6
     """Fraction of tokens masked (a fixed count per cell)."""
+    token_subset: int = 0
+    """Gene tokens of each cell a step reads, a fresh uniform subset per cell and step, for student and
+    teacher alike (0: every token). The cost of a step is about proportional to it."""
     pred_d: int = 128
     """Width of the masked-token predictor."""
     pred_layers: int = 3
@@ -102,6 +105,9 @@ class PredictConfig:
     """The action latent is split into this many key/value tokens for the cross-attention."""
     set_size: int = 16
     """S: control cells (and perturbed cells) per group in a step."""
+    token_subset: int = 0
+    """Gene tokens a step reads per group: its perturbed genes plus a uniform draw of the others (0: every
+    gene). The residual is validated, and predictions made, on every gene."""
     expr_weight: float = 1.0
     """Weight of the squared error between the decoded predicted mean shift and the group's pseudobulk delta."""
     latent_weight: float = 1.0
@@ -165,12 +171,13 @@ def get_preset(name: str) -> BioJepacConfig:
     if name == "paper":
         return base
     if name == "cpu-small":
-        # ~2 s per pretrain/predict step of 32 cells x 500 genes on 2 busy CPU cores (benchmarks/results).
+        # Steps read a random subset of each cell's gene tokens (64 of 500 in pretraining, 128 per group in the
+        # predict stage), so a step costs about that fraction of the whole cell (benchmarks/results/biojepac.md).
         return BioJepacConfig(
             encoder=EncoderConfig(d=64, n_layers=2, n_heads=4, gene_id_bias=True),
-            pretrain=r(base.pretrain, pred_d=64, pred_layers=1, n_steps=150, batch_size=32, lr=1e-3),
+            pretrain=r(base.pretrain, pred_d=64, pred_layers=1, token_subset=64, n_steps=150, batch_size=32, lr=1e-3),
             compose=r(base.compose, d_content=64, d_mode=16, hidden=128, n_steps=200, batch_size=32, lr=1e-3),
-            predict=r(base.predict, d=64, n_layers=1, n_steps=400, batch_size=8, lr=1e-3),
+            predict=r(base.predict, d=64, n_layers=1, token_subset=128, n_steps=400, batch_size=8, lr=1e-3),
             decode=r(base.decode, n_steps=200, batch_size=32, lr=3e-3),
         )
     if name == "tiny":

@@ -27,6 +27,10 @@ class Decoder(eqx.Module):
         """The expression shift between two latent states of the same cell (linear in their difference)."""
         return self(z_to, idx_t, mask_t)[0] - self(z_from, idx_t, mask_t)[0]
 
+    def token_shift(self, z_to: Float[Array, "t d"], z_from: Float[Array, "t d"], idx_t: Int[Array, " t"]) -> Float[Array, " t"]:
+        """The same shift at the token genes only (each read by its own row: w_t·(z_to − z_from))."""
+        return jnp.einsum("td,td->t", self.w_gd[idx_t], z_to - z_from)
+
     def __call__(
         self, z_td: Float[Array, "t d"], idx_t: Int[Array, " t"], mask_t: Bool[Array, " t"], var_td: Float[Array, "t d"] | None = None
     ) -> tuple[Float[Array, " g"], Float[Array, " g"]]:

@@ -16,17 +16,20 @@ sg = jax.lax.stop_gradient
 
 
 def pretrain_loss(params, teacher, batch, key, *, cfg):
-    """Stage 1: the student sees the visible tokens, the teacher the full cell; L1 + VICReg at masked tokens."""
+    """Stage 1: each cell's step reads a random subset of `cfg.token_subset` of its tokens (0: all); the
+    student encodes the visible part of it, the predictor fills in the masked part and the teacher (no
+    gradient) encodes the whole subset; L1 + VICReg at the masked tokens."""
     student, predictor = params
 
     def one(x_g, lib, k, measured_g):
         idx, val, mask = student.select(x_g)
         mask = mask & measured_g[idx]  # a combined screen: a gene the cell's dataset did not measure is no token
-        m_idx, v_idx = sample_mask(k, idx.shape[0], n_masked(idx.shape[0], cfg.mask_ratio))
-        h = student.embed(idx, val, lib)
-        z_vis = student.forward(h[v_idx], mask[v_idx])
+        n_keep = min(cfg.token_subset or idx.shape[0], idx.shape[0])
+        m_idx, v_idx = sample_mask(k, idx.shape[0], n_masked(n_keep, cfg.mask_ratio), n_keep)
+        z_vis = student.forward(student.embed(idx[v_idx], val[v_idx], lib), mask[v_idx])
         pred = predictor(z_vis, mask[v_idx], student.gene_emb[idx[m_idx]])
-        target = sg(teacher.tokens(idx, val, mask, lib, rows=m_idx))  # the masked rows only
+        sub = jnp.concatenate([m_idx, v_idx])  # the step's token set, masked tokens first
+        target = sg(teacher.tokens(idx[sub], val[sub], mask[sub], lib, rows=slice(0, len(m_idx))))
         return pred, target, mask[m_idx].astype(pred.dtype)
 
     keys = jax.random.split(key, batch["x"].shape[0])
@@ -68,9 +71,10 @@ def response_loss(params, _extra, batch, key):
 
 
 def predict_loss(params, extra, batch, key, *, cfg, modality: str = "gene"):
-    """Stage 3 on cell sets. For each group: S control cells, read by the frozen teacher and moved by the
-    prior shift, plus the predictor's residual, against the group's mean latent shift, its pseudobulk
-    expression delta (through the frozen decoder), and S of its real cells (energy distance, NLL)."""
+    """Stage 3 on cell sets. For each group: S control cells' teacher token latents (read once by the frozen
+    teacher, `trainer.Latents`), moved by the prior shift, plus the predictor's residual, against the group's
+    mean latent shift, its pseudobulk expression delta (through the frozen decoder), and S of its real cells'
+    latents (energy distance, NLL). Everything is at the step's tokens `idx` (a subset of the genes, or all)."""
     if cfg.finetune_composer:
         predictor, composer = params
         teacher, decoder = extra
@@ -80,25 +84,22 @@ def predict_loss(params, extra, batch, key, *, cfg, modality: str = "gene"):
     k_drop, _ = jax.random.split(key)
     ctx = jnp.where(jax.random.bernoulli(k_drop, cfg.label_dropout, batch["ctx"].shape), 0, batch["ctx"])
 
-    def one_set(x_c, lib_c, x_p, lib_p, prior_gd, f, mode, c, target_g):
+    def one_set(z_std, idx_t, prior_td, f, mode, c, target_t):
         a = composer(modality, f, mode)
+        gene_td, mask_t = sg(teacher.gene_emb[idx_t]), jnp.ones(idx_t.shape, bool)
 
-        def cell(x_g, lib):
-            idx, val, mask = teacher.select(x_g)
-            z_c = sg(teacher.tokens(idx, val, mask, lib))
-            start = z_c + prior_gd[idx]
-            r, logvar = predictor(start, mask, sg(teacher.gene_emb[idx]), a, c, target_g[idx])
+        def cell(z_c):
+            start = z_c + prior_td
+            r, logvar = predictor(start, mask_t, gene_td, a, c, target_t)
             mu = start + r
-            dx = decoder.shift(mu, z_c, idx, mask)
-            return mu, logvar, dx, mu - z_c
+            return mu, logvar, decoder.token_shift(mu, z_c, idx_t)
 
-        mu, logvar, dx, dz = jax.vmap(cell)(x_c, lib_c)
-        z_p = jax.vmap(lambda x, lib: sg(teacher(x, lib)[0]))(x_p, lib_p)
-        return mu, logvar, dx.mean(0), dz.mean(0), z_p
+        mu, logvar, dx = jax.vmap(cell)(z_std)
+        return mu, logvar, dx.mean(0), (mu - z_std).mean(0)
 
-    mu, logvar, dx, dz, z_p = jax.vmap(one_set)(
-        batch["x_ctrl"], batch["lib_ctrl"], batch["x_pert"], batch["lib_pert"], batch["prior"], batch["feat"],
-        batch["mode"], ctx, batch["target"])
+    z_p = jnp.asarray(batch["z_pert"])
+    mu, logvar, dx, dz = jax.vmap(one_set)(batch["z_ctrl"], batch["idx"], batch["prior"], batch["feat"], batch["mode"], ctx,
+                                           batch["target"])
     # A combined screen: a gene the group's dataset did not measure adds nothing (all ones: the plain means).
     w_bg = batch["gene_mask"].astype(dx.dtype) if "gene_mask" in batch else jnp.ones_like(dx)
     expr = jnp.sum(w_bg * (dx - batch["delta_x"]) ** 2) / jnp.maximum(w_bg.sum(), 1.0)

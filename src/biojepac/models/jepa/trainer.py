@@ -264,6 +264,11 @@ def train_compose(run: Run, composer, stats: "GroupStats", key: jax.Array):
     return st.params[0], mode
 
 
+LATENT_CACHE_MIB = 1024
+"""`group_stats` keeps every cell's teacher token latents when they fit in this many MiB: the predict stage
+then reads them instead of running the (frozen) teacher on a step's cells again."""
+
+
 @dataclasses.dataclass
 class GroupStats:
     """Per (perturbation, context) group of the training screen: mean teacher-latent and expression shifts
@@ -276,9 +281,11 @@ class GroupStats:
     delta_x: np.ndarray  # (groups, genes)
     cells: list[np.ndarray]
     target: np.ndarray  # (groups, genes) 1 where the gene is one of the perturbed genes
+    z_cgd: np.ndarray | None = None
+    """Every cell's teacher token latents (cells, genes, d), when they fit in `LATENT_CACHE_MIB`."""
 
 
-def group_stats(scr: Screen, teacher, chunk: int = 256) -> GroupStats:
+def group_stats(scr: Screen, teacher, chunk: int = 256, cache_mib: float = LATENT_CACHE_MIB) -> GroupStats:
     """One pass of the frozen teacher over every cell, summed per group with an indicator matrix."""
     ctx_names, ctx_c = np.unique(scr.ctx_c, return_inverse=True)
     key = scr.pert_c * len(ctx_names) + ctx_c
@@ -287,12 +294,13 @@ def group_stats(scr: Screen, teacher, chunk: int = 256) -> GroupStats:
     counts = np.bincount(group_c, minlength=n_groups)
     indicator = sp.csr_matrix((1.0 / counts[group_c], (group_c, np.arange(n_cells))), shape=(n_groups, n_cells))
     n_genes, d = scr.x_cg.shape[1], teacher.gene_emb.shape[1]
+    z_cgd = np.empty((n_cells, n_genes, d), np.float32) if n_cells * n_genes * d * 4 <= cache_mib * 2**20 else None
     mean_z = np.zeros((n_groups, n_genes * d))
     for i in range(0, n_cells, chunk):
-        x = scr.x_cg[i : i + chunk]
-        pad = chunk - len(x)
-        z = np.asarray(_teacher_tokens(teacher, np.pad(x, ((0, pad), (0, 0))), np.pad(scr.lib_c[i : i + chunk], (0, pad))))
-        mean_z += indicator[:, i : i + len(x)] @ z[: len(x)].reshape(len(x), -1)
+        z = teacher_latents(teacher, scr.x_cg[i : i + chunk], scr.lib_c[i : i + chunk], chunk)
+        mean_z += indicator[:, i : i + len(z)] @ z.reshape(len(z), -1)
+        if z_cgd is not None:
+            z_cgd[i : i + len(z)] = z
     mean_x = indicator @ scr.x_cg.astype(np.float64)
     pert_g, ctx_g = uniq // len(ctx_names), uniq % len(ctx_names)
     is_ctrl = pert_g == 0
@@ -308,7 +316,35 @@ def group_stats(scr: Screen, teacher, chunk: int = 256) -> GroupStats:
                 target[r, gene_index[part]] = 1.0
     cells_of = np.split(np.argsort(group_c, kind="stable"), np.cumsum(counts)[:-1])  # each group's rows, in order
     return GroupStats(labels, ctx_g[keep], ctx_names, (mean_z[keep] - mean_z[ref]).reshape(len(keep), n_genes, d).astype(np.float32),
-                      (mean_x[keep] - mean_x[ref]).astype(np.float32), [cells_of[g] for g in keep], target)
+                      (mean_x[keep] - mean_x[ref]).astype(np.float32), [cells_of[g] for g in keep], target, z_cgd)
+
+
+def teacher_latents(teacher, x_cg: np.ndarray, lib_c: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(cells, genes, d) token latents of the teacher, `chunk` cells per call (padded: one compiled shape)."""
+    out = []
+    for i in range(0, len(x_cg), chunk):
+        x, pad = x_cg[i : i + chunk], (-len(x_cg[i : i + chunk])) % chunk
+        z = _teacher_tokens(teacher, np.pad(x, ((0, pad), (0, 0))), np.pad(lib_c[i : i + chunk], (0, pad)))
+        out.append(np.asarray(z)[: len(x)])
+    return np.concatenate(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Latents:
+    """The frozen teacher's token latents of the screen's cells, at chosen tokens: read from `group_stats`'
+    cache, or (a screen too large for it) computed again for the cells asked for."""
+
+    scr: Screen
+    teacher: object
+    z_cgd: np.ndarray | None
+
+    def gather(self, cells_bs: np.ndarray, tok_bt: np.ndarray) -> np.ndarray:
+        """(b, s, t, d): the latents of cells (b, s) at the gene tokens tok (b, t) of their row."""
+        if self.z_cgd is not None:
+            return self.z_cgd[cells_bs[:, :, None], tok_bt[:, None, :]]
+        uniq, inv = np.unique(cells_bs, return_inverse=True)
+        z = teacher_latents(self.teacher, self.scr.x_cg[uniq], self.scr.lib_c[uniq])
+        return z[inv.reshape(cells_bs.shape)[:, :, None], tok_bt[:, None, :]]
 
 
 def lift_to_latent(delta_x: np.ndarray, w_gd: np.ndarray) -> np.ndarray:
@@ -342,25 +378,34 @@ def train_predict(run: Run, predictor, composer, teacher, decoder, stats: GroupS
     feat = scr.features.vectors(list(stats.labels))
     mode = int(np.bincount(scr.mode_c).argmax())
 
-    def sets(groups: np.ndarray, seed: int, step: int) -> dict:
+    latents = Latents(scr, teacher, stats.z_cgd)
+    n_genes = len(scr.genes)
+
+    def sets(groups: np.ndarray, seed: int, step: int, n_tokens: int) -> dict:
         r = np.random.default_rng([seed, step])
         pert = np.stack([r.choice(stats.cells[g], c.set_size, replace=len(stats.cells[g]) < c.set_size) for g in groups])
         ctrl = scr.controls.draw(pert, r.random(pert.shape))
-        return {"x_ctrl": scr.x_cg[ctrl], "lib_ctrl": scr.lib_c[ctrl], "x_pert": scr.x_cg[pert], "lib_pert": scr.lib_c[pert],
-                "prior": prior_gd[groups], "feat": feat[groups], "mode": np.full(len(groups), mode, np.int32),
-                "ctx": ctx_index[groups].astype(np.int32), "target": stats.target[groups],
-                "delta_z": stats.delta_z[groups], "delta_x": stats.delta_x[groups], **group_masks(groups)}
+        if n_tokens < n_genes:  # each group's perturbed genes, then a uniform draw of the others
+            tok = np.sort(np.argsort(-(r.random((len(groups), n_genes)) + stats.target[groups]), axis=1)[:, :n_tokens], axis=1)
+        else:
+            tok = np.broadcast_to(np.arange(n_genes), (len(groups), n_genes))
+        at = lambda a: a[groups[:, None], tok]
+        return {"z_ctrl": latents.gather(ctrl, tok), "z_pert": latents.gather(pert, tok), "idx": tok.astype(np.int32),
+                "prior": at(prior_gd), "feat": feat[groups], "mode": np.full(len(groups), mode, np.int32),
+                "ctx": ctx_index[groups].astype(np.int32), "target": at(stats.target), "delta_z": at(stats.delta_z),
+                "delta_x": at(stats.delta_x), **group_masks(groups, tok)}
 
-    def group_masks(groups: np.ndarray) -> dict:
-        """A combined screen: each group's measured genes (its cells share a context, hence a dataset)."""
+    def group_masks(groups: np.ndarray, tok: np.ndarray) -> dict:
+        """A combined screen: each group's measured genes at its tokens (its cells share a context, hence a dataset)."""
         if scr.gene_masks is None:
             return {}
         codes, table = scr.gene_masks
-        return {"gene_mask": table[codes[[stats.cells[g][0] for g in groups]]]}
+        mask_bg = table[codes[[stats.cells[g][0] for g in groups]]]
+        return {"gene_mask": mask_bg[np.arange(len(groups))[:, None], tok]}
 
     n_batch = min(c.batch_size, len(train_g))
     get_batch = lambda step: sets(np.random.default_rng([cfg.seed + 7, step]).choice(train_g, n_batch, replace=False),
-                                  cfg.seed + 8, step)
+                                  cfg.seed + 8, step, min(c.token_subset or n_genes, n_genes))
     if c.finetune_composer:
         params, extra = (predictor, composer), (teacher, decoder)
     else:
@@ -376,7 +421,7 @@ def train_predict(run: Run, predictor, composer, teacher, decoder, stats: GroupS
         state = _run(run, "predict", state, step_fn, get_batch, n_steps, n_steps)
         return (*_split(state.params, composer, c.finetune_composer), True)
 
-    val_batch = sets(val_g, cfg.seed + 9, 0)
+    val_batch = sets(val_g, cfg.seed + 9, 0, n_genes)
     eval_cfg = dataclasses.replace(c, label_dropout=0.0)
     val_error = eqx.filter_jit(lambda p, e: stages.predict_loss(p, e, val_batch, jax.random.PRNGKey(0), cfg=eval_cfg)[1]["expr_mse"])
     zero_residual = lambda p: eqx.tree_at(lambda q: (q[0] if c.finetune_composer else q).mu_head.weight, p,
