@@ -423,7 +423,9 @@ def train_predict(run: Run, predictor, composer, teacher, decoder, stats: GroupS
 
     val_batch = sets(val_g, cfg.seed + 9, 0, n_genes)
     eval_cfg = dataclasses.replace(c, label_dropout=0.0)
-    val_error = eqx.filter_jit(lambda p, e: stages.predict_loss(p, e, val_batch, jax.random.PRNGKey(0), cfg=eval_cfg)[1]["expr_mse"])
+    # The batch is an argument, not a closed-over constant: XLA would constant-fold arithmetic on its latents.
+    val_loss = eqx.filter_jit(lambda p, e, b: stages.predict_loss(p, e, b, jax.random.PRNGKey(0), cfg=eval_cfg)[1]["expr_mse"])
+    val_error = lambda p, e: val_loss(p, e, val_batch)
     zero_residual = lambda p: eqx.tree_at(lambda q: (q[0] if c.finetune_composer else q).mu_head.weight, p,
                                          replace_fn=jnp.zeros_like)
     best_fpath = run.run_dpath / "predict" / "best.eqx"
