@@ -190,8 +190,9 @@ def test_predict_loss_ignores_unmeasured_genes():
     rng = np.random.default_rng(4)
     mask = np.ones((b, n_genes), bool)
     mask[1, 6:] = False
-    batch = {"x_ctrl": rng.random((b, s, n_genes), dtype=np.float32), "lib_ctrl": np.full((b, s), 3.0, np.float32),
-             "x_pert": rng.random((b, s, n_genes), dtype=np.float32), "lib_pert": np.full((b, s), 3.0, np.float32),
+    batch = {"z_ctrl": rng.normal(size=(b, s, n_genes, d)).astype(np.float32),
+             "z_pert": rng.normal(size=(b, s, n_genes, d)).astype(np.float32),
+             "idx": np.tile(np.arange(n_genes, dtype=np.int32), (b, 1)),
              "prior": rng.normal(size=(b, n_genes, d)).astype(np.float32) * 0.1,
              "feat": rng.normal(size=(b, feat_dim)).astype(np.float32), "mode": np.zeros(b, np.int32),
              "ctx": np.ones(b, np.int32), "target": np.zeros((b, n_genes), np.float32),
@@ -235,7 +236,7 @@ def test_biojepac_fit_on_combined_screen_hands_each_group_its_mask(combined, mon
     monkeypatch.setattr(trainer, "_run", spy)
     with pytest.raises(Seen):
         trainer.fit_biojepac(adata, "onehot", get_preset("tiny"), steps_scale=0.02)
-    is_b = np.concatenate([b["x_ctrl"][:, :, :10].sum((1, 2)) == 0 for b in seen])  # B measured G010-G039 only
+    is_b = np.concatenate([np.abs(b["delta_x"][:, :10]).sum(1) == 0 for b in seen])  # B measured G010-G039 only
     assert is_b.any() and not is_b.all()  # groups of both datasets were drawn
     mask = np.concatenate([b["gene_mask"] for b in seen])
     np.testing.assert_array_equal(mask, np.where(is_b[:, None], np.arange(40) >= 10, np.arange(40) < 30))
