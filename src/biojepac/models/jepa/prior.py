@@ -182,6 +182,7 @@ def transfer_weights(labels, group_ctx, delta, base, scale_cc, w) -> tuple[float
     when Σ|y − t|² < Σ|y|², i.e. when the least-squares weight Σ<y, t> / Σ|t|² exceeds 1/2."""
     sums = np.zeros((2, 2))  # rows: seen, unseen; columns: <y - b, t - b>, |t - b|²
     w_in = np.bincount(group_ctx, w, minlength=len(base))
+    total = (w_in[:, None] * base).sum(0)  # every group's cell-weighted shift, summed
     for i in range(len(labels)):
         c = group_ctx[i]
         other = (labels == labels[i]) & (group_ctx != c)
@@ -189,8 +190,7 @@ def transfer_weights(labels, group_ctx, delta, base, scale_cc, w) -> tuple[float
             continue
         src = group_ctx[other]
         base_seen = (base[c] * w_in[c] - w[i] * delta[i]) / max(w_in[c] - w[i], 1e-12)  # c's mean shift without i
-        rest = group_ctx != c
-        base_rest = (w[rest, None] * delta[rest]).sum(0) / w[rest].sum()
+        base_rest = (total - w_in[c] * base[c]) / max(w_in.sum() - w_in[c], 1e-12)  # the other contexts' mean shift
         cases = ((delta[other] * scale_cc[c, src][:, None]).mean(0), base_seen), (delta[other].mean(0), base_rest)
         for row, (moved, b) in enumerate(cases):
             y, t = delta[i] - b, moved - b
