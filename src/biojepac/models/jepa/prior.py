@@ -14,11 +14,14 @@ them for a context not in training): the cell-mean baseline. `T` moves p's measu
 other contexts, each rescaled by how strongly the two contexts respond (the norm ratio of their shifts
 over the perturbations both measured), as the context-transfer baseline does in expression.
 B is ridge regression on centred features with λ chosen over a grid by exact leave-one-out (the
-hat-matrix shortcut), so nothing is tuned by hand: λ is the one whose leave-one-out predictions correlate
-best with each training perturbation's measured shift (relative to its context's mean). The squared error,
-the other choice, favours strong shrinkage toward the mean shift when perturbations are noisy, and shrunk
-predictions lose the contrast between perturbations that the VCC metrics score (across demo screens of
-seeds 0 to 7 the correlation choice scored above the linear baseline on 7 of 8, the squared error on 5).
+hat-matrix shortcut, with the leverage of the context mean shift counted), so nothing is tuned by hand:
+λ is the one whose leave-one-out predictions correlate best with each training perturbation's measured
+shift (relative to its context's mean). The squared error, the other choice, favours strong shrinkage
+toward the mean shift when perturbations are noisy, and shrunk predictions lose the contrast between
+perturbations that the VCC metrics score. When even the chosen λ does not predict the held-out rows
+clearly better (squared error, by more than one standard error) than the context's mean shift, B = 0:
+the features carry no signal the data can show, and the prior is the cell-mean baseline for unseen
+perturbations (Norman's GO-featured singles).
 
 Whether a perturbation's response carries from one context to another is decided from the data too:
 each training group that was also measured in another context is predicted both ways, by transfer from
@@ -37,7 +40,9 @@ import warnings
 
 import numpy as np
 
-from biojepac.data.schema import CONTROL, split_combo
+from biojepac.data.pairing import pseudobulk
+from biojepac.data.schema import CONTEXT_COL, CONTROL, PERT_COL, split_combo
+from biojepac.errors import InputError
 from biojepac.features.base import GeneTable
 
 LAMBDA_GRID = np.logspace(-3, 3, 13)
@@ -143,6 +148,8 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
 
     Also returns each group's out-of-sample prior shift (its ridge part left out of the fit, its
     transfer part from the other contexts): the prior errors the residual predictor learns to correct.
+    Groups whose perturbation has no feature vector still count for the context mean shifts, the
+    measured lookups, combinations and transfer; only the ridge is fitted without them.
     `n_cells`: each group's cell count, which weights the context mean shifts (default: equal weights).
     `lambda_by`: "correlation" (default) or "mse" (see `ridge_loo`); `select_transfer=False` always
     transfers (α = 1)."""
@@ -159,9 +166,17 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
             if a != b and len(shared):
                 rows = lambda c: [int(np.flatnonzero((labels == lab) & (group_ctx == c))[0]) for lab in shared]
                 scale_cc[a, b] = np.sqrt((delta[rows(a)] ** 2).sum() / max((delta[rows(b)] ** 2).sum(), 1e-12))
-    phi = features.vectors(list(labels)).astype(np.float64)
+    # Every measured group counts for the mean shifts, lookups and transfer; the ridge needs features.
+    has = np.asarray([not features.missing([lab]) for lab in labels], bool)
+    if has.sum() < 2:
+        raise InputError(f"prior: only {int(has.sum())} training perturbations have {features.name!r} features; "
+                         "at least 2 are needed to fit the map from features to shifts")
+    phi = features.vectors(list(labels[has])).astype(np.float64)
     feat_mean = phi.mean(0)
-    coef, lam, loo_fit = ridge_loo(phi - feat_mean, resid, lambda_by)
+    w_ctx = np.bincount(group_ctx, w, minlength=n_ctx)
+    coef, lam, loo_has = ridge_loo(phi - feat_mean, resid[has], lambda_by, base_leverage=(w / w_ctx[group_ctx])[has])
+    loo_fit = np.zeros_like(resid)
+    loo_fit[has] = loo_has
     alphas = transfer_weights(labels, group_ctx, delta, base, scale_cc, w) if select_transfer else (1.0, 1.0)
     prior = Prior(np.asarray(labels, str), np.asarray(group_ctx), np.asarray(contexts, str), delta.astype(np.float32),
                   base.astype(np.float32), scale_cc.astype(np.float32), coef.astype(np.float32),
@@ -171,6 +186,24 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
         if (moved := prior.transfer(labels[i], group_ctx[i])) is not None:
             out_of_sample[i] = moved
     return prior, out_of_sample.astype(np.float32)
+
+
+def fit_screen_prior(adata, contexts, features: GeneTable, **fit_kw) -> tuple[Prior, dict[tuple[str, int], np.ndarray]]:
+    """`fit_prior` on a log1p training screen's pseudobulk deltas: every (perturbation, context) group in
+    `contexts` (the model's context list) minus that context's controls, each weighted by its cells.
+
+    Takes the whole training screen, the perturbations without features included (a model's network
+    leaves those out). Returns the prior and each group's out-of-sample shift keyed by (label, context
+    index), the target of the residual the model learns."""
+    groups, means = pseudobulk(adata)
+    pert = groups[PERT_COL].to_numpy(str)
+    ctx = np.searchsorted(np.asarray(contexts, str), groups[CONTEXT_COL].to_numpy(str))
+    ctrl = {int(c): r for r, (c, lab) in enumerate(zip(ctx, pert)) if lab == CONTROL}
+    rows = np.flatnonzero((pert != CONTROL) & np.isin(ctx, list(ctrl)))
+    delta = means[rows] - means[[ctrl[int(c)] for c in ctx[rows]]]
+    prior, oos = fit_prior(pert[rows], ctx[rows], contexts, delta, features,
+                           n_cells=groups["n_cells"].to_numpy()[rows], **fit_kw)
+    return prior, {(str(lab), int(c)): oos[i] for i, (lab, c) in enumerate(zip(pert[rows], ctx[rows]))}
 
 
 def transfer_weights(labels, group_ctx, delta, base, scale_cc, w) -> tuple[float, float]:
@@ -198,32 +231,45 @@ def transfer_weights(labels, group_ctx, delta, base, scale_cc, w) -> tuple[float
     return tuple(float(num / den > 0.5) if den > 0 else 1.0 for num, den in sums)
 
 
-def ridge_loo(x: np.ndarray, y: np.ndarray, criterion: str = "mse") -> tuple[np.ndarray, float, np.ndarray]:
+def ridge_loo(x: np.ndarray, y: np.ndarray, criterion: str = "mse",
+              base_leverage: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
     """Ridge coefficients (x.T (x x.T + λI)^-1 y) with λ minimising the exact leave-one-out squared error
     (`criterion="mse"`) or maximising the mean leave-one-out Pearson r between each row's predicted and
-    measured values (`"correlation"`), that λ (relative to the mean squared row norm of x), and the
-    leave-one-out fitted values.
+    measured values (`"correlation"`), that λ (relative to the mean squared row norm of x; inf when no λ
+    beats the base), and the leave-one-out fitted values.
 
     In the dual form the hat matrix is H = K (K + λI)^-1 with K = x x.T, and the leave-one-out residual
-    of row i is (y_i − ŷ_i) / (1 − H_ii): one eigendecomposition of K serves every λ."""
+    of row i is (y_i − ŷ_i) / (1 − H_ii): one eigendecomposition of K serves every λ.
+    `base_leverage`: when y is a shift minus a (weighted) mean that row i entered with weight h0_i and x is
+    centred, H gains that mean's leverage h0_i. Without it, leave-one-out is not out of sample: rows that
+    sum to zero let a near-interpolating fit "predict" each one from the others (on Norman's 10 GO-featured
+    singles, r 1.00 at the smallest λ, −0.12 at best once counted), and the smallest λ always wins.
+    Where the chosen λ's leave-one-out squared error is not below the base's (every row predicted by the
+    mean shift, y_i / (1 − h0_i)) by more than one standard error of the per-row difference, the features
+    show no out-of-sample signal and B = 0 (the one-standard-error rule, with the base as the simpler model)."""
     n = len(x)
+    h0 = np.zeros(n) if base_leverage is None else np.asarray(base_leverage, np.float64)
     k = x @ x.T
     scale = max(float(np.trace(k)) / max(n, 1), 1e-12)
     evals, evecs = np.linalg.eigh(k)
     uy = evecs.T @ y
-    best = (np.inf, None, None)
+    best = (np.inf, None, None, None)
     for lam in LAMBDA_GRID * scale:
         shrink = evals / (evals + lam)
         fitted = evecs @ (shrink[:, None] * uy)
-        h_diag = (evecs**2) @ shrink
+        h_diag = (evecs**2) @ shrink + h0
         loo = (y - fitted) / np.maximum(1.0 - h_diag, 1e-6)[:, None]
         if criterion == "mse":
             err = float((loo**2).sum())
         else:  # minus the mean leave-one-out Pearson r of each row's predicted and measured values
             err = -float(np.mean(_row_corr(y, y - loo)))
         if err < best[0]:
-            best = (err, lam, y - loo)
-    _, lam, loo_fit = best
+            best = (err, lam, y - loo, (loo**2).sum(1))
+    _, lam, loo_fit, row_err = best
+    null_loo = y / np.maximum(1.0 - h0, 1e-6)[:, None]
+    gain = (null_loo**2).sum(1) - row_err  # per row: how much the ridge beat the mean shift out of sample
+    if gain.mean() <= gain.std(ddof=1) / np.sqrt(n) if n > 1 else True:
+        return np.zeros((x.shape[1], y.shape[1])), np.inf, y - null_loo
     alpha = evecs @ (uy / (evals + lam)[:, None])
     return x.T @ alpha, float(lam / scale), loo_fit
 

@@ -36,7 +36,7 @@ from biojepac.models.jepa import stages
 from biojepac.models.jepa.config import BioJepacConfig
 from biojepac.io import write_text_atomic
 from biojepac.models.jepa.jepa_predictor import MaskPredictor
-from biojepac.models.jepa.prior import Prior, fit_prior
+from biojepac.models.jepa.prior import Prior, fit_screen_prior
 from biojepac.models.jepa.network import Modules, log_library, make_modules, mode_index
 from biojepac.train import checkpoint, ema, loop
 
@@ -206,9 +206,9 @@ def fit_biojepac(
     # prior at genes, not genes x d, values per perturbation (18,080 x 64 floats each at the VCC's size).
     w_gd = np.asarray(decoder.w_gd)
     stats = dataclasses.replace(stats, delta_z=lift_to_latent(stats.delta_x, w_gd))
-    prior, prior_oos = fit_prior(stats.labels, stats.ctx, stats.contexts, stats.delta_x, scr.features,
-                                 cfg.predict.prior_select_transfer, cfg.predict.prior_lambda_by,
-                                 n_cells=np.asarray([len(c) for c in stats.cells]))
+    prior, oos = fit_screen_prior(train_adata, stats.contexts, scr.features, select_transfer=cfg.predict.prior_select_transfer,
+                                  lambda_by=cfg.predict.prior_lambda_by)
+    prior_oos = np.stack([oos[(str(lab), int(c))] for lab, c in zip(stats.labels, stats.ctx)]).astype(np.float32)
     predictor, composer, use_residual = train_predict(run, mods.predictor, composer, teacher, decoder, stats,
                                                       lift_to_latent(prior_oos, w_gd))
     mods = Modules(teacher, composer, predictor, decoder)

@@ -27,7 +27,7 @@ from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, spli
 from biojepac.errors import InputError
 from biojepac.features import DEFAULT_FEATURES, resolve_features
 from biojepac.models.energy import batched_energy_distance
-from biojepac.models.jepa.prior import fit_prior
+from biojepac.models.jepa.prior import fit_screen_prior
 from biojepac.models.state.network import StateConfig, StateMeta, StateTransition, predict_set_cells
 from biojepac.train.distributed import mixed_precision
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
@@ -200,6 +200,7 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     labels = train.obs[PERT_COL].astype(str)
     perts = np.unique(labels.to_numpy())
     perts = perts[perts != CONTROL]
+    whole = train  # the prior is fitted on every measured perturbation, with or without features
     missing = set(features.missing(list(perts)))
     if missing and getattr(features, "fallback", "error") == "error":  # a provider may opt into zeros / mean rows
         # Nothing is invented for a perturbation without a vector: its cells are left out of training.
@@ -221,7 +222,7 @@ def fit(train: ad.AnnData, cfg: StateConfig, features=None, fit_cfg: FitConfig |
     if cfg.prior == "ridge":
         if encoder is not None:
             raise InputError("state model: prior='ridge' works on expression input, not on encoder latents")
-        prior, sampler.prior_gn = fit_expression_prior(expr_ng, train.obs, sampler, features)
+        prior, sampler.prior_gn = fit_expression_prior(whole, sampler, features)
         val_groups = hold_out_groups(sampler, fit_cfg.seed)
     # Raw uint32 keys: the shared checkpoint converts every leaf to NumPy, which typed keys refuse.
     key_init, key_loop = jax.random.split(jax.random.PRNGKey(fit_cfg.seed))
@@ -282,23 +283,12 @@ def residual_helps(net: StateTransition, cfg: StateConfig, sampler: SentenceSamp
     return err_net < err_prior
 
 
-def fit_expression_prior(expr_ng: np.ndarray, obs, sampler: SentenceSampler, features):
-    """The closed-form prior in expression space and, per sentence group, the shift its controls are moved by.
-
-    Δ(p, c) is the mean of p's cells in context c minus the mean of c's controls. A group's training shift
-    is the prior's *out-of-sample* estimate for it (p's shift transferred from other contexts, else ridge
-    with p left out), the same kind of guess the prior makes for a held-out perturbation, so the network
-    learns to correct the prior's errors rather than to copy a measurement it will not have."""
-    pert = obs[PERT_COL].astype(str).to_numpy()
-    ctx_code = np.searchsorted(sampler.contexts, obs[CONTEXT_COL].astype(str).to_numpy())
-    ctrl_mean = np.stack([expr_ng[(pert == CONTROL) & (ctx_code == c)].mean(0) if ((pert == CONTROL) & (ctx_code == c)).any()
-                          else expr_ng[pert == CONTROL].mean(0) for c in range(len(sampler.contexts))])
-    keys = sorted({(int(p), int(c)) for p, c, *_ in sampler.groups})
-    labels = np.asarray([sampler.perts[p] for p, _ in keys])
-    group_ctx = np.asarray([c for _, c in keys])
-    rows = [(pert == sampler.perts[p]) & (ctx_code == c) for p, c in keys]
-    delta = np.stack([expr_ng[r].mean(0) - ctrl_mean[c] for r, (_, c) in zip(rows, keys)])
-    prior, out_of_sample = fit_prior(labels, group_ctx, sampler.contexts, delta, features,
-                                     n_cells=np.asarray([r.sum() for r in rows]))
-    row = {k: i for i, k in enumerate(keys)}
-    return prior, np.stack([out_of_sample[row[(int(p), int(c))]] for p, c, *_ in sampler.groups]).astype(np.float32)
+def fit_expression_prior(train: ad.AnnData, sampler: SentenceSampler, features):
+    """The closed-form prior in expression space, fitted on the whole training screen (the perturbations
+    without features included: their measured shifts still set the mean shifts), and, per sentence group,
+    the shift its controls are moved by: the prior's *out-of-sample* estimate for the group (p's shift
+    transferred from other contexts, else ridge with p left out), the same kind of guess the prior makes
+    for a held-out perturbation, so the network learns to correct the prior's errors rather than to copy
+    a measurement it will not have."""
+    prior, oos = fit_screen_prior(train, sampler.contexts, features)
+    return prior, np.stack([oos[(str(sampler.perts[p]), int(c))] for p, c, *_ in sampler.groups]).astype(np.float32)
