@@ -9,7 +9,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.stats
 
@@ -20,6 +19,7 @@ from biojepac.models.state import trainer
 from biojepac.models.state.network import StateTransition
 from biojepac.models.energy import energy_distance
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
+from random_screen import make_shift_screen
 
 
 def _direct_energy(x, y):
@@ -43,18 +43,6 @@ def test_energy_distance_matches_direct_loops_and_scipy():
     grad = jax.grad(lambda a: energy_distance(a, jnp.asarray(x, jnp.float32)))(jnp.asarray(x, jnp.float32))
     assert float(energy_distance(jnp.asarray(x), jnp.asarray(x))) == pytest.approx(0.0, abs=1e-5)
     assert np.isfinite(np.asarray(grad)).all()
-
-
-def make_shift_screen(n_genes: int = 12, seed: int = 0) -> ad.AnnData:
-    """Controls ~ N(2, 0.3); perturbation "A" adds +1.5 to genes 0-2, "B" subtracts 1 from genes 3-5."""
-    rng = np.random.default_rng(seed)
-    shifts = {"non-targeting": np.zeros(n_genes), "A": np.r_[1.5, 1.5, 1.5, np.zeros(n_genes - 3)],
-              "B": np.r_[0, 0, 0, -1.0, -1.0, -1.0, np.zeros(n_genes - 6)]}
-    labels = np.repeat(list(shifts), [120, 60, 60])
-    x = 2.0 + 0.3 * rng.normal(size=(len(labels), n_genes)) + np.stack([shifts[lab] for lab in labels])
-    obs = pd.DataFrame({"target_gene": labels, "context": "c1", "batch": "b0", "pert_type": "CRISPRi"},
-                       index=[f"cell{i}" for i in range(len(labels))])
-    return ad.AnnData(X=x.clip(0).astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
 
 
 TINY = dataclasses.replace(trainer.PRESETS["tiny"][0], set_size=16, prior="none")  # the network alone must learn

@@ -15,7 +15,7 @@ from biojepac.models.energy import energy_distance
 from biojepac.models.state import model as st
 from biojepac.models.state import trainer
 from biojepac.models.state.network import LlamaBlock, StateTransition
-from tests.models.test_state import make_shift_screen
+from random_screen import make_shift_screen
 
 
 def _numpy_llama_layer(block: LlamaBlock, h: np.ndarray) -> np.ndarray:
