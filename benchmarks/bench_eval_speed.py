@@ -103,7 +103,8 @@ def floor(real: str, pred: str) -> None:
     from biojepac.eval import vcc
     from biojepac.eval.inputs import read_scored_screen
     from biojepac.eval.mwu import Workers
-    from biojepac.eval.stats import N_THREADS, small_pages, summarize
+    from biojepac.eval.h5read import small_pages
+    from biojepac.eval.stats import N_THREADS, summarize
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool, Workers(N_THREADS) as workers, small_pages():
         t0 = time.perf_counter()

@@ -83,7 +83,7 @@ def test_ceiling_is_spearman_brown_for_agreement_metrics_only():
 
 
 def test_small_pages_restores_numpys_setting():
-    from biojepac.eval.stats import small_pages
+    from biojepac.eval.h5read import small_pages
 
     toggle = np._core.multiarray._set_madvise_hugepage
     before = toggle(True)
@@ -134,3 +134,12 @@ def test_output_folder_is_replaced_whole_or_not_at_all(tmp_path, screen_factory,
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="exists and is not a folder"):
         evaluate(pred, real, profile="report", out_dpath=tmp_path / "file", n_boot=10)
+
+
+def test_headline_names_the_calibrated_metrics():
+    """`evaluate.HEADLINE` spells the calibrated metrics out (so that `evaluate` loads without the scoring
+    modules); it must stay in step with `calibrated.NAMES`."""
+    from biojepac.eval import calibrated
+    from biojepac.eval.evaluate import HEADLINE
+
+    assert HEADLINE[-len(calibrated.NAMES) :] == calibrated.NAMES

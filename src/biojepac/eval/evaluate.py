@@ -24,18 +24,21 @@ import numpy as np
 from biojepac.data import schema
 from biojepac.errors import InputError
 from biojepac.io import write_dir_atomic
-from biojepac.eval import bootstrap, calibrated, vcc
-from biojepac.eval.inputs import ScoredScreen, check_pair, make_baseline_screen, read_scored_screen
-from biojepac.eval.report_metrics import report_metrics
-from biojepac.eval.mwu import Workers
-from biojepac.eval.stats import N_THREADS, Summary, small_pages, summarize, warm_up
+from biojepac.eval.h5read import Parts, read_parts, small_pages
 
+# The scoring modules (numba's compiled code: about half a second to load) are imported in `_score`, once
+# the files are being read, so that the reads overlap the imports.
 if TYPE_CHECKING:
     import anndata as ad
 
+    from biojepac.eval.inputs import ScoredScreen
+    from biojepac.eval.mwu import Workers
+    from biojepac.eval.stats import Summary
+
 Profile = Literal["vcc", "report", "calibrated", "all", "vcc2026"]
 HEADLINE = ("overlap_at_N", "discrimination_score_l1", "mae", "pearson_delta", "pearson_delta_top20", "mse",
-            "r2", "r2_top50", "shift_magnitude", *calibrated.NAMES)
+            "r2", "r2_top50", "shift_magnitude", "pds_cosine", "de_jaccard", "de_direction", "lfc_nmae")
+"""Metrics given a bootstrap CI (the last four: `calibrated.NAMES`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +140,18 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     # The real and the predicted file are read and summarised at the same time: reading and transposing
     # one file is mostly single-threaded work that the other file's statistics can overlap.
     # Their Mann-Whitney ranges go to one set of workers, one thread per core.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool, Workers(N_THREADS) as workers:
-        jobs = [pool.submit(_read_and_summarize, src, kw, need_de, workers) for src in (real, pred)]
-        warm_up()  # numba's first call (~0.25 s) overlaps the reads here instead of stalling both files after
-        (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reads = [pool.submit(read_parts, src, pert_col) for src in (real, pred)]  # system calls: no GIL held
+        from biojepac.eval import calibrated, vcc
+        from biojepac.eval.inputs import check_pair
+        from biojepac.eval.mwu import Workers
+        from biojepac.eval.report_metrics import report_metrics
+        from biojepac.eval.stats import N_THREADS, summarize, warm_up
+
+        warm_up()  # numba's first call (~0.25 s) also overlaps the reads instead of stalling both files after
+        with Workers(N_THREADS) as workers:
+            jobs = [pool.submit(_screen_and_summarize, read, kw, need_de, workers) for read in reads]
+            (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
     check_pair(real_sc, pred_sc)
     base_sc = _baseline_screen(baseline, train, real_sc, kw)
     base_s = summarize(base_sc, with_de=need_de) if base_sc is not None else None
@@ -179,12 +190,19 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     return {"perts": real_sc.perts, "columns": columns, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
 
 
-def _read_and_summarize(src, kw: dict, with_de: bool, workers: Workers) -> tuple[ScoredScreen, Summary]:
-    screen = read_scored_screen(src, **kw)
+def _screen_and_summarize(read: concurrent.futures.Future[Parts], kw: dict, with_de: bool,
+                          workers: Workers) -> tuple[ScoredScreen, Summary]:
+    from biojepac.eval.inputs import scored_screen
+    from biojepac.eval.stats import summarize
+
+    screen = scored_screen(read.result(), **kw)
     return screen, summarize(screen, with_de=with_de, workers=workers)
 
 
 def _baseline_screen(baseline, train, real_sc: ScoredScreen, kw: dict) -> ScoredScreen | None:
+    from biojepac.eval.inputs import check_pair, make_baseline_screen, read_scored_screen
+    from biojepac.eval.stats import summarize
+
     if baseline is not None:
         sc = read_scored_screen(baseline, **kw)
         check_pair(real_sc, sc)
@@ -202,6 +220,8 @@ def _baseline_screen(baseline, train, real_sc: ScoredScreen, kw: dict) -> Scored
 
 
 def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int, seed: int) -> dict:
+    from biojepac.eval import bootstrap, calibrated, vcc
+
     n_perts = len(next(iter(user.values())))
     idx = bootstrap.resample_idx(n_perts, n_boot, seed)
     agg: dict = {"ci95": {}}

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from biojepac.data.schema import check_gene_names
 from biojepac.data.values import FRACTION_EPS, classify, size_factors, target_sum
 from biojepac.errors import InputError
-from biojepac.eval.h5read import anndata_parts, read_h5ad_parts
+from biojepac.eval.h5read import Parts, read_parts
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -54,14 +54,12 @@ def read_scored_screen(
     src: ad.AnnData | str | pathlib.Path, *, pert_col: str, control: str, name: str = ""
 ) -> ScoredScreen:
     """Load (if a path), check columns/values and normalise counts on a copy."""
-    if isinstance(src, (str, pathlib.Path)):
-        name = name or str(src)
-        labels, genes, x = read_h5ad_parts(pathlib.Path(src), pert_col)
-        owned = True
-    else:
-        name = name or "<AnnData>"
-        labels, genes, x = anndata_parts(src, name, pert_col)
-        owned = False
+    return scored_screen(read_parts(src, pert_col, name), pert_col=pert_col, control=control)
+
+
+def scored_screen(parts: Parts, *, pert_col: str, control: str) -> ScoredScreen:
+    """`read_scored_screen` of parts already read (`h5read.read_parts`)."""
+    name, labels, genes, x, owned = parts.name, parts.labels, parts.genes, parts.x, parts.owned
     check_gene_names(genes, name)
     blank = np.flatnonzero(np.char.strip(labels.astype(str)) == "")
     if blank.size:

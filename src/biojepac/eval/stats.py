@@ -5,7 +5,6 @@ p-values of every perturbation against this file's own controls (`mwu`). Memory 
 worker thread (`mwu.RANGE_KEYS` keys) plus (groups x genes) summaries; the dense matrix is never built.
 """
 
-import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -97,24 +96,6 @@ def _csr_group_sums(indptr, indices, data, codes, n_groups, n_genes):
             sums[codes[r], indices[j]] += v
             sumsq[codes[r], indices[j]] += v * v
     return sums, sumsq
-
-
-@contextlib.contextmanager
-def small_pages():
-    """Turn off numpy's request for 2 MB pages while evaluating (usable as a decorator).
-
-    numpy asks the kernel for huge pages (madvise) for every array of 4 MB or more; under the kernel's
-    default `defrag=madvise` each such page fault may first compact memory. On the 2-core VM we measure
-    on, that tripled the system time of an evaluation (4.0 s vs 1.4 s; wall 6.5 s vs 4.9 s). The arrays
-    here are short-lived and read as streams, so they gain nothing from huge pages.
-    """
-    toggle = getattr(np._core.multiarray, "_set_madvise_hugepage", None)  # numpy's own switch
-    previous = toggle(False) if toggle else None
-    try:
-        yield
-    finally:
-        if toggle:
-            toggle(previous)
 
 
 def pdex_lfc(screen: ScoredScreen):
