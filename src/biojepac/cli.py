@@ -9,6 +9,7 @@ Bad input (`InputError`) is printed as one line naming the file, column or gene 
 """
 
 import importlib
+import os
 import sys
 
 import tyro
@@ -119,6 +120,12 @@ COMMANDS: dict = {
 }
 
 
+QUICK_EXIT = frozenset({"evaluate"})
+"""Commands whose process, run from the shell, ends as soon as their outputs are written and closed
+(`os._exit`): Python's teardown of numba's compiled code alone takes about 0.2 s, a tenth of an
+evaluation. Their outputs are complete by then (written atomically), and they leave no atexit work."""
+
+
 def _load(ref: str):
     module, name = ref.split(":")
     return getattr(importlib.import_module(module), name)
@@ -157,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             one_line = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
             print(f"{prog}: error: {one_line}", file=sys.stderr)
             return 2
+        if argv is None and name in QUICK_EXIT:  # the process's own command line, not a call from Python
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         return 0
 
 

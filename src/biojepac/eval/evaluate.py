@@ -142,10 +142,8 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     # Their Mann-Whitney ranges go to one set of workers, one thread per core.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         reads = [pool.submit(read_parts, src, pert_col) for src in (real, pred)]  # system calls: no GIL held
-        from biojepac.eval import calibrated, vcc
         from biojepac.eval.inputs import check_pair
         from biojepac.eval.mwu import Workers
-        from biojepac.eval.report_metrics import report_metrics
         from biojepac.eval.stats import N_THREADS, summarize, warm_up
 
         warm_up()  # numba's first call (~0.25 s) also overlaps the reads instead of stalling both files after
@@ -161,10 +159,16 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     def metrics(sc: ScoredScreen, s: Summary, ref_sc: ScoredScreen = real_sc, ref_s: Summary = real_s) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         if use_vcc:
+            from biojepac.eval import vcc
+
             out |= vcc.vcc_metrics(ref_sc, ref_s, sc, s)
         if use_rep:
+            from biojepac.eval.report_metrics import report_metrics
+
             out |= report_metrics(ref_s, s)
         if use_cal:
+            from biojepac.eval import calibrated
+
             out |= calibrated.calibrated_metrics(ref_sc, ref_s, s)
         return out
 
@@ -172,6 +176,8 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     base = metrics(base_sc, base_s) if base_s is not None else None
     ceiling = None
     if use_cal:
+        from biojepac.eval import calibrated
+
         half_a, half_b = calibrated.split_halves(real_sc, seed)
         with concurrent.futures.ThreadPoolExecutor(2) as pool, Workers(N_THREADS) as workers:
             sa, sb = pool.map(lambda half: summarize(half, with_de=True, workers=workers), (half_a, half_b))
@@ -220,7 +226,7 @@ def _baseline_screen(baseline, train, real_sc: ScoredScreen, kw: dict) -> Scored
 
 
 def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int, seed: int) -> dict:
-    from biojepac.eval import bootstrap, calibrated, vcc
+    from biojepac.eval import bootstrap
 
     n_perts = len(next(iter(user.values())))
     idx = bootstrap.resample_idx(n_perts, n_boot, seed)
@@ -237,6 +243,8 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
         if base is not None:
             agg["baseline"] = {k: float(np.nanmean(v)) for k, v in base.items()}
         if base is not None and "mae" in user:
+            from biojepac.eval import vcc
+
             keys = ("overlap_at_N", "discrimination_score_l1", "mae")
             s = vcc.score({k: agg[k] for k in keys}, {k: agg["baseline"][k] for k in keys})
             agg["vcc_score"] = 100.0 * s["avg_score"]
@@ -250,6 +258,8 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
 
             agg["ci95"]["vcc_score"] = bootstrap.ci(boot_score, idx)
         if ceiling is not None:
+            from biojepac.eval import calibrated
+
             agg["ceiling_split_half"] = {k: float(np.nanmean(v)) for k, v in ceiling.items()}
             agg["ceiling"] = calibrated.full_depth_ceiling(agg["ceiling_split_half"])
             if base is not None:

@@ -7,22 +7,28 @@ var index named by its `_index` attribute). Anything else, such as nullable colu
 old anndata versions, falls back to `anndata.read_h5ad`, so every file anndata reads is still read.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import os
 import pathlib
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import scipy.sparse as sp
 
 from biojepac.errors import InputError
+
+if TYPE_CHECKING:  # scipy.sparse (0.2 s to import) is loaded once the arrays are read: the reads start sooner
+    import scipy.sparse as sp
 
 MAX_GAP = 1 << 16
 """Bytes between two chunks in the file that one read still spans (read into scratch and dropped)."""
 MAX_IOV = 1024
 """Buffers per `preadv` call (Linux's IOV_MAX)."""
-SPARSE = {"csr_matrix": sp.csr_matrix, "csc_matrix": sp.csc_matrix}
+SPARSE = ("csr_matrix", "csc_matrix")
+"""The sparse encodings of X read here (anndata's names, also scipy's class names)."""
 
 
 class _Unsupported(Exception):
@@ -132,7 +138,10 @@ def _matrix(f: h5py.File, raw) -> sp.spmatrix | np.ndarray:
     if kind not in SPARSE:
         raise _Unsupported
     shape = tuple(int(n) for n in x.attrs["shape"])
-    return SPARSE[kind]((_array(x["data"], raw), _array(x["indices"], raw), _array(x["indptr"], raw)), shape=shape)
+    arrays = _array(x["data"], raw), _array(x["indices"], raw), _array(x["indptr"], raw)
+    import scipy.sparse as sp
+
+    return getattr(sp, kind)(arrays, shape=shape)
 
 
 def _array(ds: h5py.Dataset, raw) -> np.ndarray:

@@ -27,9 +27,12 @@ single-cell data and are all tied, so they are handled in closed form.
    group's values and squares, so the means come with the p-values.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import dataclasses
 import threading
+from typing import TYPE_CHECKING
 
 import llvmlite.ir
 import numba
@@ -37,7 +40,9 @@ import numba.extending
 import numpy as np
 import scipy.sparse as sp
 import scipy.special
-from jaxtyping import Float
+
+if TYPE_CHECKING:
+    from jaxtyping import Float
 
 KEY32_BITS = 31
 """Keys that fit in this many bits are int32 (half the memory traffic, and numpy sorts them twice as fast)."""

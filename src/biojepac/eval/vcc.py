@@ -14,16 +14,20 @@ are taken against that file's own controls, as cell-eval does (so a prediction's
   clipped below at 0, averaged, reported x100.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
-from jaxtyping import Bool, Float
-import beartype
 
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.mwu import bh_significant
 from biojepac.eval.stats import Summary, pdex_lfc
+
+if TYPE_CHECKING:  # shapes for the reader and type checkers; jaxtyping + beartype cost 0.1 s of every evaluate's start
+    from jaxtyping import Bool, Float
 
 FDR = np.float32(0.05)
 """Significance cut. cell-eval casts FDRs to float32 before comparing, so we compare in float32 too."""
@@ -44,14 +48,14 @@ def target_gene_mask(perts: np.ndarray, genes: np.ndarray) -> np.ndarray:
     return perts[:, None] == genes[None, :]
 
 
-@beartype.beartype  # each array's dtype and rank; `jaxtyped` would import JAX (1.6 s) into every evaluate
 def discrimination_l1(
     real_eff: Float[np.ndarray, "perts genes"],
     pred_eff: Float[np.ndarray, "perts genes"],
     exclude: Bool[np.ndarray, "perts genes"],
 ) -> Float[np.ndarray, " perts"]:
     """PDS: 1 - rank of the true perturbation among real effects by L1 distance to the predicted one."""
-    assert real_eff.shape == pred_eff.shape == exclude.shape, (real_eff.shape, pred_eff.shape, exclude.shape)
+    assert real_eff.ndim == 2 and real_eff.shape == pred_eff.shape == exclude.shape, (real_eff.shape, pred_eff.shape, exclude.shape)
+    assert real_eff.dtype.kind == pred_eff.dtype.kind == "f" and exclude.dtype == bool, (real_eff.dtype, pred_eff.dtype, exclude.dtype)
     return rank_score(_l1_distances(pred_eff, real_eff, exclude))
 
 
