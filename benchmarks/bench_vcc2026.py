@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -293,6 +294,7 @@ def main() -> None:
         full = compare_scale(tmp)
     result = {"shape": {"n_cells": args.n_cells, "n_genes": args.n_genes, "n_perts": args.n_perts},
               "runs": rows, "per_perturbation": diffs, "scale": full, "load_1min": loads, "cpus": os.cpu_count(),
+              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
               "command": f" --n-cells {args.n_cells} --n-genes {args.n_genes} --n-perts {args.n_perts}"
                          + (" --full" if args.full else "") + (f" --name {args.name}" if args.name != "vcc2026" else "")}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
@@ -316,6 +318,13 @@ def compare_scale(tmp: pathlib.Path) -> dict:
     return out
 
 
+def commit() -> str:
+    """The checkout's commit (short hash), marked `+changes` when files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "benchmarks"], cwd=ROOT).returncode != 0
+    return (head or "?") + ("+changes" if dirty else "")
+
+
 def write_md(r: dict, name: str) -> None:
     sh = r["shape"]
     runs = r["runs"]
@@ -336,8 +345,11 @@ def write_md(r: dict, name: str) -> None:
         scale = ["", f"Largest |ours - cell-eval2| over the six scored aggregates: u {s['user']:.2e}, b {s['baseline']:.2e}, "
                  f"r {s['replicate']:.2e}, scores {s['score']:.2e} (avg_score ours {s['avg_score']['ours']:.6f}, "
                  f"cell-eval2 {s['avg_score']['cell-eval2']:.6f})."]
+    other = ("" if name == "vcc2026" else " A small case: start-up weighs heavily in these ratios. The 11,000-cell "
+             "comparison (metrics only, a separate run of this script) is the vcc2026 section of eval_speed.md.")
     section = "\n".join([
         MARK, "## VCC 2026 profile: biojepac vs cell-eval2 0.20.0", "",
+        f"Run {r.get('when', '(date not recorded)')} at commit {r.get('commit', '?')}.{other}", "",
         f"{sh['n_cells']:,} cells per file x {sh['n_genes']:,} genes x {sh['n_perts']} perturbations (+ controls), raw "
         "counts both sides (CSR float32). Each run a fresh process timed by `/usr/bin/time -v`, one run each, side by "
         f"side on this machine's {r['cpus']} shared cores; 1-minute load average around the runs: "
