@@ -319,9 +319,9 @@ def compare_scale(tmp: pathlib.Path) -> dict:
 
 
 def commit() -> str:
-    """The checkout's commit (short hash), marked `+changes` when files differ from it."""
+    """The checkout's commit (short hash), marked `+changes` when src/ or this script differ from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "benchmarks"], cwd=ROOT).returncode != 0
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", __file__], cwd=ROOT).returncode != 0
     return (head or "?") + ("+changes" if dirty else "")
 
 
