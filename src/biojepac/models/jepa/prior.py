@@ -273,10 +273,18 @@ def ridge_loo(x: np.ndarray, y: np.ndarray, criterion: str = "mse",
         if err < best[0]:
             best = (err, lam, y - loo)
     _, lam, loo_fit = best
-    if n < 2 or best_gain.mean() <= best_gain.std(ddof=1) / np.sqrt(n):
+    if not clearly_better(best_gain):
         return np.zeros((x.shape[1], y.shape[1])), np.inf, y - y / np.maximum(1.0 - h0, 1e-6)[:, None]
     alpha = evecs @ (uy / (evals + lam)[:, None])
     return x.T @ alpha, float(lam / scale), loo_fit
+
+
+def clearly_better(gain: np.ndarray) -> bool:
+    """Whether per-row gains of a richer model over a simpler one (error of the simpler minus error of the
+    richer, each row held out) average above one standard error: the one-standard-error rule, shared by
+    the ridge against the mean shift and the learned residuals against the prior."""
+    gain = np.asarray(gain, np.float64)
+    return len(gain) > 1 and float(gain.mean()) > float(gain.std(ddof=1)) / np.sqrt(len(gain))
 
 
 def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -70,11 +70,12 @@ def response_loss(params, _extra, batch, key):
     return loss, {"response_mse": loss}
 
 
-def predict_loss(params, extra, batch, key, *, cfg, modality: str = "gene"):
+def predict_loss(params, extra, batch, key, *, cfg, modality: str = "gene", per_group: bool = False):
     """Stage 3 on cell sets. For each group: S control cells' teacher token latents (read once by the frozen
     teacher, `trainer.Latents`), moved by the prior shift, plus the predictor's residual, against the group's
     mean latent shift, its pseudobulk expression delta (through the frozen decoder), and S of its real cells'
-    latents (energy distance, NLL). Everything is at the step's tokens `idx` (a subset of the genes, or all)."""
+    latents (energy distance, NLL). Everything is at the step's tokens `idx` (a subset of the genes, or all).
+    `per_group`: the metrics' `expr_mse` is each group's own (the held-out check compares them group by group)."""
     if cfg.finetune_composer:
         predictor, composer = params
         teacher, decoder = extra
@@ -110,6 +111,8 @@ def predict_loss(params, extra, batch, key, *, cfg, modality: str = "gene"):
     nll = losses.gaussian_nll(mu.reshape(-1, d), jnp.clip(logvar, -10.0, 10.0).reshape(-1, d), z_p.reshape(-1, d),
                               jnp.ones(mu.reshape(-1, d).shape[0]))
     loss = cfg.expr_weight * expr + cfg.latent_weight * latent + cfg.energy_weight * energy + cfg.nll_weight * nll
+    if per_group:
+        expr = jnp.sum(w_bg * (dx - batch["delta_x"]) ** 2, axis=1) / jnp.maximum(w_bg.sum(1), 1.0)
     return loss, {"expr_mse": expr, "latent_mse": latent, "energy": energy, "nll": nll}
 
 

@@ -27,7 +27,7 @@ from biojepac.data.schema import BATCH_COL, CONTEXT_COL, CONTROL, PERT_COL, spli
 from biojepac.errors import InputError
 from biojepac.features import DEFAULT_FEATURES, resolve_features
 from biojepac.models.energy import batched_energy_distance
-from biojepac.models.jepa.prior import fit_screen_prior
+from biojepac.models.jepa.prior import clearly_better, fit_screen_prior
 from biojepac.models.state.network import StateConfig, StateMeta, StateTransition, predict_set_cells
 from biojepac.train.distributed import mixed_precision
 from biojepac.train.loop import LoopConfig, make_state, make_train_step, run_loop
@@ -268,19 +268,21 @@ def hold_out_groups(sampler: SentenceSampler, seed: int, fraction: float = 0.15)
 
 def residual_helps(net: StateTransition, cfg: StateConfig, sampler: SentenceSampler, val_groups: list,
                    seed: int) -> bool:
-    """Whether prior + learned residual predicts the held-out groups' mean expression better (squared error,
-    summed over groups) than the prior alone (controls moved by the prior shift); printed either way."""
-    err_net = err_prior = 0.0
+    """Whether prior + learned residual predicts the held-out groups' mean expression clearly better (squared
+    error per group, by more than one standard error of the per-group difference, `clearly_better`) than the
+    prior alone (controls moved by the prior shift); printed either way."""
+    err_net, err_prior = [], []
     for (p, c, b, perturbed, ctrl), prior_g in val_groups:
         x_ng = sampler.cells_ng[ctrl[: 8 * cfg.set_size]]
         truth = sampler.expr_ng[perturbed].mean(0)
         pred = predict_set_cells(net, x_ng, sampler.pert_table[p], int(c) + 1, cfg.set_size, seed,
                                  np.full(len(x_ng), int(b) + 1, np.int32), prior_g=prior_g)
-        err_net += float(((pred.mean(0) - truth) ** 2).sum())
-        err_prior += float(((np.clip(x_ng + prior_g, 0, None).mean(0) - truth) ** 2).sum())
-    print(f"state: held-out check on {len(val_groups)} groups: prior + residual error {err_net:.4g}, prior alone "
-          f"{err_prior:.4g}; using {'prior + residual' if err_net < err_prior else 'the prior alone'}")
-    return err_net < err_prior
+        err_net.append(float(((pred.mean(0) - truth) ** 2).sum()))
+        err_prior.append(float(((np.clip(x_ng + prior_g, 0, None).mean(0) - truth) ** 2).sum()))
+    keep = clearly_better(np.subtract(err_prior, err_net))
+    print(f"state: held-out check on {len(val_groups)} groups: prior + residual error {sum(err_net):.4g}, prior alone "
+          f"{sum(err_prior):.4g}; using {'prior + residual' if keep else 'the prior alone'}")
+    return keep
 
 
 def fit_expression_prior(train: ad.AnnData, sampler: SentenceSampler, features):
