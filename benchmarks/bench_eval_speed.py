@@ -133,7 +133,7 @@ def run_cli(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed:\n{err[-3000:]}")
-    return {"process_seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+    return {"process_seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "load_1min": os.getloadavg()[0]}
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -264,8 +264,9 @@ def main() -> None:
         "default outputs, per_perturbation.csv and aggregates.json (report.md and its plots are written on request, "
         "`--plots`: matplotlib's import and the drawing take longer than the scoring); for reference, ours with the "
         "report, and with every profile:", "",
-        "| command | process wall (s) | peak RSS (MiB) |", "|---|---|---|",
-        *[f"| {name} | {r['process_seconds']:.1f} | {r['peak_rss_mib']:.0f} |" for name, r in cli.items()], "",
+        "| command | process wall (s) | peak RSS (MiB) | 1-min load after |", "|---|---|---|---|",
+        *[f"| {name} | {r['process_seconds']:.2f} | {r['peak_rss_mib']:.0f} | {r['load_1min']:.1f} |"
+          for name, r in cli.items()], "",
         f"Speed-up of ours with its default outputs: **{result['cli_speedup_vs_default']:.1f}x** against cell-eval's "
         f"default, **{result['cli_speedup_vs_2_threads']:.1f}x** against cell-eval on 2 threads (the target is 25x "
         f"against 2 threads: {'met' if result['cli_speedup_vs_2_threads'] >= 25 else 'not met'}; at 25x ours would "
