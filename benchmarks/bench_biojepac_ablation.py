@@ -34,6 +34,8 @@ VARIANTS = {
     "prior only (no residual)": ({"predict": {"residual": False}}, ("pretrain", "decode", "compose")),
     "residual only (no prior)": ({"predict": {"prior": "none"}}, ("pretrain", "decode", "compose")),
     "no expression loss": ({"predict": {"expr_weight": 0.0}}, ("pretrain", "decode", "compose")),
+    "no gene x action interaction or target flag": ({"predict": {"interaction": False}}, ("pretrain", "decode", "compose")),
+    "no context token": ({"predict": {"context_token": False}}, ("pretrain", "decode", "compose")),
     "prior only, λ by squared error (old)": ({"predict": {"residual": False, "prior_lambda_by": "mse"}},
                                              ("pretrain", "decode", "compose")),
     "prior only, always transfers (old)": ({"predict": {"residual": False, "prior_select_transfer": False}},

@@ -173,3 +173,29 @@ def test_token_selection_modes():
     assert idx.tolist() == [1, 4] and mask.all()
     idx, val, mask = select_tokens(x, "expressed", 4)
     assert idx[:3].tolist() == [1, 4, 3] and mask.tolist() == [True, True, True, False]
+
+
+def test_predictor_ablation_switches_remove_exactly_their_inputs():
+    """`interaction=False`: the targeted flag and the gene's own embedding no longer reach the residual;
+    `context_token=False`: the context label no longer does. With both on, each of them moves it."""
+    from biojepac.models.jepa.action_predictor import ActionPredictor
+    from biojepac.models.jepa.config import PredictConfig
+
+    rng = np.random.default_rng(0)
+    z, gene = (jnp.asarray(rng.normal(size=(5, 6)), jnp.float32) for _ in range(2))
+    a, mask = jnp.asarray(rng.normal(size=4), jnp.float32), jnp.ones(5, bool)
+    flag, none = jnp.asarray([1.0, 0, 0, 0, 0]), jnp.zeros(5)
+
+    def residual(cfg, ctx, target, gene_td=gene):
+        net = ActionPredictor(6, 4, cfg, jax.random.PRNGKey(1), n_contexts=2)
+        w = jax.random.normal(jax.random.PRNGKey(2), net.mu_head.weight.shape)
+        net = eqx.tree_at(lambda m: m.mu_head.weight, net, w)  # not the zero init
+        return np.asarray(net(z, mask, gene_td, a, jnp.asarray(ctx), target)[0])
+
+    base = PredictConfig(d=8, n_layers=1, n_heads=2, n_action_tokens=2)
+    moved = lambda cfg, **kw: np.abs(residual(cfg, **{"ctx": 1, "target": none, **kw}) - residual(cfg, 1, none)).max()
+    assert moved(base, ctx=2) > 1e-3 and moved(base, target=flag) > 1e-3 and moved(base, gene_td=gene * 2) > 1e-3
+    no_inter = dataclasses.replace(base, interaction=False)
+    assert moved(no_inter, target=flag) == 0.0 and moved(no_inter, gene_td=gene * 2) == 0.0 and moved(no_inter, ctx=2) > 1e-3
+    no_ctx = dataclasses.replace(base, context_token=False)
+    assert moved(no_ctx, ctx=2) == 0.0 and moved(no_ctx, target=flag) > 1e-3

@@ -39,6 +39,8 @@ class ActionPredictor(eqx.Module):
     mu_head: eqx.nn.Linear
     logvar_head: eqx.nn.Linear
     n_action_tokens: int = eqx.field(static=True)
+    interaction: bool = eqx.field(static=True)
+    context_token: bool = eqx.field(static=True)
 
     def __init__(self, d_latent: int, d_action: int, cfg: PredictConfig, key: PRNGKeyArray, kind: str = "linear",
                  n_contexts: int = 1):
@@ -55,14 +57,18 @@ class ActionPredictor(eqx.Module):
         self.mu_head = _zero(eqx.nn.Linear(p, d_latent, key=k[8]))
         self.logvar_head = eqx.nn.Linear(p, d_latent, key=k[9])
         self.n_action_tokens = cfg.n_action_tokens
+        self.interaction, self.context_token = cfg.interaction, cfg.context_token
 
     def __call__(
         self, z_td: Float[Array, "t d"], mask_t: Bool[Array, " t"], gene_td: Float[Array, "t d"],
         a: Float[Array, " a"], ctx: Int[Array, ""], target_t: Float[Array, " t"],
     ) -> tuple[Float[Array, "t d"], Float[Array, "t d"]]:
         """(residual shift of each token latent, its log-variance)."""
-        x = dense(self.in_proj, z_td) + dense(self.gene_proj, gene_td) * self.act_gene(a)[None, :]
-        x = x + target_t[:, None] * self.target_emb[None, :] + self.ctx_emb(ctx)[None, :]
+        x = dense(self.in_proj, z_td)
+        if self.interaction:
+            x = x + dense(self.gene_proj, gene_td) * self.act_gene(a)[None, :] + target_t[:, None] * self.target_emb[None, :]
+        if self.context_token:
+            x = x + self.ctx_emb(ctx)[None, :]
         act = self.act_tokens(a).reshape(self.n_action_tokens, -1)
         x = x + self.cross(norm(self.ln_x, x), act)
         for block in self.blocks:

@@ -118,6 +118,11 @@ class PredictConfig:
     """Weight of the Gaussian NLL of the real perturbed latents (trains the log-variance head)."""
     residual: bool = True
     """Learn the residual on top of the prior (False: the prior alone, for the ablation)."""
+    interaction: bool = True
+    """The gene x action bilinear term and the targeted-token flag in the residual predictor (False: the
+    action enters only through cross-attention; the ablation)."""
+    context_token: bool = True
+    """Add the context embedding to every token (False: the predictor is not told the context; the ablation)."""
     prior: Literal["ridge", "none"] = "ridge"
     """The closed-form prior ("none": the residual predictor alone has to learn every shift)."""
     prior_lambda_by: Literal["correlation", "mse"] = "correlation"
