@@ -65,8 +65,9 @@ class ActionPredictor(eqx.Module):
     ) -> tuple[Float[Array, "t d"], Float[Array, "t d"]]:
         """(residual shift of each token latent, its log-variance)."""
         x = dense(self.in_proj, z_td)
-        if self.interaction:
-            x = x + dense(self.gene_proj, gene_td) * self.act_gene(a)[None, :] + target_t[:, None] * self.target_emb[None, :]
+        if self.interaction:  # added term by term, in the order of the formula above (bit-identical with it)
+            x = x + dense(self.gene_proj, gene_td) * self.act_gene(a)[None, :]
+            x = x + target_t[:, None] * self.target_emb[None, :]
         if self.context_token:
             x = x + self.ctx_emb(ctx)[None, :]
         act = self.act_tokens(a).reshape(self.n_action_tokens, -1)
