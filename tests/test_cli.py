@@ -56,3 +56,32 @@ def test_unknown_context_names_the_training_file(tmp_path, capsys):
                      "--perturbations", "G001", "--out", str(tmp_path / "p.h5ad")])
     err = capsys.readouterr().err
     assert code == 2 and f"{train}: no 'non-targeting' cells in context 'nowhere'" in err
+
+
+def test_train_split_trains_on_the_split_training_part_only(tmp_path, capsys):
+    """`train state --split S`: the model sees the split's training perturbations and the controls, not the
+    held-out ones (its one-hot features cover only the former); a split of another screen is one line."""
+    import json
+
+    screen = build_random_screen(n_perts=8)
+    train = tmp_path / "screen.h5ad"
+    screen.write_h5ad(train)
+    split = tmp_path / "split.json"
+    assert cli.main(["data", "split", "--screen", str(train), "--out", str(split), "--kind", "unseen_perturbation"]) == 0
+    content = json.loads(split.read_text())
+    test = {p for _, p in content["test"]} | {p for _, p in content.get("val", [])}
+    assert test
+    run = tmp_path / "run"
+    assert cli.main(["train", "state", "--screen", str(train), "--split", str(split), "--run-dpath", str(run),
+                     "--preset", "tiny", "--steps-scale", "0.01", "--features", "onehot", "--no-progress"]) == 0
+    meta = json.loads((run / "model" / "model.json").read_text())
+    n_train = len({p for _, p in content["train"]})
+    assert meta["features"]["n_keys"] == n_train < 8  # one-hot over the perturbations it trained on
+    other = build_random_screen(n_perts=3, seed=5)
+    other_fpath = tmp_path / "other.h5ad"
+    other.write_h5ad(other_fpath)
+    capsys.readouterr()
+    assert cli.main(["train", "state", "--screen", str(other_fpath), "--split", str(split), "--run-dpath", str(tmp_path / "r2"),
+                     "--preset", "tiny", "--steps-scale", "0.01", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split.json" in err[0]

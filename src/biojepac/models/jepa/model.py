@@ -139,6 +139,9 @@ class BioJepacModel:
 class TrainBiojepacConfig:
     screen: pathlib.Path = pathlib.Path("train.h5ad")
     """Training screen (.h5ad, canonical schema; raw counts are normalised to log1p, recorded)."""
+    split: pathlib.Path | None = None
+    """Train on this split's training part (a `biojepac data split` JSON: its training perturbations plus
+    every control cell); default: every cell of --screen."""
     run_dpath: pathlib.Path = pathlib.Path("runs/biojepac")
     """Run folder: one checkpoint + metrics.jsonl per stage, and the final model in `model/`."""
     stage: Literal["pretrain", "compose", "predict", "decode", "all"] = "all"
@@ -178,7 +181,7 @@ def train_biojepac(cfg: TrainBiojepacConfig) -> None:
         if cfg.preset == "paper":
             print("report: JEPA 6,019,840  AC 7,881,216  Pert 882,880 (see docs/biojepac.md)")
         return
-    adata = read_training_screen(cfg.screen)
+    adata = read_training_screen(cfg.screen, cfg.split)
     settings = {k: getattr(cfg, k) for k in ("preset", "features", "steps_scale", "seed")}  # --stage may change
     open_run(cfg.run_dpath, "train biojepac", {**settings, "data": screen_fingerprint(adata)}, cfg.overwrite)
     only = None if cfg.stage == "all" else cfg.stage

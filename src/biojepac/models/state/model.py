@@ -139,6 +139,9 @@ def load(dpath: pathlib.Path, meta: dict) -> StateModel:
 class TrainStateConfig:
     screen: pathlib.Path = pathlib.Path("train.h5ad")
     """Training screen (.h5ad, canonical schema; raw counts are normalised to log1p, recorded)."""
+    split: pathlib.Path | None = None
+    """Train on this split's training part (a `biojepac data split` JSON: its training perturbations plus
+    every control cell); default: every cell of --screen."""
     run_dpath: pathlib.Path = pathlib.Path("runs/state")
     """Run folder: ckpt.eqx + metrics.jsonl while training (resumed when present), model/ when done."""
     preset: StatePreset = "cpu-small"
@@ -179,7 +182,7 @@ def train(cfg: TrainStateConfig) -> StateModel:
                                     cell_input="latent" if cfg.encoder else "expression")
     fit_cfg = dataclasses.replace(fit_cfg, n_steps=scale_steps(fit_cfg.n_steps, cfg.steps_scale), seed=cfg.seed,
                                   run_dpath=cfg.run_dpath, progress=cfg.progress, bf16=cfg.bf16)
-    adata = read_training_screen(cfg.screen)
+    adata = read_training_screen(cfg.screen, cfg.split)
     settings = {k: getattr(cfg, k) for k in ("preset", "features", "steps_scale", "set_size", "pseudobulk_weight", "bf16", "seed")}
     inputs = {"data": screen_fingerprint(adata), "encoder": None if cfg.encoder is None else file_digest(cfg.encoder / "model.json")}
     open_run(cfg.run_dpath, "train state", {**settings, **inputs}, cfg.overwrite)
