@@ -151,27 +151,12 @@ def get_model(cfg: PredictCommand, train: ad.AnnData):
                          "pass the saved model folder it prints")
     if cfg.model not in registry.baseline_kinds():
         raise InputError(f"--model {cfg.model!r}: not a saved model folder nor a baseline kind {sorted(registry.baseline_kinds())}")
+    from biojepac.data.splits import train_mask
+
     fit_cells = train[train_mask(train, cfg.split, cfg.screen)].copy()
     model, prov = registry.build(cfg.model, features=cfg.features, fallback=cfg.feature_fallback, seed=cfg.seed)
     model.fit(fit_cells)
     return model, {**prov, "fit_cells": int(fit_cells.n_obs)}
-
-
-def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath) -> np.ndarray:
-    """Cells a baseline may be fitted on: the split's train cells plus every control."""
-    is_ctrl = (train.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
-    if split_fpath is None:
-        return np.ones(train.n_obs, bool)
-    from biojepac.data.splits import load_split, split_masks
-
-    try:
-        masks = split_masks(train, load_split(split_fpath))
-    except InputError as err:  # a split that does not fit the screen: name the split file too
-        raise InputError(f"{split_fpath}: {err}" if str(split_fpath) not in str(err) else str(err)) from None
-    mask = np.asarray(masks["train"] if isinstance(masks, dict) else masks[0], bool)
-    if not (mask & ~is_ctrl).any():
-        raise InputError(f"{split_fpath}: no perturbed training cells of {train_fpath} are in the split's train part")
-    return mask | is_ctrl
 
 
 CONTROL_STREAM = 2**40

@@ -125,18 +125,12 @@ def read_screen_obs(fpath: str | pathlib.Path, columns: ScreenColumns = ScreenCo
     return adata
 
 
-def read_training_screen(fpath: str | pathlib.Path, split_fpath: str | pathlib.Path | None = None) -> ad.AnnData:
+def read_training_screen(fpath: str | pathlib.Path) -> ad.AnnData:
     """The one reader of a training screen, for every command that fits or applies a model: `load_screen`
-    (canonical schema, validated), then raw counts normalised to log1p (median target, over the whole file;
-    recorded in `uns["biojepac"]["transform"]`). With `split_fpath`, only the split's training part and
-    every control cell (`predict.train_mask`, the rule baselines are fitted by). The file is never written."""
+    (canonical schema, validated), then raw counts normalised to log1p (median target; recorded in
+    `uns["biojepac"]["transform"]`). The file is never written."""
     adata = load_screen(fpath)
-    adata = normalize_log1p(adata) if adata.uns[schema.UNS_KEY]["values"] == "counts" else adata
-    if split_fpath is None:
-        return adata
-    from biojepac.predict import train_mask
-
-    return adata[train_mask(adata, pathlib.Path(split_fpath), fpath)].copy()
+    return normalize_log1p(adata) if adata.uns[schema.UNS_KEY]["values"] == "counts" else adata
 
 
 def canonical_obs(obs: pd.DataFrame, columns: ScreenColumns, source: str) -> pd.DataFrame:

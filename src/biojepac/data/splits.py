@@ -304,3 +304,24 @@ def run_split(cmd: SplitCommand) -> Split:
     sizes = ", ".join(f"{f}={len(getattr(split, f))}" for f in ("train", "val", "test"))
     print(f"wrote split {split.name} ({sizes}) to {cmd.out}")
     return split
+
+
+def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath) -> np.ndarray:
+    """Cells a baseline may be fitted on: the split's train cells plus every control."""
+    is_ctrl = (train.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
+    if split_fpath is None:
+        return np.ones(train.n_obs, bool)
+    try:
+        masks = split_masks(train, load_split(split_fpath))
+    except InputError as err:  # a split that does not fit the screen: name the split file too
+        raise InputError(f"{split_fpath}: {err}" if str(split_fpath) not in str(err) else str(err)) from None
+    mask = np.asarray(masks["train"] if isinstance(masks, dict) else masks[0], bool)
+    if not (mask & ~is_ctrl).any():
+        raise InputError(f"{split_fpath}: no perturbed training cells of {train_fpath} are in the split's train part")
+    return mask | is_ctrl
+
+
+def training_part(adata: ad.AnnData, split_fpath: pathlib.Path | None, screen_fpath) -> ad.AnnData:
+    """The cells a model trains on: all of `adata`, or with a split, its training part and every control
+    (`train_mask`, the rule `predict` fits baselines by)."""
+    return adata if split_fpath is None else adata[train_mask(adata, pathlib.Path(split_fpath), screen_fpath)].copy()

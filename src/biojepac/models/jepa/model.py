@@ -169,6 +169,7 @@ class TrainBiojepacConfig:
 def train_biojepac(cfg: TrainBiojepacConfig) -> None:
     from biojepac.data.fingerprint import screen_fingerprint
     from biojepac.data.load import read_training_screen
+    from biojepac.data.splits import training_part
     from biojepac.train.run_folder import open_run
 
     model_cfg = dataclasses.replace(get_preset(cfg.preset), seed=cfg.seed)
@@ -181,7 +182,7 @@ def train_biojepac(cfg: TrainBiojepacConfig) -> None:
         if cfg.preset == "paper":
             print("report: JEPA 6,019,840  AC 7,881,216  Pert 882,880 (see docs/biojepac.md)")
         return
-    adata = read_training_screen(cfg.screen, cfg.split)
+    adata = training_part(read_training_screen(cfg.screen), cfg.split, cfg.screen)
     settings = {k: getattr(cfg, k) for k in ("preset", "features", "steps_scale", "seed")}  # --stage may change
     open_run(cfg.run_dpath, "train biojepac", {**settings, "data": screen_fingerprint(adata)}, cfg.overwrite)
     only = None if cfg.stage == "all" else cfg.stage

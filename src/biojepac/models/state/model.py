@@ -173,6 +173,7 @@ def train(cfg: TrainStateConfig) -> StateModel:
     """`biojepac train state`: fit from a preset and save the model to run_dpath/model."""
     from biojepac.data.fingerprint import file_digest, screen_fingerprint
     from biojepac.data.load import read_training_screen
+    from biojepac.data.splits import training_part
     from biojepac.models.base import scale_steps
     from biojepac.train.run_folder import open_run
 
@@ -182,7 +183,7 @@ def train(cfg: TrainStateConfig) -> StateModel:
                                     cell_input="latent" if cfg.encoder else "expression")
     fit_cfg = dataclasses.replace(fit_cfg, n_steps=scale_steps(fit_cfg.n_steps, cfg.steps_scale), seed=cfg.seed,
                                   run_dpath=cfg.run_dpath, progress=cfg.progress, bf16=cfg.bf16)
-    adata = read_training_screen(cfg.screen, cfg.split)
+    adata = training_part(read_training_screen(cfg.screen), cfg.split, cfg.screen)
     settings = {k: getattr(cfg, k) for k in ("preset", "features", "steps_scale", "set_size", "pseudobulk_weight", "bf16", "seed")}
     inputs = {"data": screen_fingerprint(adata), "encoder": None if cfg.encoder is None else file_digest(cfg.encoder / "model.json")}
     open_run(cfg.run_dpath, "train state", {**settings, **inputs}, cfg.overwrite)
