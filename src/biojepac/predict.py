@@ -151,9 +151,9 @@ def get_model(cfg: PredictCommand, train: ad.AnnData):
                          "pass the saved model folder it prints")
     if cfg.model not in registry.baseline_kinds():
         raise InputError(f"--model {cfg.model!r}: not a saved model folder nor a baseline kind {sorted(registry.baseline_kinds())}")
-    from biojepac.data.splits import train_mask
+    from biojepac.data.splits import training_part
 
-    fit_cells = train[train_mask(train, cfg.split, cfg.screen)].copy()
+    fit_cells = training_part(train, cfg.split, cfg.screen)
     model, prov = registry.build(cfg.model, features=cfg.features, fallback=cfg.feature_fallback, seed=cfg.seed)
     model.fit(fit_cells)
     return model, {**prov, "fit_cells": int(fit_cells.n_obs)}

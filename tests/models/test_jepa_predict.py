@@ -321,3 +321,22 @@ def test_a_ridge_prediction_is_kept_within_the_largest_training_effect():
     far = prior.shift(["FAR"], "c", feats)[0] - prior.base[0]
     assert np.linalg.norm(far) <= prior.max_norm * (1 + 1e-5)
     assert prior.max_norm == pytest.approx(np.linalg.norm(delta - delta.mean(0), axis=1).max(), rel=1e-5)
+
+
+def test_a_perturbation_alone_in_its_context_does_not_void_the_ridge():
+    """A few-shot context with one training perturbation: its mean shift is that perturbation's own, so it has
+    no leave-one-out estimate. It must not enter the λ choice or the signal check (where it read as a huge
+    error, 0/1e-6, and switched the ridge off for every context), and its out-of-sample shift is the mean's."""
+    rng = np.random.default_rng(8)
+    n, labels = 30, np.asarray([f"P{i}" for i in range(30)])
+    f = rng.normal(size=(n, 3))
+    feats = GeneTable(name="signal", keys=tuple(labels), matrix=f)
+    delta = f @ rng.normal(size=(3, 20)) + 0.3 * rng.normal(size=(n, 20))
+    ctx = np.zeros(n, int)
+    alone, _ = fit_prior(labels, ctx, np.asarray(["a", "b"]), delta, feats)
+    ctx[-1] = 1  # P29 is context b's only training perturbation
+    prior, oos = fit_prior(labels, ctx, np.asarray(["a", "b"]), delta, feats)
+    assert np.isfinite(prior.ridge_lambda) and prior.coef.any()
+    assert np.all(np.isfinite(oos)) and np.abs(oos).max() < 10 * np.abs(delta).max()
+    np.testing.assert_allclose(oos[-1], delta[-1], rtol=1e-5, atol=1e-6)
+    assert np.isfinite(alone.ridge_lambda)

@@ -306,11 +306,9 @@ def run_split(cmd: SplitCommand) -> Split:
     return split
 
 
-def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath) -> np.ndarray:
-    """Cells a baseline may be fitted on: the split's train cells plus every control."""
+def train_mask(train: ad.AnnData, split_fpath: pathlib.Path, train_fpath) -> np.ndarray:
+    """Cells a model may be fitted on: the split's train cells plus every control."""
     is_ctrl = (train.obs[schema.PERT_COL] == schema.CONTROL).to_numpy()
-    if split_fpath is None:
-        return np.ones(train.n_obs, bool)
     try:
         masks = split_masks(train, load_split(split_fpath))
     except InputError as err:  # a split that does not fit the screen: name the split file too
@@ -322,6 +320,6 @@ def train_mask(train: ad.AnnData, split_fpath: pathlib.Path | None, train_fpath)
 
 
 def training_part(adata: ad.AnnData, split_fpath: pathlib.Path | None, screen_fpath) -> ad.AnnData:
-    """The cells a model trains on: all of `adata`, or with a split, its training part and every control
-    (`train_mask`, the rule `predict` fits baselines by)."""
+    """The cells a model trains on (`train` commands, and `predict` fitting a baseline): all of `adata`, or
+    with a split, its training part and every control (`train_mask`)."""
     return adata if split_fpath is None else adata[train_mask(adata, pathlib.Path(split_fpath), screen_fpath)].copy()

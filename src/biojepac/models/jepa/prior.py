@@ -169,7 +169,8 @@ def fit_prior(labels: np.ndarray, group_ctx: np.ndarray, contexts: np.ndarray, d
                 rows = lambda c: [int(np.flatnonzero((labels == lab) & (group_ctx == c))[0]) for lab in shared]
                 scale_cc[a, b] = np.sqrt((delta[rows(a)] ** 2).sum() / max((delta[rows(b)] ** 2).sum(), 1e-12))
     # Every measured group counts for the mean shifts, lookups and transfer; the ridge needs features.
-    has = np.asarray([not features.missing([lab]) for lab in labels], bool)
+    missing = set(features.missing(labels))
+    has = np.asarray([not set(split_combo(lab)) & missing for lab in labels], bool)
     if has.sum() < 2:
         raise InputError(f"prior: only {int(has.sum())} training perturbations have {features.name!r} features; "
                          "at least 2 are needed to fit the map from features to shifts")
@@ -256,25 +257,29 @@ def ridge_loo(x: np.ndarray, y: np.ndarray, criterion: str = "mse",
     scale = max(float(np.trace(k)) / max(n, 1), 1e-12)
     evals, evecs = np.linalg.eigh(k)
     uy = evecs.T @ y
-    null_err = ((y / np.maximum(1.0 - h0, 1e-6)[:, None]) ** 2).sum(1)  # each row predicted by the mean shift
+    # A row alone in its context (h0 = 1) has no leave-one-out estimate: the mean shift is its own value.
+    # It stays in the fit (with y = 0 it adds nothing) but out of every criterion, and is its own prediction.
+    scored = h0 < 1.0 - 1e-9
+    null_loo = np.where(scored[:, None], y / np.maximum(1.0 - h0, 1e-6)[:, None], 0.0)  # each row by the mean shift
+    null_err = (null_loo**2).sum(1)[scored]
     best, best_gain = (np.inf, None, None), None
     for lam in LAMBDA_GRID * scale:
         shrink = evals / (evals + lam)
         fitted = evecs @ (shrink[:, None] * uy)
         h_diag = (evecs**2) @ shrink + h0
-        loo = (y - fitted) / np.maximum(1.0 - h_diag, 1e-6)[:, None]
-        gain = null_err - (loo**2).sum(1)  # per row: how much the ridge beat the mean shift out of sample
+        loo = np.where(scored[:, None], (y - fitted) / np.maximum(1.0 - h_diag, 1e-6)[:, None], 0.0)
+        gain = null_err - (loo[scored] ** 2).sum(1)  # per row: how much the ridge beat the mean shift out of sample
         if best_gain is None or gain.mean() > best_gain.mean():
             best_gain = gain  # at the λ with the smallest leave-one-out squared error
         if criterion == "mse":
             err = float((loo**2).sum())
         else:  # minus the mean leave-one-out Pearson r of each row's predicted and measured values
-            err = -float(np.mean(_row_corr(y, y - loo)))
+            err = -float(np.mean(_row_corr(y[scored], (y - loo)[scored]))) if scored.any() else 0.0
         if err < best[0]:
             best = (err, lam, y - loo)
     _, lam, loo_fit = best
     if not clearly_better(best_gain):
-        return np.zeros((x.shape[1], y.shape[1])), np.inf, y - y / np.maximum(1.0 - h0, 1e-6)[:, None]
+        return np.zeros((x.shape[1], y.shape[1])), np.inf, y - null_loo
     alpha = evecs @ (uy / (evals + lam)[:, None])
     return x.T @ alpha, float(lam / scale), loo_fit
 
