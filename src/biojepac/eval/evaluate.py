@@ -26,8 +26,8 @@ from biojepac.errors import InputError
 from biojepac.io import write_dir_atomic
 from biojepac.eval.h5read import Parts, read_parts, small_pages
 
-# The scoring modules (numba's compiled code: about half a second to load) are imported in `_score`, once
-# the files are being read, so that the reads overlap the imports.
+# The scoring modules (scipy and the compiled kernels, `eval.kernels`) are imported in `_score`, once the
+# files are being read, so that the reads overlap the imports.
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -146,7 +146,7 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
         from biojepac.eval.mwu import Workers
         from biojepac.eval.stats import N_THREADS, summarize, warm_up
 
-        warm_up()  # numba's first call (~0.25 s) also overlaps the reads instead of stalling both files after
+        warm_up()  # loading the kernels also overlaps the reads instead of stalling both files after
         with Workers(N_THREADS) as workers:
             jobs = [pool.submit(_screen_and_summarize, read, kw, need_de, workers) for read in reads]
             (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)

@@ -14,7 +14,6 @@ import dataclasses
 import pathlib
 from typing import TYPE_CHECKING
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -22,6 +21,7 @@ from biojepac.data.schema import check_gene_names
 from biojepac.data.values import FRACTION_EPS, classify, size_factors, target_sum
 from biojepac.errors import InputError
 from biojepac.eval.h5read import Parts, read_parts
+from biojepac.eval.kernels import kernel
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -104,7 +104,7 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str, *, labels=None, genes=N
     return classify(float(vmax), not fractional, name, hint=hint) == "log1p"
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def value_range(vals, eps):
     """(min, max, whether any value's fractional part exceeds eps, whether any value is NaN or +-inf) in one
     pass: `values.is_fractional`, compiled. The non-finite test reuses the fractional part (NaN exactly for
@@ -187,7 +187,7 @@ def _normalize_counts_sparse(x: sp.csr_matrix, name: str) -> sp.csr_matrix:
     return x
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def row_totals(indptr, data):
     """Sum of each CSR row's stored values (float64), one compiled pass."""
     out = np.zeros(len(indptr) - 1)
@@ -199,7 +199,7 @@ def row_totals(indptr, data):
     return out
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _divide_rows(indptr, data, scale):
     for r in range(len(indptr) - 1):
         for j in range(indptr[r], indptr[r + 1]):

@@ -34,12 +34,11 @@ import dataclasses
 import threading
 from typing import TYPE_CHECKING
 
-import llvmlite.ir
-import numba
-import numba.extending
 import numpy as np
 import scipy.sparse as sp
 import scipy.special
+
+from biojepac.eval.kernels import kernel
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -87,14 +86,9 @@ class Workers:
 
 
 def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.ndarray,
-                workers: Workers | int = 1, pvalues=None, pvalues_only: bool = False) -> GroupStats:
+                workers: Workers | int = 1, pvalues=None) -> GroupStats:
     """Sums, sums of squares and p-values of groups 1..P vs group 0 for a cells x genes matrix (CSR with
     sorted indices, or dense), which is only read.
-
-    `pvalues_only` (CSR): values are keyed by their rank within their gene (`gene_ranks`, sorted per gene in
-    parallel) instead of by a sort of every distinct value of the matrix; the p-values are the same, the sums
-    and sums of squares are not computed (zeros). For float64 data with mostly distinct values (CPM) this is
-    the faster key.
 
     Genes are cut into ranges of about RANGE_KEYS non-zero entries, each a task for `workers` (threads of
     their own if a number; the compiled loops release the GIL). A task writes its range's keys into its
@@ -103,17 +97,13 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     """
     if isinstance(workers, int):
         with Workers(workers) as own:
-            return group_stats(x, codes, n_per_group, own, pvalues, pvalues_only)
+            return group_stats(x, codes, n_per_group, own, pvalues)
     n_groups, n_genes = len(n_per_group), x.shape[1]
     csr = sp.issparse(x)
     if csr:
         x = x if x.format == "csr" else x.tocsr()
         x = x if x.has_sorted_indices else x.sorted_indices()  # a copy: the caller's matrix is only read
-    if pvalues_only and csr:
-        vkey = gene_ranks(x.indptr, x.indices, x.data, n_genes)
-        table = np.zeros(int(vkey.max(initial=0)) + 1)  # keys map to 0: no sums
-    else:
-        vkey, table = _value_key(x.data if csr else x.reshape(-1))
+    vkey, table = _value_key(x.data if csr else x.reshape(-1))
     vkey = vkey if csr else vkey.reshape(x.shape)
     gbits = max(int(n_groups - 1).bit_length(), 1)
     ptr, vmin, vmax = _csr_gene_counts(x.indices, x.data, vkey, n_genes) if csr else _dense_gene_counts(x, vkey)
@@ -169,38 +159,7 @@ def _value_key(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv.reshape(vals.shape).astype(np.int64), uniq.astype(np.float64)
 
 
-@numba.njit(parallel=True, cache=True)
-def gene_ranks(indptr, indices, data, n_genes):
-    """Per stored entry, the dense rank (0, 1, ...) of its value among its gene's stored values: it orders
-    and ties a gene's entries exactly as their values do."""
-    cnt = np.zeros(n_genes + 1, np.int64)
-    for j in range(len(indices)):
-        cnt[indices[j] + 1] += 1
-    for g in range(n_genes):
-        cnt[g + 1] += cnt[g]
-    pos = cnt[:-1].copy()
-    by_gene = np.empty(len(indices), np.int64)
-    for j in range(len(indices)):
-        g = indices[j]
-        by_gene[pos[g]] = j
-        pos[g] += 1
-    out = np.empty(len(indices), np.int64)
-    for g in numba.prange(n_genes):
-        ent = by_gene[cnt[g]:cnt[g + 1]]
-        vals = data[ent]
-        order = np.argsort(vals)
-        rank = -1
-        prev = 0.0
-        for t in range(len(order)):
-            v = vals[order[t]]
-            if t == 0 or v != prev:
-                rank += 1
-            out[ent[order[t]]] = rank
-            prev = v
-    return out
-
-
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _csr_gene_counts(indices, data, vkey, n_genes):
     """(ptr, smallest value key, largest): gene g's non-zero entries number ptr[g+1] - ptr[g] (stored
     zeros are zeros)."""
@@ -216,7 +175,7 @@ def _csr_gene_counts(indices, data, vkey, n_genes):
     return ptr, min(vmin, vmax), vmax
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _dense_gene_counts(x, vkey):
     n_cells, n_genes = x.shape
     ptr = np.zeros(n_genes + 1, np.int64)
@@ -232,7 +191,7 @@ def _dense_gene_counts(x, vkey):
     return ptr, min(vmin, vmax), vmax
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _row_starts(indptr, indices, bounds):
     """starts[k, r]: the first entry of row r whose gene is >= bounds[k] (indices sorted within rows)."""
     n_rows = len(indptr) - 1
@@ -244,7 +203,7 @@ def _row_starts(indptr, indices, bounds):
     return starts
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _csr_range_keys(indices, data, vkey, vmin, codes, first, stop, lo, ptr, gbits, vbits, lbits, keys):
     """Keys of genes lo.. (the entries first[r]:stop[r] of each row r) into `keys`, block-major: one
     counting-sort pass over the cells by block of 2**lbits genes, few enough places to write to that they
@@ -260,7 +219,7 @@ def _csr_range_keys(indices, data, vkey, vmin, codes, first, stop, lo, ptr, gbit
                 fill[g >> lbits] += 1
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _dense_range_keys(x, vkey, vmin, codes, lo, ptr, gbits, vbits, lbits, keys):
     """As `_csr_range_keys`, for the genes lo..lo+len(ptr)-2 of a dense cells x genes array."""
     fill = ptr[:-1 : 1 << lbits].copy()
@@ -272,7 +231,7 @@ def _dense_range_keys(x, vkey, vmin, codes, lo, ptr, gbits, vbits, lbits, keys):
                 fill[g >> lbits] += 1
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _scan(keys, ptr, lo, gbits, vbits, vmin, table, sums, sumsq, nnz, u, ties, ctrl_ties):
     """For the genes lo..lo+len(ptr)-2, whose sorted keys lie in `keys` (gene g at ptr[g]:ptr[g+1], g
     counted from lo): one walk over each gene's keys (module docstring), writing the (groups x genes)
@@ -289,6 +248,8 @@ def _scan(keys, ptr, lo, gbits, vbits, vmin, table, sums, sumsq, nnz, u, ties, c
     total, total_sq = np.zeros(n_groups), np.zeros(n_groups)  # per group: sum of values, of squares
     count, twice_u, tie = np.zeros(n_groups, np.int64), np.zeros(n_groups, np.int64), np.zeros(n_groups, np.int64)
     gmask, vmask = (1 << gbits) - 1, (1 << vbits) - 1
+    bits = np.zeros(1, np.int32)
+    bits_as_float = bits.view(np.float32)
     for g in range(n_genes):
         for arr in (total, total_sq):
             arr[:] = 0.0
@@ -305,7 +266,11 @@ def _scan(keys, ptr, lo, gbits, vbits, vmin, table, sums, sumsq, nnz, u, ties, c
             j = j + 1 if k == prev else 0
             prev = k
             vk = ((k >> gbits) & vmask) + vmin
-            value = table[vk] if len(table) else np.float64(_float32_from_bits(np.int32(vk)))
+            if len(table):  # keys index a table of the values
+                value = table[vk]
+            else:  # keys are float32 bit patterns
+                bits[0] = vk
+                value = np.float64(bits_as_float[0])
             m = below - run_start + (j if grp else 0)
             total[grp] += value
             total_sq[grp] += value * value
@@ -322,16 +287,6 @@ def _scan(keys, ptr, lo, gbits, vbits, vmin, table, sums, sumsq, nnz, u, ties, c
             ties[grp, lo + g] = tie[grp]
 
 
-@numba.extending.intrinsic
-def _float32_from_bits(typingctx, bits):
-    """The float32 whose bit pattern is the int32 `bits` (a register move, no memory round trip)."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvmlite.ir.FloatType())
-
-    return numba.float32(numba.int32), codegen
-
-
 def _pvalues(u, nnz, ties, ctrl_ties, n_per_group) -> np.ndarray:
     """pdex's asymptotic p-values, operation for operation, so the float64 results agree exactly: the z
     scores in one compiled pass (no matrix-sized temporaries), then scipy's erfc in place."""
@@ -344,7 +299,7 @@ def _pvalues(u, nnz, ties, ctrl_ties, n_per_group) -> np.ndarray:
     return arg
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@kernel(error_model="numpy")
 def _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group):
     """z / sqrt(2) of each perturbation vs the control, and where the variance is zero. Zeros enter in
     closed form (module docstring); every operation and its order are pdex's."""

@@ -11,12 +11,12 @@ import dataclasses
 import functools
 import os
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from biojepac.eval import mwu
 from biojepac.eval.inputs import ScoredScreen, value_range
+from biojepac.eval.kernels import kernel
 
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
 """Threads for the Mann-Whitney pass (its compiled loop releases the GIL)."""
@@ -70,9 +70,9 @@ def summarize(screen: ScoredScreen, *, with_de: bool, workers: mwu.Workers | int
 
 
 def warm_up() -> None:
-    """Make numba load its runtime now, with a tiny call: the first compiled call in a process spends about
-    0.25 s importing numba's internals (holding the GIL), which overlaps well with file reads (system calls
-    that release it) and stalls every thread waiting for compiled code otherwise."""
+    """Load the kernels now, with a tiny call: built ahead of time that takes milliseconds; compiled just in
+    time, the first call spends about 0.5 s importing numba and its registries (holding the GIL), which
+    overlaps well with file reads (system calls that release it) and stalls every thread otherwise."""
     value_range(np.zeros(1, np.float32), np.float32(0.5))  # the first compiled call a read makes
 
 
@@ -86,7 +86,7 @@ def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -
     return sums, sumsq
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _csr_group_sums(indptr, indices, data, codes, n_groups, n_genes):
     sums = np.zeros((n_groups, n_genes))
     sumsq = np.zeros((n_groups, n_genes))
@@ -136,7 +136,7 @@ def _pdex_expm1_mean(x: sp.csr_matrix | np.ndarray, rows: np.ndarray, genes: np.
     return (_expm1f(acc) if dtype == np.float32 else np.expm1(acc)).astype(np.float64)
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _csr_scaled_sums(indptr, indices, data, rows, slot, scale, acc):
     """acc[slot[gene]] += value * scale over the entries of `rows`, in row order (genes with slot -1 skipped)."""
     for r in rows:

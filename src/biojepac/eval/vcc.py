@@ -19,12 +19,12 @@ from __future__ import annotations
 import concurrent.futures
 from typing import TYPE_CHECKING
 
-import numba
 import numpy as np
 
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.mwu import bh_significant
 from biojepac.eval.stats import Summary, pdex_lfc
+from biojepac.eval.kernels import kernel
 
 if TYPE_CHECKING:  # shapes for the reader and type checkers; jaxtyping + beartype cost 0.1 s of every evaluate's start
     from jaxtyping import Bool, Float
@@ -59,7 +59,7 @@ def discrimination_l1(
     return rank_score(_l1_distances(pred_eff, real_eff, exclude))
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _l1_distances(pred_eff, real_eff, exclude):
     """dist[i, j] = sum over the genes not excluded for i of |pred_eff[i] - real_eff[j]|, added in gene
     order in float64 (cell-eval gets the same sums from scikit-learn's `pairwise_distances`, up to the

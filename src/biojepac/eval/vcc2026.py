@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 import scipy.special
@@ -34,6 +33,7 @@ from biojepac.errors import InputError
 from biojepac.eval.inputs import row_totals
 from biojepac.eval.stats import _csr_group_sums
 from biojepac.eval.vcc2026_de import Source, wilcoxon_stats
+from biojepac.eval.kernels import kernel, prange
 
 BULK_TARGET_SUM = 5e4
 CPM_TARGET_SUM = 1e6
@@ -87,7 +87,7 @@ def count_screen(x, labels, genes, *, control: str, name: str, integral: bool = 
     return CountScreen(name, x, codes.astype(np.int64), perts, np.asarray(genes).astype(str), control)
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _check_counts(indptr, data, atol):
     """(any negative or non-finite value, first row holding a value farther than atol from an integer or -1,
     row totals in float64), in one pass."""
@@ -172,7 +172,7 @@ SERIES_TERMS = 14
 """Series terms: (0.05)^15 / 15 < 1e-20 of the leading term."""
 
 
-@numba.njit(parallel=True, cache=True)
+@kernel(parallel=True)
 def _jackknife(indptr, indices, data, order, bounds, sums, ts):
     """Delete-one-cell jackknife C_p = (n-1)/n sum_g sum_i (v_ig - mean_i v_ig)^2 per group, with
     v_ig = log1p(TS (P_g - y_ig) / (S_p - l_i)), shifted by b_g = log1p(TS P_g / S_p) as cell-eval2 does.
@@ -192,7 +192,7 @@ def _jackknife(indptr, indices, data, order, bounds, sums, ts):
         if k >= 2:
             c2[k] = (-1.0) ** k * 2.0 * harm / k
         harm += 1.0 / k
-    for p in numba.prange(n_groups):
+    for p in prange(n_groups):
         lo, hi = bounds[p], bounds[p + 1]
         n = hi - lo
         P = sums[p]

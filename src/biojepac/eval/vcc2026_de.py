@@ -22,8 +22,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 
-import numba
 import numpy as np
+from biojepac.eval.kernels import kernel
 
 BLOCK_ENTRIES = 1 << 22
 """Stored entries per block of genes (about 50 MiB of values, groups and sort order)."""
@@ -88,7 +88,7 @@ def wilcoxon_stats(sources: list[Source], n_groups: int, n_genes: int, workers: 
                      cpm_sums)
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _count_columns(indptr, indices, data, rows, out):
     for r in rows:
         for j in range(indptr[r], indptr[r + 1]):
@@ -96,7 +96,7 @@ def _count_columns(indptr, indices, data, rows, out):
                 out[indices[j]] += 1
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _row_starts(indptr, indices, rows, cuts):
     """starts[k, i]: the first entry of row rows[i] whose gene is >= cuts[k] (indices sorted within rows)."""
     out = np.empty((len(cuts), len(rows)), np.int64)
@@ -108,7 +108,7 @@ def _row_starts(indptr, indices, rows, cuts):
     return out
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _fill_block(indices, data, rows, codes, per, first, stop, lo, fill, vals, grp, cpm_sums):
     """Entries first[i]:stop[i] of each row rows[i] into the block's gene-major arrays (genes from lo)."""
     for i in range(len(rows)):
@@ -129,7 +129,7 @@ INSERTION_MAX = 24
 """Buckets up to this size are sorted by insertion, larger ones by numpy's sort."""
 
 
-@numba.njit(nogil=True, cache=True)
+@kernel
 def _rank_block(ptr, vals, grp, lo, n_groups, u2, nnz, ties, ctrl_ties):
     """Each gene's runs of tied values, walked in ascending order (module docstring); outputs are (genes x
     groups) so that a gene's row is written by one thread.
