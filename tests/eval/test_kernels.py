@@ -39,8 +39,8 @@ def test_type_key_tells_apart_what_numba_compiles_separately():
 
 
 def test_the_hash_follows_the_kernel_sources(tmp_path, monkeypatch):
-    for name in kernels.MODULES:
-        shutil.copy(kernels.PACKAGE_DPATH / f"{name}.py", tmp_path / f"{name}.py")
+    for fpath in kernels.PACKAGE_DPATH.glob("*.py"):
+        shutil.copy(fpath, tmp_path / fpath.name)
     monkeypatch.setattr(kernels, "PACKAGE_DPATH", tmp_path)
     before = kernels.build_hash()
     with open(tmp_path / "mwu.py", "a") as f:
