@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import mmap
 import os
 import pathlib
 from typing import TYPE_CHECKING
@@ -152,7 +153,7 @@ def _array(ds: h5py.Dataset, raw) -> np.ndarray:
     plain = ds.compression is None and not ds.shuffle and not ds.fletcher32 and ds.scaleoffset is None
     if not plain or ds.dtype.byteorder == ">" or ds.dtype.kind not in "iuf" or ds.size == 0:
         return ds[()]
-    out = np.empty(ds.shape, ds.dtype)
+    out = _prefaulted(ds.shape, ds.dtype)
     flat = out.reshape(-1).view(np.uint8)
     if layout == h5py.h5d.CONTIGUOUS:
         offset = ds.id.get_offset()
@@ -170,6 +171,16 @@ def _array(ds: h5py.Dataset, raw) -> np.ndarray:
     pieces = [(offset, flat[start * size : min(start + step, ds.shape[0]) * size]) for offset, start in sorted(chunks)]
     _read_pieces(raw, pieces)
     return out
+
+
+def _prefaulted(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose memory the kernel maps in one call (Linux's MAP_POPULATE) instead of one
+    page fault per 4 KiB page as the reads first touch it: 0.14 s instead of 0.175 s for 194 MB here."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes < 1 << 22 or not hasattr(mmap, "MAP_POPULATE"):
+        return np.empty(shape, dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return np.frombuffer(buf, dtype).reshape(shape)  # the array keeps the mapping alive
 
 
 def _read_pieces(raw, pieces: list[tuple[int, np.ndarray]]) -> None:
