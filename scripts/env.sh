@@ -18,4 +18,4 @@ fi
 .venv/bin/python -m compileall -q src > /dev/null
 # The evaluation's kernels, compiled ahead of time for the current sources (about 30 s when they changed,
 # nothing otherwise; without a C compiler they are compiled just in time instead: eval/kernels.py).
-.venv/bin/python -m biojepac.eval.kernels
+.venv/bin/python -m biojepac.eval.kernels_build

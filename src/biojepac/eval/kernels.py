@@ -3,7 +3,7 @@
 numba's just-in-time path costs every process about 0.6 s before its first compiled call, even with the
 machine code cached on disk: 0.2 s to import numba and 0.35 s to load its typing registries. That is a
 fifth of a VCC evaluation from the command line. So the evaluation's loops are declared with `@kernel`,
-and `python -m biojepac.eval.kernels` (run by scripts/env.sh) compiles every argument signature that a
+and `python -m biojepac.eval.kernels_build` (run by scripts/env.sh) compiles every argument signature that a
 set of small evaluations calls into one extension module with numba's ahead-of-time compiler. Its name
 holds a hash of the kernel modules' sources, of the Python, numpy and numba versions and of the processor,
 so a module built from other sources or for another machine is never loaded.
@@ -167,22 +167,3 @@ def _load_extension(fpath: pathlib.Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def main() -> None:
-    """Build the ahead-of-time module for the current sources unless it exists (see `kernels_build`)."""
-    from biojepac.eval.kernels_build import build
-
-    force = "--force" in sys.argv[1:]
-    try:
-        fpath = build(force=force)
-    except Exception as err:  # noqa: BLE001 (no compiler, say: every kernel still runs just in time)
-        print(f"biojepac: evaluation kernels not built ahead of time ({type(err).__name__}: {err}); "
-              "they will be compiled just in time (about 0.6 s more per evaluation)", file=sys.stderr)
-        return
-    if fpath is not None:
-        print(f"biojepac: evaluation kernels built ahead of time: {fpath}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Build the evaluation kernels ahead of time: `python -m biojepac.eval.kernels` (scripts/env.sh runs it).
+"""Build the evaluation kernels ahead of time: `python -m biojepac.eval.kernels_build` (scripts/env.sh runs it).
 
 1. Small evaluations (`_workload`: every profile, counts and log1p, float32 and float64, CSR with 32- and
    64-bit indices, dense) run with every kernel compiled just in time, and each kernel records the numba
@@ -14,11 +14,24 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import tempfile
 
 import numpy as np
 
 from biojepac.eval import kernels
+
+
+def main() -> None:
+    """Build the module for the current sources unless it exists (`--force`: build it again)."""
+    try:
+        fpath = build(force="--force" in sys.argv[1:])
+    except Exception as err:  # noqa: BLE001 (no compiler, say: every kernel still runs just in time)
+        print(f"biojepac: evaluation kernels not built ahead of time ({type(err).__name__}: {err}); "
+              "they will be compiled just in time (about 0.6 s more per evaluation)", file=sys.stderr)
+        return
+    if fpath is not None:
+        print(f"biojepac: evaluation kernels built ahead of time: {fpath}", file=sys.stderr)
 
 
 def build(force: bool = False) -> pathlib.Path | None:
@@ -192,3 +205,7 @@ def write_workload_pair(tmp: pathlib.Path, dtype, form: str, rng: np.random.Gene
         return fpath
 
     return write(counts, "real"), write(lognorm, "pred")
+
+
+if __name__ == "__main__":
+    main()
