@@ -70,17 +70,18 @@ def _load() -> float:
     return round(os.getloadavg()[0], 1)
 
 
-def bench_throughput(n_steps=20) -> list[dict]:
-    """Steady-state training cells/s per stage at `cpu-small` on a 500-gene synthetic screen (compile excluded),
-    with XLA's FLOP count of the compiled step, the FLOP/s it reached and a matmul roofline measured right
-    after it (the machine is shared: the ratio to the roofline is the figure that survives other load)."""
+def bench_throughput(n_steps=20, preset="cpu-small", roofline=matmul_roofline) -> list[dict]:
+    """Steady-state training cells/s per stage at `preset` on a 500-gene synthetic screen (compile excluded),
+    with XLA's FLOP count of the compiled step, the FLOP/s it reached and a matmul roofline (GFLOP/s) measured
+    right after it by `roofline()` (the machine is shared: the ratio to the roofline is the figure that survives
+    other load). The timed steps include making each batch, as in training."""
     from biojepac.data.normalize import normalize_log1p
     from biojepac.data.synthetic import get_screen_preset, make_synthetic_screen
     from biojepac.models.jepa import trainer as tb
     from biojepac.train import loop
 
     adata = normalize_log1p(make_synthetic_screen(get_screen_preset("demo", n_contexts=1, cells_per_pert=20), seed=0), 1e4)
-    cfg = get_preset("cpu-small")
+    cfg = get_preset(preset)
     rows = []
     orig = loop.run_loop
     compiles = []
@@ -116,7 +117,7 @@ def bench_throughput(n_steps=20) -> list[dict]:
         jax.block_until_ready(state)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         recompiles = len(compiles) - n_compiles  # XLA compilations during the timed steps (0: no retracing)
-        roof = matmul_roofline()
+        roof = roofline()
         achieved = flops * n_steps / dt / 1e9
         rows.append({"stage": desc, "batch": n_cells, "n_genes": adata.n_vars, "tokens": n_tokens, "compile_s": round(compile_s, 1),
                      "step_ms": round(dt / n_steps * 1e3, 1), "cells_per_s": round(n_cells * n_steps / dt, 1),

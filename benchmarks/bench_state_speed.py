@@ -24,6 +24,7 @@ import numpy as np
 
 from biojepac.models.state import trainer
 from biojepac.models.state.network import StateTransition
+from biojepac.train.distributed import mixed_precision
 from biojepac.train.loop import make_state, make_train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -67,7 +68,9 @@ def xla_flops(step_fn, state, batch) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def bench_preset(name: str, n_steps: int, batch: int = 0) -> dict:
+def bench_preset(name: str, n_steps: int, batch: int = 0, bf16: bool = False) -> dict:
+    """One preset's step timed; `bf16`: computed in bfloat16 from float32 master weights, as `fit` does with
+    `FitConfig.bf16` (`train.distributed.mixed_precision`)."""
     cfg, fit_cfg = trainer.PRESETS[name]
     b, s = batch or fit_cfg.batch_size, cfg.set_size
     fit_cfg = dataclasses.replace(fit_cfg, batch_size=b)
@@ -89,7 +92,8 @@ def bench_preset(name: str, n_steps: int, batch: int = 0) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(net) if isinstance(x, jax.Array))
     optim = trainer.make_optimizer(fit_cfg)
     state = make_state(net, optim, jax.random.PRNGKey(1))
-    step_fn = make_train_step(trainer.make_loss_fn(cfg), optim)
+    loss_fn = trainer.make_loss_fn(cfg)
+    step_fn = make_train_step(mixed_precision(loss_fn) if bf16 else loss_fn, optim)
     t0 = time.perf_counter()
     flops = xla_flops(step_fn, state, batches[0])
     state, _ = step_fn(state, batches[0])
@@ -105,7 +109,7 @@ def bench_preset(name: str, n_steps: int, batch: int = 0) -> dict:
     d = cfg.d_model
     roof = matmul_roofline(b * s, d, 4 * d)
     cells = b * s
-    return {"preset": name, "d_model": d, "n_layers": cfg.n_layers, "set_size": s, "batch": b, "genes": N_GENES,
+    return {"preset": name, "bf16": bf16, "d_model": d, "n_layers": cfg.n_layers, "set_size": s, "batch": b, "genes": N_GENES,
             "backbone": cfg.backbone, "head": cfg.head, "n_params": int(n_params), "step_s": step_s,
             "step_s_all": times, "sampler_s": sampler_s, "compile_s": compile_s,
             "cells_per_s": cells / step_s, "cells_per_s_with_sampler": cells / (step_s + sampler_s),
@@ -133,6 +137,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per preset (after one compiling step)")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
     parser.add_argument("--batch", type=int, default=0, help="sentences per step (0: the preset's)")
+    parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 with float32 master weights (GPUs, TPUs)")
     parser.add_argument("--arc-state", action="store_true",
                         help="also time arc-state's step at state_sm size (benchmarks/peers/state_speed_peer.py in its env)")
     parser.add_argument("--render", action="store_true", help="rewrite the table from the saved .json, measuring nothing")
@@ -141,13 +146,14 @@ def main() -> None:
         saved = json.loads(args.out.with_suffix(".json").read_text())
         rows, device, args.steps, arc = saved["rows"], saved["device"], saved["steps"], saved.get("arc_state")
     else:
-        rows = [bench_preset(p, args.steps, args.batch) for p in args.presets]
+        rows = [bench_preset(p, args.steps, args.batch, args.bf16) for p in args.presets]
         arc = run_arc_state(args.batch or 16, args.steps) if args.arc_state else None
         device = f"{jax.devices()[0].platform} ({os.cpu_count()} cores visible, {platform.processor() or platform.machine()})"
     lines = [
         "# ST training throughput",
         "",
-        f"Written by `benchmarks/bench_state_speed.py` on {device}, jax {jax.__version__}, float32. "
+        f"Written by `benchmarks/bench_state_speed.py` on {device}, jax {jax.__version__}, "
+        f"{'bfloat16 compute (float32 master weights)' if any(r.get('bf16') for r in rows) else 'float32'}. "
         f"One training step = B sentences x S cells x {N_GENES} HVGs, perturbation features {PERT_DIM}-d; "
         f"median of {args.steps} steps after compilation. FLOP/step is XLA's count for the compiled step; the "
         "roofline is the best (B*S x d) @ (d x 4d) float32 matmul measured in the same run.",

@@ -9,6 +9,7 @@ Every host runs this same command; `--dist.*` or `BIOJEPAC_*` variables say who 
 import dataclasses
 import functools
 import pathlib
+from typing import Callable
 
 import jax
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from biojepac.data.fingerprint import shards_fingerprint
 from biojepac.data.stream import CellStream, StreamConfig
 from biojepac.models.jepa import stages
-from biojepac.models.jepa.config import get_preset
+from biojepac.models.jepa.config import BioJepacConfig, get_preset
 from biojepac.models.jepa.encoder import Encoder
 from biojepac.models.jepa.jepa_predictor import MaskPredictor
 from biojepac.models.jepa.network import log_library
@@ -80,20 +81,7 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
                                              "bf16", "grad_accum")}
     settings = {**settings, "batch_size": global_bs, "n_hosts": n_hosts, "data": shards_fingerprint(stream.shards, stream.gene_names)}
     run_folder.open_run(cfg.run_dpath, "train stream-pretrain", settings, cfg.overwrite, write=host == 0)  # host 0 writes
-    k_enc, k_pred, k_state = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
-    student = Encoder(stream.n_genes, mcfg.encoder, k_enc)
-    predictor = MaskPredictor(mcfg.encoder.d, c.pred_d, c.pred_layers, mcfg.encoder.n_heads, k_pred, mcfg.encoder.attention)
-    loss_fn = functools.partial(stages.pretrain_loss, cfg=c)
-    if cfg.bf16:
-        loss_fn = distributed.mixed_precision(loss_fn)
-    optim = make_optim(c.lr, n_steps)
-    momentum = lambda step: ema.ema_momentum(step, n_steps, c.ema_start, c.ema_end)
-    update_extra = lambda p, teacher, step: ema.ema_update(teacher, p[0], momentum(step))
-    if cfg.grad_accum > 1:
-        step_fn = loop.make_accum_step(loss_fn, optim, cfg.grad_accum, update_extra)
-    else:
-        step_fn = loop.make_train_step(loss_fn, optim, update_extra)
-    state = loop.make_state((student, predictor), optim, k_state, student)
+    state, step_fn = make_pretrain_step(stream.n_genes, mcfg, n_steps, cfg.bf16, cfg.grad_accum, cfg.seed)
 
     def get_batch(step: int) -> dict[str, np.ndarray]:
         b = stream.batch_at(step)
@@ -103,3 +91,24 @@ def pretrain_streamed(cfg: StreamedPretrainConfig) -> loop.TrainState:
     lcfg = loop.LoopConfig(n_steps=n_steps, log_every=max(1, min(10, n_steps // 10)), ckpt_every=cfg.ckpt_every, progress=cfg.progress and host == 0)
     header = {"stage": "pretrain", **settings}
     return loop.run_loop(state, step_fn, get_batch, lcfg, pathlib.Path(cfg.run_dpath), header=header, desc="pretrain(stream)")
+
+
+def make_pretrain_step(n_genes: int, mcfg: BioJepacConfig, n_steps: int, bf16: bool = False, grad_accum: int = 1,
+                       seed: int = 0) -> tuple[loop.TrainState, Callable]:
+    """The initial state and the jitted stage-1 step (student + predictor trained, EMA teacher) of this command;
+    `benchmarks/bench_gpu.py` times this same step in float32 and bf16."""
+    c = mcfg.pretrain
+    k_enc, k_pred, k_state = jax.random.split(jax.random.PRNGKey(seed), 3)
+    student = Encoder(n_genes, mcfg.encoder, k_enc)
+    predictor = MaskPredictor(mcfg.encoder.d, c.pred_d, c.pred_layers, mcfg.encoder.n_heads, k_pred, mcfg.encoder.attention)
+    loss_fn = functools.partial(stages.pretrain_loss, cfg=c)
+    if bf16:
+        loss_fn = distributed.mixed_precision(loss_fn)
+    optim = make_optim(c.lr, n_steps)
+    momentum = lambda step: ema.ema_momentum(step, n_steps, c.ema_start, c.ema_end)
+    update_extra = lambda p, teacher, step: ema.ema_update(teacher, p[0], momentum(step))
+    if grad_accum > 1:
+        step_fn = loop.make_accum_step(loss_fn, optim, grad_accum, update_extra)
+    else:
+        step_fn = loop.make_train_step(loss_fn, optim, update_extra)
+    return loop.make_state((student, predictor), optim, k_state, student), step_fn
