@@ -19,6 +19,7 @@ import numpy as np
 
 from biojepac.models.jepa.attention import Block
 from biojepac.models.jepa.config import get_preset
+from bench_state_speed import xla_flops  # noqa: E402  (beside this script)
 
 RESULTS_DPATH = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -72,7 +73,7 @@ def _load() -> float:
 
 def bench_throughput(n_steps=20, preset="cpu-small", roofline=matmul_roofline) -> list[dict]:
     """Steady-state training cells/s per stage at `preset` on a 500-gene synthetic screen (compile excluded),
-    with XLA's FLOP count of the compiled step, the FLOP/s it reached and a matmul roofline (GFLOP/s) measured
+    with XLA's FLOP count of the step (`bench_state_speed.xla_flops`), the FLOP/s it reached and a matmul roofline (GFLOP/s) measured
     right after it by `roofline()` (the machine is shared: the ratio to the roofline is the figure that survives
     other load). The timed steps include making each batch, as in training."""
     from biojepac.data.normalize import normalize_log1p
@@ -103,8 +104,7 @@ def bench_throughput(n_steps=20, preset="cpu-small", roofline=matmul_roofline) -
         g = adata.n_vars  # gene tokens per cell a step reads (the decode stage encodes every gene; compose none)
         n_tokens = batch["z_ctrl"].shape[2] if "z_ctrl" in batch else {"pretrain": min(cfg.pretrain.token_subset or g, g),
                                                                          "decode": g}.get(desc, 0)
-        cost = step_fn.lower(state, batch).lowered.compile().cost_analysis()
-        flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+        flops = xla_flops(step_fn, state, batch)
         t0 = time.perf_counter()
         state, _ = step_fn(state, batch)
         jax.block_until_ready(state)
@@ -168,7 +168,7 @@ def main() -> None:
     os.replace(tmp, out_fpath)
     md = ["# BioJEPAC benchmarks", "", f"Host: {results['host']}", ""]
     for part, title in [("attention", "Linear vs softmax attention, one d=256 block, one cell (CPU)"),
-                        ("throughput", "Training throughput at cpu-small (500 genes, steady state; FLOPs from XLA's cost analysis of the compiled step; roofline: a 2048x2048 f32 matmul timed right after each stage; load_1min: `uptime` before-after)"),
+                        ("throughput", "Training throughput at cpu-small (500 genes, steady state; FLOPs: XLA's count of the step's HLO before optimisation; roofline: a 2048x2048 f32 matmul timed right after each stage; load_1min: `uptime` before-after)"),
                         ("sanity", "Sanity experiments on held-out perturbations (synthetic)")]:
         if part in results:
             md += [f"## {title}", "", _md_table(results[part])]

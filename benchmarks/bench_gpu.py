@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_biojepac import bench_throughput  # noqa: E402
-from bench_state_speed import bench_preset  # noqa: E402
+from bench_state_speed import bench_preset, make_preset_step, xla_flops  # noqa: E402
 
 from biojepac.io import write_text_atomic  # noqa: E402
 
@@ -82,13 +82,6 @@ def matmul_rate(n: int, dtype, precision=None, n_warmup: int = 3, n_repeat: int 
         times.append(time.perf_counter() - t0)
     sec = float(np.median(times))
     return {"n": n, "median_s": sec, "flops": 2 * n**3 / sec}
-
-
-def xla_flops(step_fn, state, batch) -> float:
-    """XLA's FLOP count of one compiled `eqx.filter_jit` step."""
-    cost = step_fn.lower(state, batch).lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", float("nan")))
 
 
 def random_cells(n_cells: int, n_genes: int, seed: int) -> np.ndarray:
@@ -142,7 +135,7 @@ def bench_stream(preset: str, bf16: bool, n_cells: int, n_genes: int, n_warmup: 
 
     assert n_warmup + n_steps < 20, "the loop logs every step only below 20 steps"
     mcfg = get_preset(preset)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _pandas3_strings():
         fpath = pathlib.Path(tmp) / "cells.h5ad"
         write_synthetic(fpath, n_cells, n_genes, density=0.2, log1p_target=1e4)
         run_dpath = pathlib.Path(tmp) / "run"
@@ -158,6 +151,19 @@ def bench_stream(preset: str, bf16: bool, n_cells: int, n_genes: int, n_warmup: 
     return {"preset": preset, "bf16": bf16, "cells": n_cells, "genes": n_genes, "batch": batch,
             "total_s": total_s, "step_s": step_s, "cells_per_s": batch / step_s,
             "loss_finite": bool(np.isfinite(rows[-1].get("loss", np.nan)))}
+
+
+def _pandas3_strings():
+    """Under pandas >= 3 (outside our pins: the GPU machine's image has 3.0.6) string columns are
+    `StringArray`s, which anndata 0.12 writes only when `allow_write_nullable_strings` is on."""
+    import contextlib
+
+    import anndata as ad
+    import pandas as pd
+
+    if int(pd.__version__.split(".")[0]) < 3:
+        return contextlib.nullcontext()
+    return ad.settings.override(allow_write_nullable_strings=True)
 
 
 # ---- the run --------------------------------------------------------------------------------------------
@@ -232,7 +238,7 @@ class Results:
         self.data["elapsed_s"] = round(time.perf_counter() - self.t_start, 1)
         self.json_fpath.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.json_fpath, json.dumps(self.data, indent=1, default=str))
-        write_text_atomic(self.md_fpath, render_md(self.data))
+        write_text_atomic(self.md_fpath, render_md(merge([self.data])))
 
 
 def main() -> None:
@@ -244,10 +250,29 @@ def main() -> None:
     parser.add_argument("--name", default="", help="results file stem (default: gpu_<device>, e.g. gpu_h200; cpu_<cores>)")
     parser.add_argument("--commit", default="", help="the code's commit, recorded (default: git rev-parse HEAD)")
     parser.add_argument("--budget-s", type=float, default=0, help="rows not started within this many seconds are skipped (0: none)")
+    for part in ("pretrain", "state", "biojepac", "stream"):
+        parser.add_argument(f"--{part}-presets", nargs="+", default=None, help=f"presets of the {part} part (default: the sizes')")
+    parser.add_argument("--merge", nargs="+", type=pathlib.Path, default=None,
+                        help="measure nothing: combine these results .json files (runs of this script) into --out-dpath/--name")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes (with --merge)")
+    parser.add_argument("--recount", action="store_true",
+                        help="with --merge: recount each row's FLOPs per step here (`xla_flops`, the HLO before optimisation)")
     args = parser.parse_args()
+    if args.merge:
+        data = merge([json.loads(f.read_text()) for f in args.merge], args.note)
+        if args.recount:
+            recount(data)
+        stem = args.out_dpath / (args.name or args.merge[0].stem)
+        write_text_atomic(stem.with_suffix(".json"), json.dumps(data, indent=1, default=str))
+        write_text_atomic(stem.with_suffix(".md"), render_md(data))
+        print(render_md(data))
+        return
     sizes = QUICK if args.quick else Sizes()
     if args.steps:
         sizes = dataclasses.replace(sizes, steps=args.steps)
+    for part in ("pretrain", "state", "biojepac", "stream"):
+        if getattr(args, f"{part}_presets") is not None:
+            sizes = dataclasses.replace(sizes, **{f"{part}_presets": tuple(getattr(args, f"{part}_presets"))})
     host = host_info(args.commit or git_commit())
     if host["platform"] == "cpu" and not args.quick:
         print("bench_gpu: no accelerator found; the full sizes take long on a CPU (--quick for a smoke run)", flush=True)
@@ -286,10 +311,61 @@ def main() -> None:
             for bf16 in (False, True):
                 res.measure("stream", {"preset": preset, "bf16": bf16}, lambda: bench_stream(preset, bf16, sizes.stream_cells, sizes.stream_genes, n_steps=n))
     res.write()
-    print(render_md(res.data))
+    print(render_md(merge([res.data])))
+
+
+def recount(data: dict) -> None:
+    """Each measured row's FLOPs per step counted again on this machine by `xla_flops` (the same shapes and
+    code; the count before optimisation does not depend on the backend), the count it was saved with kept as
+    `*_saved`, and its achieved FLOP/s recomputed from its measured step time."""
+    from biojepac.models.jepa.config import get_preset
+    from biojepac.models.jepa.network import log_library
+    from biojepac.models.jepa.streamed import make_pretrain_step
+
+    data["flops_recounted"] = {"jax": jax.__version__, "platform": jax.devices()[0].platform, "commit": git_commit()}
+    for r in data["pretrain"]:
+        if "error" not in r:
+            mcfg = get_preset(r["preset"])
+            state, step_fn = make_pretrain_step(r["genes"], mcfg, mcfg.pretrain.n_steps, bf16=r["bf16"])
+            x = random_cells(r["batch"], r["genes"], seed=0)
+            r["flops_per_step_saved"], r["flops_per_step"] = r["flops_per_step"], xla_flops(step_fn, state, {"x": x, "lib": log_library(x)})
+            r["achieved_flops"] = r["flops_per_step"] / r["step_s"]
+            print("recount pretrain", r["preset"], r["bf16"], r["batch"], r["flops_per_step_saved"] / 1e9, "->", r["flops_per_step"] / 1e9, flush=True)
+    for r in data["state"]:
+        if "error" not in r:
+            m = make_preset_step(r["preset"], 1, r["batch"], r["bf16"])
+            r["flops_per_step_saved"], r["flops_per_step"] = r["flops_per_step"], xla_flops(m["step_fn"], m["state"], m["batches"][0])
+            r["achieved_flops"] = r["flops_per_step"] / r["step_s"]
+            print("recount state", r["preset"], r["bf16"], r["flops_per_step_saved"] / 1e9, "->", r["flops_per_step"] / 1e9, flush=True)
+    for preset in sorted({r["preset"] for r in data["biojepac"] if "error" not in r}):
+        counted = {c["stage"]: c["gflop_per_step"] for c in bench_throughput(1, preset, lambda: float("nan"))}
+        for r in data["biojepac"]:
+            if "error" not in r and r["preset"] == preset:
+                r["gflop_per_step_saved"], r["gflop_per_step"] = r["gflop_per_step"], counted[r["stage"]]
+                r["gflops"] = r["gflop_per_step"] * 1e3 / r["step_ms"]
+                print("recount biojepac", preset, r["stage"], r["gflop_per_step_saved"], "->", r["gflop_per_step"], flush=True)
 
 
 # ---- the report -----------------------------------------------------------------------------------------
+
+PARTS = ("biojepac", "pretrain", "state", "stream")
+
+
+def merge(datas: list[dict], notes: list[str] = ()) -> dict:
+    """Runs of this script as one report: each row tagged with its run (rows compare to their own run's
+    rooflines); a row skipped for time in one run is dropped where another run measured it."""
+    if len(datas) == 1 and "runs" in datas[0]:  # already merged: re-rendered as it is
+        return {**datas[0], "notes": datas[0].get("notes", []) + list(notes)}
+    out = {"runs": [{k: d[k] for k in ("host", "sizes", "roofline", "elapsed_s") if k in d} for d in datas],
+           **{p: [] for p in PARTS}, "notes": list(notes)}
+    key = lambda p, r: (p, r.get("preset"), r.get("bf16"), r.get("batch_mult"))
+    measured = {key(p, r) for d in datas for p in PARTS for r in d.get(p, []) if "error" not in r}
+    for i, d in enumerate(datas, 1):
+        for p in PARTS:
+            out[p] += [{"run": i, **r} for r in d.get(p, [])
+                       if not (r.get("error", "").startswith("skipped") and key(p, r) in measured)]
+    return out
+
 
 def _pct(x, roof) -> str:
     return f"{100 * x / roof:.1f}%" if roof and np.isfinite(roof) and np.isfinite(x) else ""
@@ -300,83 +376,96 @@ def _t(flops) -> str:
 
 
 def render_md(d: dict) -> str:
-    h, roof = d["host"], d["roofline"]
-    rate = {k: v.get("flops", float("nan")) for k, v in roof.items()}
-    f32, bf = rate.get("float32", float("nan")), rate.get("bfloat16", float("nan"))
+    """The report of `merge`'s output: rooflines per run, then one table per part."""
+    runs = d["runs"]
+    h = runs[0]["host"]
+
+    def roof(r, name):
+        return runs[r.get("run", 1) - 1]["roofline"].get(name, {}).get("flops", float("nan"))
+
     lines = [
         f"# Training speed on {h['device_kind']} ({h['platform']})",
         "",
-        f"Written by `benchmarks/bench_gpu.py` at commit `{h['commit']}`, {h['date_utc']} UTC: jax {h['jax']} (jaxlib "
-        f"{h['jaxlib']}), Python {h['python']}, {h['n_devices']} device(s) `{h['devices']}`, platform version "
-        f"`{h['platform_version']}`, {h['cpus']} host CPUs (load {h['load_1min']} at the start). Run time {d.get('elapsed_s')} s. "
-        f"Timed steps per row: {d['sizes']['steps']}, after 2 warm-up steps (the first compiles). FLOPs per step are XLA's "
-        "count for the compiled step (`cost_analysis`); a row's % is its achieved FLOP/s over the matmul roofline of its "
-        "precision measured in this same run. Rows that failed say why.",
+        f"Written by `benchmarks/bench_gpu.py`: jax {h['jax']} (jaxlib {h['jaxlib']}), Python {h['python']}, "
+        f"{h['n_devices']} device(s) `{h['devices']}`, platform version `{h['platform_version']}`, {h['cpus']} host CPUs. "
+        f"Timed steps per row: {runs[0]['sizes']['steps']}, after 2 warm-up steps (the first compiles). FLOPs per step are "
+        "XLA's count for the compiled step (`cost_analysis`); a row's % is its achieved FLOP/s over the matmul roofline "
+        "of its precision measured in the same run (float32 rows: the float32 default-precision roofline; bf16 rows: "
+        "bfloat16's). Rows that failed say why.",
         "",
-        "## Matmul rooflines (n x n x n, random normal data, median of 10 after 3 warm-ups)",
-        "",
-        "| precision | n | median ms | TFLOP/s |",
-        "|---|---|---|---|",
+        "| run | commit | started (UTC) | host load at start | run time s |",
+        "|---|---|---|---|---|",
     ]
-    for k, v in roof.items():
-        lines.append(f"| {k} | {v.get('n', '')} | {v['median_s'] * 1e3:.3f} | {v['flops'] / 1e12:.2f} |" if "flops" in v
-                     else f"| {k} | | | failed: {v.get('error')} |")
+    lines += [f"| {i} | `{r['host']['commit']}` | {r['host']['date_utc']} | {r['host']['load_1min']} | {r.get('elapsed_s')} |"
+              for i, r in enumerate(runs, 1)]
+    lines += ["", "## Matmul rooflines (n x n x n, random normal data, median of 10 after 3 warm-ups)", "",
+              "| run | precision | n | median ms | TFLOP/s |", "|---|---|---|---|---|"]
+    for i, r in enumerate(runs, 1):
+        for k, v in r["roofline"].items():
+            lines.append(f"| {i} | {k} | {v.get('n', '')} | {v['median_s'] * 1e3:.3f} | {v['flops'] / 1e12:.2f} |" if "flops" in v
+                         else f"| {i} | {k} | | | failed: {v.get('error')} |")
     lines += ["", "float32 is JAX's default matmul precision (XLA may run it as TF32 on a GPU); float32_highest forces "
-              "full float32. Rows below compare float32 steps to the float32 (default) roofline and bf16 steps to bfloat16's.", ""]
+              "full float32.", ""]
 
     def err(r, n_cols):
-        return f"| {r.get('preset', '')} | {r.get('bf16', '')} | failed: {r['error']} |" + " |" * (n_cols - 3)
+        return f"| {r['run']} | {r.get('preset', '')} | {r.get('bf16', '')} | failed: {r['error']} |" + " |" * (n_cols - 4)
+
+    def pct(r, flops):
+        return _pct(flops, roof(r, "bfloat16" if r["bf16"] else "float32"))
 
     if d["biojepac"]:
         lines += ["## BioJEPAC, four stages through `fit_biojepac` (float32; 500-gene synthetic `demo` screen)", "",
                   "Batches are made on the host each step, as in training (the step time includes that and the copy to the device).", "",
-                  "| preset | bf16 | stage | batch (cells) | tokens | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of float32 roofline | recompiles |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in d["biojepac"]:
-            if "error" in r:
-                lines.append(err(r, 11))
-                continue
-            g = r["gflops"] * 1e9
-            lines.append(f"| {r['preset']} | {r['bf16']} | {r['stage']} | {r['batch']} | {r['tokens']} | {r['step_ms']} "
-                         f"| {r['cells_per_s']:,.0f} | {r['gflop_per_step']} | {_t(g)} | {_pct(g, f32)} | {r['recompiles']} |")
-        lines.append("")
-    if d["pretrain"]:
-        lines += ["## BioJEPAC stage-1 step of `train stream-pretrain`, float32 vs bf16 (random cells, batches on the device)", "",
-                  "| preset (d, layers) | bf16 | genes | tokens/cell | batch | first step s (compile) | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of its roofline | loss finite |",
+                  "| run | preset | bf16 | stage | batch (cells) | tokens | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | recompiles |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in d["pretrain"]:
+        for r in d["biojepac"]:
             if "error" in r:
                 lines.append(err(r, 12))
                 continue
-            lines.append(f"| {r['preset']} ({r['d']}, {r['layers']}) | {r['bf16']} | {r['genes']} | {r['tokens']} | {r['batch']} "
+            g = r["gflops"] * 1e9
+            lines.append(f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['stage']} | {r['batch']} | {r['tokens']} | {r['step_ms']} "
+                         f"| {r['cells_per_s']:,.0f} | {r['gflop_per_step']} | {_t(g)} | {pct(r, g)} | {r['recompiles']} |")
+        lines.append("")
+    if d["pretrain"]:
+        lines += ["## BioJEPAC stage-1 step of `train stream-pretrain`, float32 vs bf16 (random cells, batches on the device)", "",
+                  "| run | preset (d, layers) | bf16 | genes | tokens/cell | batch | first step s (compile) | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | loss finite |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in d["pretrain"]:
+            if "error" in r:
+                lines.append(err(r, 13))
+                continue
+            lines.append(f"| {r['run']} | {r['preset']} ({r['d']}, {r['layers']}) | {r['bf16']} | {r['genes']} | {r['tokens']} | {r['batch']} "
                          f"| {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} | {r['flops_per_step'] / 1e9:.1f} "
-                         f"| {_t(r['achieved_flops'])} | {_pct(r['achieved_flops'], bf if r['bf16'] else f32)} | {r['loss_finite']} |")
+                         f"| {_t(r['achieved_flops'])} | {pct(r, r['achieved_flops'])} | {r['loss_finite']} |")
         lines.append("")
     if d["state"]:
         lines += ["## State-transition model step, float32 vs bf16 (`bench_state_speed.bench_preset`; 2,000 genes, 5,120-d perturbation features)", "",
                   "Median of the timed steps, each synchronised; the sampler (host NumPy) is timed apart.", "",
-                  "| preset (d, layers, S, B) | bf16 | params | compile s | step ms | cells/s | cells/s incl. sampler | GFLOP/step | achieved TFLOP/s | % of its roofline |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| run | preset (d, layers, S, B) | bf16 | params | compile s | step ms | cells/s | cells/s incl. sampler | GFLOP/step | achieved TFLOP/s | % of roofline |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in d["state"]:
             if "error" in r:
-                lines.append(err(r, 10))
+                lines.append(err(r, 11))
                 continue
-            lines.append(f"| {r['preset']} ({r['d_model']}, {r['n_layers']}, {r['set_size']}, {r['batch']}) | {r['bf16']} "
+            lines.append(f"| {r['run']} | {r['preset']} ({r['d_model']}, {r['n_layers']}, {r['set_size']}, {r['batch']}) | {r['bf16']} "
                          f"| {r['n_params'] / 1e6:.1f}M | {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} "
                          f"| {r['cells_per_s_with_sampler']:,.0f} | {r['flops_per_step'] / 1e9:.1f} | {_t(r['achieved_flops'])} "
-                         f"| {_pct(r['achieved_flops'], bf if r['bf16'] else f32)} |")
+                         f"| {pct(r, r['achieved_flops'])} |")
         lines.append("")
     if d["stream"]:
+        n_steps = 2 + runs[0]["sizes"]["steps"]
         lines += ["## `train stream-pretrain` end to end from a backed .h5ad (loader, loop, per-step logging)", "",
-                  f"| preset | bf16 | cells x genes | batch | whole command s (compile, {2 + d['sizes']['steps']} steps, checkpoint) | step ms | cells/s | loss finite |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| run | preset | bf16 | cells x genes | batch | whole command s (compile, {n_steps} steps, checkpoint) | step ms | cells/s | loss finite |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in d["stream"]:
             if "error" in r:
-                lines.append(err(r, 8))
+                lines.append(err(r, 9))
                 continue
-            lines.append(f"| {r['preset']} | {r['bf16']} | {r['cells']:,} x {r['genes']} | {r['batch']} | {r['total_s']:.1f} "
+            lines.append(f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['cells']:,} x {r['genes']} | {r['batch']} | {r['total_s']:.1f} "
                          f"| {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} | {r['loss_finite']} |")
         lines.append("")
+    if d.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
     return "\n".join(lines) + "\n"
 
 

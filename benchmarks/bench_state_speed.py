@@ -3,7 +3,7 @@
 For each preset: one jitted training step (forward, backward, AdamW/clip update; the shared
 `train.loop.make_train_step`) on a batch of B sentences x S cells x G genes, timed after compilation;
 the sentence sampler (NumPy gathers from a screen in memory) timed separately, since the loop runs it
-between steps. FLOPs per step are XLA's own count of the compiled step (`cost_analysis`). The roofline is
+between steps. FLOPs per step are XLA's own count of the step's HLO before optimisation (`xla_flops`). The roofline is
 the best float32 matmul rate measured here: (B*S x d) @ (d x 4d), the backbone's largest product.
 
 Writes benchmarks/results/state_speed.md (and .json). Usage:
@@ -54,7 +54,9 @@ def matmul_roofline(m: int, k: int, n: int, repeats: int = 5) -> float:
 
 
 def xla_flops(step_fn, state, batch) -> float:
-    """XLA's FLOP count of one compiled training step."""
+    """XLA's FLOP count of one training step, read from the lowered HLO before optimisation: the same count on
+    every backend. (The compiled step's count is not: on an H200 it missed most matmuls, e.g. 326 GFLOP for a
+    BioJEPAC paper pretrain step that counts 3,622 here and on the CPU's compiled step; benchmarks/results/gpu_h200.md.)"""
     import equinox as eqx
 
     arrays, static = eqx.partition(state, eqx.is_array)
@@ -63,14 +65,13 @@ def xla_flops(step_fn, state, batch) -> float:
         return eqx.filter(new_state, eqx.is_array), metrics
 
     lowered = jax.jit(arrays_only).lower(arrays, batch)
-    cost = lowered.compile().cost_analysis()
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", float("nan")))
 
 
-def bench_preset(name: str, n_steps: int, batch: int = 0, bf16: bool = False) -> dict:
-    """One preset's step timed; `bf16`: computed in bfloat16 from float32 master weights, as `fit` does with
-    `FitConfig.bf16` (`train.distributed.mixed_precision`)."""
+def make_preset_step(name: str, n_batches: int, batch: int = 0, bf16: bool = False) -> dict:
+    """A preset's network, training state, jitted step and `n_batches` sampled batches (B sentences of S cells)."""
     cfg, fit_cfg = trainer.PRESETS[name]
     b, s = batch or fit_cfg.batch_size, cfg.set_size
     fit_cfg = dataclasses.replace(fit_cfg, batch_size=b)
@@ -85,8 +86,8 @@ def bench_preset(name: str, n_steps: int, batch: int = 0, bf16: bool = False) ->
     pert_table = rng.normal(size=(50, PERT_DIM)).astype(np.float32)
     sampler = trainer.SentenceSampler(expr, expr, obs, pert_table, s, b, seed=0)
     t0 = time.perf_counter()
-    batches = [sampler(i) for i in range(n_steps + 1)]
-    sampler_s = (time.perf_counter() - t0) / (n_steps + 1)
+    batches = [sampler(i) for i in range(n_batches)]
+    sampler_s = (time.perf_counter() - t0) / n_batches
 
     net = StateTransition(cfg, N_GENES, N_GENES, PERT_DIM, 2, 1, key=jax.random.PRNGKey(0))
     n_params = sum(x.size for x in jax.tree.leaves(net) if isinstance(x, jax.Array))
@@ -94,6 +95,16 @@ def bench_preset(name: str, n_steps: int, batch: int = 0, bf16: bool = False) ->
     state = make_state(net, optim, jax.random.PRNGKey(1))
     loss_fn = trainer.make_loss_fn(cfg)
     step_fn = make_train_step(mixed_precision(loss_fn) if bf16 else loss_fn, optim)
+    return {"cfg": cfg, "b": b, "s": s, "batches": batches, "sampler_s": sampler_s, "n_params": n_params, "state": state,
+            "step_fn": step_fn}
+
+
+def bench_preset(name: str, n_steps: int, batch: int = 0, bf16: bool = False) -> dict:
+    """One preset's step timed; `bf16`: computed in bfloat16 from float32 master weights, as `fit` does with
+    `FitConfig.bf16` (`train.distributed.mixed_precision`)."""
+    m = make_preset_step(name, n_steps + 1, batch, bf16)
+    cfg, b, s, batches, sampler_s, n_params, state, step_fn = (m[k] for k in ("cfg", "b", "s", "batches", "sampler_s", "n_params",
+                                                                             "state", "step_fn"))
     t0 = time.perf_counter()
     flops = xla_flops(step_fn, state, batches[0])
     state, _ = step_fn(state, batches[0])
