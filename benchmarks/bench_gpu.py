@@ -371,6 +371,10 @@ def _pct(x, roof) -> str:
     return f"{100 * x / roof:.1f}%" if roof and np.isfinite(roof) and np.isfinite(x) else ""
 
 
+def _saved(r: dict) -> str:
+    return f"{r['flops_per_step_saved'] / 1e9:.1f}" if "flops_per_step_saved" in r else ""
+
+
 def _t(flops) -> str:
     return f"{flops / 1e12:.2f}" if flops is not None and np.isfinite(flops) else ""
 
@@ -389,9 +393,12 @@ def render_md(d: dict) -> str:
         f"Written by `benchmarks/bench_gpu.py`: jax {h['jax']} (jaxlib {h['jaxlib']}), Python {h['python']}, "
         f"{h['n_devices']} device(s) `{h['devices']}`, platform version `{h['platform_version']}`, {h['cpus']} host CPUs. "
         f"Timed steps per row: {runs[0]['sizes']['steps']}, after 2 warm-up steps (the first compiles). FLOPs per step are "
-        "XLA's count for the compiled step (`cost_analysis`); a row's % is its achieved FLOP/s over the matmul roofline "
+        "XLA's count of the step's HLO before optimisation (`bench_state_speed.xla_flops`); a row's % is its achieved FLOP/s over the matmul roofline "
         "of its precision measured in the same run (float32 rows: the float32 default-precision roofline; bf16 rows: "
-        "bfloat16's). Rows that failed say why.",
+        "bfloat16's). Rows that failed say why." + (
+            f" FLOPs were recounted after the runs on {d['flops_recounted']['platform']} (jax {d['flops_recounted']['jax']}, "
+            f"commit `{d['flops_recounted']['commit']}`) from the same steps' HLO before optimisation; the last column is the "
+            "count saved by the run (XLA's count of the step as compiled on the device)." if "flops_recounted" in d else ""),
         "",
         "| run | commit | started (UTC) | host load at start | run time s |",
         "|---|---|---|---|---|",
@@ -416,41 +423,41 @@ def render_md(d: dict) -> str:
     if d["biojepac"]:
         lines += ["## BioJEPAC, four stages through `fit_biojepac` (float32; 500-gene synthetic `demo` screen)", "",
                   "Batches are made on the host each step, as in training (the step time includes that and the copy to the device).", "",
-                  "| run | preset | bf16 | stage | batch (cells) | tokens | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | recompiles |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in d["biojepac"]:
-            if "error" in r:
-                lines.append(err(r, 12))
-                continue
-            g = r["gflops"] * 1e9
-            lines.append(f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['stage']} | {r['batch']} | {r['tokens']} | {r['step_ms']} "
-                         f"| {r['cells_per_s']:,.0f} | {r['gflop_per_step']} | {_t(g)} | {pct(r, g)} | {r['recompiles']} |")
-        lines.append("")
-    if d["pretrain"]:
-        lines += ["## BioJEPAC stage-1 step of `train stream-pretrain`, float32 vs bf16 (random cells, batches on the device)", "",
-                  "| run | preset (d, layers) | bf16 | genes | tokens/cell | batch | first step s (compile) | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | loss finite |",
+                  "| run | preset | bf16 | stage | batch (cells) | tokens | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | recompiles | GFLOP/step, saved count |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in d["pretrain"]:
+        for r in d["biojepac"]:
             if "error" in r:
                 lines.append(err(r, 13))
                 continue
+            g = r["gflops"] * 1e9
+            lines.append(f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['stage']} | {r['batch']} | {r['tokens']} | {r['step_ms']} "
+                         f"| {r['cells_per_s']:,.0f} | {r['gflop_per_step']} | {_t(g)} | {pct(r, g)} | {r['recompiles']} | {r.get('gflop_per_step_saved', '')} |")
+        lines.append("")
+    if d["pretrain"]:
+        lines += ["## BioJEPAC stage-1 step of `train stream-pretrain`, float32 vs bf16 (random cells, batches on the device)", "",
+                  "| run | preset (d, layers) | bf16 | genes | tokens/cell | batch | first step s (compile) | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | loss finite | GFLOP/step, saved count |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in d["pretrain"]:
+            if "error" in r:
+                lines.append(err(r, 14))
+                continue
             lines.append(f"| {r['run']} | {r['preset']} ({r['d']}, {r['layers']}) | {r['bf16']} | {r['genes']} | {r['tokens']} | {r['batch']} "
                          f"| {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} | {r['flops_per_step'] / 1e9:.1f} "
-                         f"| {_t(r['achieved_flops'])} | {pct(r, r['achieved_flops'])} | {r['loss_finite']} |")
+                         f"| {_t(r['achieved_flops'])} | {pct(r, r['achieved_flops'])} | {r['loss_finite']} | {_saved(r)} |")
         lines.append("")
     if d["state"]:
         lines += ["## State-transition model step, float32 vs bf16 (`bench_state_speed.bench_preset`; 2,000 genes, 5,120-d perturbation features)", "",
                   "Median of the timed steps, each synchronised; the sampler (host NumPy) is timed apart.", "",
-                  "| run | preset (d, layers, S, B) | bf16 | params | compile s | step ms | cells/s | cells/s incl. sampler | GFLOP/step | achieved TFLOP/s | % of roofline |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| run | preset (d, layers, S, B) | bf16 | params | compile s | step ms | cells/s | cells/s incl. sampler | GFLOP/step | achieved TFLOP/s | % of roofline | GFLOP/step, saved count |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in d["state"]:
             if "error" in r:
-                lines.append(err(r, 11))
+                lines.append(err(r, 12))
                 continue
             lines.append(f"| {r['run']} | {r['preset']} ({r['d_model']}, {r['n_layers']}, {r['set_size']}, {r['batch']}) | {r['bf16']} "
                          f"| {r['n_params'] / 1e6:.1f}M | {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} "
                          f"| {r['cells_per_s_with_sampler']:,.0f} | {r['flops_per_step'] / 1e9:.1f} | {_t(r['achieved_flops'])} "
-                         f"| {pct(r, r['achieved_flops'])} |")
+                         f"| {pct(r, r['achieved_flops'])} | {_saved(r)} |")
         lines.append("")
     if d["stream"]:
         n_steps = 2 + runs[0]["sizes"]["steps"]

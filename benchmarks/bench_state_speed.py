@@ -166,7 +166,7 @@ def main() -> None:
         f"Written by `benchmarks/bench_state_speed.py` on {device}, jax {jax.__version__}, "
         f"{'bfloat16 compute (float32 master weights)' if any(r.get('bf16') for r in rows) else 'float32'}. "
         f"One training step = B sentences x S cells x {N_GENES} HVGs, perturbation features {PERT_DIM}-d; "
-        f"median of {args.steps} steps after compilation. FLOP/step is XLA's count for the compiled step; the "
+        f"median of {args.steps} steps after compilation. FLOP/step is XLA's count of the step's HLO before optimisation; the "
         "roofline is the best (B*S x d) @ (d x 4d) float32 matmul measured in the same run.",
         "",
         "| model | preset (d, layers, S, B) | params | step (s) | cells/s | cells/s incl. sampler | GFLOP/step | achieved GFLOP/s | matmul roofline GFLOP/s | % of roofline | cells/s at the roofline |",

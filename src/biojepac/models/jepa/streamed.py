@@ -47,7 +47,8 @@ class StreamedPretrainConfig:
     window_blocks: int = 16
     """Loader: blocks shuffled together (memory ~ 2 windows)."""
     bf16: bool = False
-    """Compute in bfloat16 with float32 master weights."""
+    """Compute in bfloat16 with float32 master weights (on an H200: 1.5-1.7x faster steps at `paper`; mixed at
+    `cpu-small`; benchmarks/results/gpu_h200.md)."""
     grad_accum: int = 1
     """Micro-batches per optimiser step."""
     ckpt_every: int = 50

@@ -55,8 +55,8 @@ class FitConfig:
     """Show a progress bar."""
     bf16: bool = False
     """Compute in bfloat16 with float32 master weights, gradients and optimiser state (`train.distributed.
-    mixed_precision`): for GPUs and TPUs, whose matmul units run bf16 at several times float32's rate; on a
-    CPU it is slower."""
+    mixed_precision`). Slower on a CPU, and on an H200 too (0.4-0.6x float32's step rate at cpu-small, state_sm and
+    state: JAX's float32 matmuls already run as TF32 there; benchmarks/results/gpu_h200.md)."""
 
 
 def _arc_state(set_size: int, d_model: int, n_layers: int, n_heads: int, n_basal_layers: int) -> tuple[StateConfig, FitConfig]:
