@@ -27,7 +27,8 @@ def main() -> None:
     try:
         fpath = build(force="--force" in sys.argv[1:])
     except Exception as err:  # noqa: BLE001 (no compiler, say: every kernel still runs just in time)
-        print(f"biojepac: evaluation kernels not built ahead of time ({type(err).__name__}: {err}); "
+        reason = " ".join(str(err).split())  # one line
+        print(f"biojepac: evaluation kernels not built ahead of time ({type(err).__name__}: {reason}); "
               "they will be compiled just in time (about 0.6 s more per evaluation)", file=sys.stderr)
         return
     if fpath is not None:
