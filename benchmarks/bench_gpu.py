@@ -414,63 +414,53 @@ def render_md(d: dict) -> str:
     lines += ["", "float32 is JAX's default matmul precision (XLA may run it as TF32 on a GPU); float32_highest forces "
               "full float32.", ""]
 
-    def err(r, n_cols):
-        return f"| {r['run']} | {r.get('preset', '')} | {r.get('bf16', '')} | failed: {r['error']} |" + " |" * (n_cols - 4)
-
     def pct(r, flops):
         return _pct(flops, roof(r, "bfloat16" if r["bf16"] else "float32"))
 
+    def section(title: str, intro: list[str], header: str, rows: list[dict], row) -> list[str]:
+        """A part's table: one line per row, `row(r)` for a measured one, the error for a failed one."""
+        n_cols = header.count("|") - 1
+        out = [f"## {title}", "", *intro, header, "|" + "---|" * n_cols]
+        for r in rows:
+            out.append(f"| {r['run']} | {r.get('preset', '')} | {r.get('bf16', '')} | failed: {r['error']} |" + " |" * (n_cols - 4)
+                       if "error" in r else row(r))
+        return out + [""]
+
     if d["biojepac"]:
-        lines += ["## BioJEPAC, four stages through `fit_biojepac` (float32; 500-gene synthetic `demo` screen)", "",
-                  "Batches are made on the host each step, as in training (the step time includes that and the copy to the device).", "",
-                  "| run | preset | bf16 | stage | batch (cells) | tokens | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | recompiles | GFLOP/step, saved count |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in d["biojepac"]:
-            if "error" in r:
-                lines.append(err(r, 13))
-                continue
-            g = r["gflops"] * 1e9
-            lines.append(f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['stage']} | {r['batch']} | {r['tokens']} | {r['step_ms']} "
-                         f"| {r['cells_per_s']:,.0f} | {r['gflop_per_step']} | {_t(g)} | {pct(r, g)} | {r['recompiles']} | {r.get('gflop_per_step_saved', '')} |")
-        lines.append("")
+        lines += section(
+            "BioJEPAC, four stages through `fit_biojepac` (float32; 500-gene synthetic `demo` screen)",
+            ["Batches are made on the host each step, as in training (the step time includes that and the copy to the device).", ""],
+            "| run | preset | bf16 | stage | batch (cells) | tokens | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | recompiles | GFLOP/step, saved count |",
+            d["biojepac"],
+            lambda r: (f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['stage']} | {r['batch']} | {r['tokens']} | {r['step_ms']} "
+                       f"| {r['cells_per_s']:,.0f} | {r['gflop_per_step']} | {_t(r['gflops'] * 1e9)} | {pct(r, r['gflops'] * 1e9)} "
+                       f"| {r['recompiles']} | {r.get('gflop_per_step_saved', '')} |"))
     if d["pretrain"]:
-        lines += ["## BioJEPAC stage-1 step of `train stream-pretrain`, float32 vs bf16 (random cells, batches on the device)", "",
-                  "| run | preset (d, layers) | bf16 | genes | tokens/cell | batch | first step s (compile) | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | loss finite | GFLOP/step, saved count |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in d["pretrain"]:
-            if "error" in r:
-                lines.append(err(r, 14))
-                continue
-            lines.append(f"| {r['run']} | {r['preset']} ({r['d']}, {r['layers']}) | {r['bf16']} | {r['genes']} | {r['tokens']} | {r['batch']} "
-                         f"| {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} | {r['flops_per_step'] / 1e9:.1f} "
-                         f"| {_t(r['achieved_flops'])} | {pct(r, r['achieved_flops'])} | {r['loss_finite']} | {_saved(r)} |")
-        lines.append("")
+        lines += section(
+            "BioJEPAC stage-1 step of `train stream-pretrain`, float32 vs bf16 (random cells, batches on the device)", [],
+            "| run | preset (d, layers) | bf16 | genes | tokens/cell | batch | first step s (compile) | step ms | cells/s | GFLOP/step | achieved TFLOP/s | % of roofline | loss finite | GFLOP/step, saved count |",
+            d["pretrain"],
+            lambda r: (f"| {r['run']} | {r['preset']} ({r['d']}, {r['layers']}) | {r['bf16']} | {r['genes']} | {r['tokens']} | {r['batch']} "
+                       f"| {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} | {r['flops_per_step'] / 1e9:.1f} "
+                       f"| {_t(r['achieved_flops'])} | {pct(r, r['achieved_flops'])} | {r['loss_finite']} | {_saved(r)} |"))
     if d["state"]:
-        lines += ["## State-transition model step, float32 vs bf16 (`bench_state_speed.bench_preset`; 2,000 genes, 5,120-d perturbation features)", "",
-                  "Median of the timed steps, each synchronised; the sampler (host NumPy) is timed apart.", "",
-                  "| run | preset (d, layers, S, B) | bf16 | params | compile s | step ms | cells/s | cells/s incl. sampler | GFLOP/step | achieved TFLOP/s | % of roofline | GFLOP/step, saved count |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in d["state"]:
-            if "error" in r:
-                lines.append(err(r, 12))
-                continue
-            lines.append(f"| {r['run']} | {r['preset']} ({r['d_model']}, {r['n_layers']}, {r['set_size']}, {r['batch']}) | {r['bf16']} "
-                         f"| {r['n_params'] / 1e6:.1f}M | {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} "
-                         f"| {r['cells_per_s_with_sampler']:,.0f} | {r['flops_per_step'] / 1e9:.1f} | {_t(r['achieved_flops'])} "
-                         f"| {pct(r, r['achieved_flops'])} | {_saved(r)} |")
-        lines.append("")
+        lines += section(
+            "State-transition model step, float32 vs bf16 (`bench_state_speed.bench_preset`; 2,000 genes, 5,120-d perturbation features)",
+            ["Median of the timed steps, each synchronised; the sampler (host NumPy) is timed apart.", ""],
+            "| run | preset (d, layers, S, B) | bf16 | params | compile s | step ms | cells/s | cells/s incl. sampler | GFLOP/step | achieved TFLOP/s | % of roofline | GFLOP/step, saved count |",
+            d["state"],
+            lambda r: (f"| {r['run']} | {r['preset']} ({r['d_model']}, {r['n_layers']}, {r['set_size']}, {r['batch']}) | {r['bf16']} "
+                       f"| {r['n_params'] / 1e6:.1f}M | {r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} "
+                       f"| {r['cells_per_s_with_sampler']:,.0f} | {r['flops_per_step'] / 1e9:.1f} | {_t(r['achieved_flops'])} "
+                       f"| {pct(r, r['achieved_flops'])} | {_saved(r)} |"))
     if d["stream"]:
         n_steps = 2 + runs[0]["sizes"]["steps"]
-        lines += ["## `train stream-pretrain` end to end from a backed .h5ad (loader, loop, per-step logging)", "",
-                  f"| run | preset | bf16 | cells x genes | batch | whole command s (compile, {n_steps} steps, checkpoint) | step ms | cells/s | loss finite |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in d["stream"]:
-            if "error" in r:
-                lines.append(err(r, 9))
-                continue
-            lines.append(f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['cells']:,} x {r['genes']} | {r['batch']} | {r['total_s']:.1f} "
-                         f"| {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} | {r['loss_finite']} |")
-        lines.append("")
+        lines += section(
+            "`train stream-pretrain` end to end from a backed .h5ad (loader, loop, per-step logging)", [],
+            f"| run | preset | bf16 | cells x genes | batch | whole command s (compile, {n_steps} steps, checkpoint) | step ms | cells/s | loss finite |",
+            d["stream"],
+            lambda r: (f"| {r['run']} | {r['preset']} | {r['bf16']} | {r['cells']:,} x {r['genes']} | {r['batch']} | {r['total_s']:.1f} "
+                       f"| {r['step_s'] * 1e3:.2f} | {r['cells_per_s']:,.0f} | {r['loss_finite']} |"))
     if d.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
     return "\n".join(lines) + "\n"
