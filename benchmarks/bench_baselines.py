@@ -19,13 +19,13 @@ import argparse
 import json
 import pathlib
 import platform
-import subprocess
 import time
 import warnings
 
 import numpy as np
 import pandas as pd
 
+from biojepac.bench.provenance import git_commit
 from biojepac.data import schema, splits
 from biojepac.data.normalize import normalize_log1p
 from biojepac.data.recipes import load_norman_mcfaline
@@ -198,7 +198,7 @@ def main():
     for task in get_tasks(args.quick):
         print(f"== {task['name']} ({task['split'].name}: {len(task['split'].train)} train / {len(task['split'].test)} test items)")
         rows += run_task(task, 50 if args.quick else args.n_boot, args.seed)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    git = git_commit()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git": git, "host": platform.node(),
             "seconds": time.perf_counter() - t0, "n_boot": 50 if args.quick else args.n_boot, "seed": args.seed,
             "quick": args.quick}

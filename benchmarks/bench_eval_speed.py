@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from biojepac.bench.provenance import git_commit
+
 RESULTS_DPATH = pathlib.Path(__file__).resolve().parent / "results"
 OURS_CLI = "biojepac `--profile vcc` (default outputs: CSV and JSON)"
 OURS_JIT = "the same, kernels compiled just in time (`BIOJEPAC_JIT_ONLY=1`: no ahead-of-time build)"
@@ -244,8 +246,7 @@ def main() -> None:
         "memory_ratio": ref["peak_rss_mib"] / ours["peak_rss_mib"], "agreement": same,
         "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()), "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS_DPATH, capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": git_commit(),
     }
     floor_total = floor_s["read_s"] + floor_s["mwu_s"] + floor_s["metrics_s"]
     budget = ref["seconds"] / 20

@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import time
 import warnings
 
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from biojepac.bench import tasks as tasklib
+from biojepac.bench.provenance import git_commit
 from biojepac.data import schema
 from biojepac.errors import InputError
 from biojepac.eval.evaluate import _aggregate, evaluate
@@ -290,7 +290,7 @@ def main():
         task = tasklib.get_task(name, DATA, seed=args.seed, cache_dpath=REPO / "benchmarks" / "cache")
         print(f"== {name} ({len(task.split.train)} train / {len(task.split.test)} test items)")
         rows += score_task(task, args.n_boot, args.seed)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    git = git_commit()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git": git, "host": platform.node(),
             "seconds": time.perf_counter() - t0, "n_boot": args.n_boot, "seed": args.seed,
             "load": f"1-min load average {load:.1f} on {os.cpu_count()} cores at the start"}

@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_biojepac import bench_throughput  # noqa: E402
 from bench_state_speed import bench_preset, make_preset_step, xla_flops  # noqa: E402
 
+from biojepac.bench.provenance import git_commit  # noqa: E402
 from biojepac.io import write_text_atomic  # noqa: E402
 
 REPO_DPATH = pathlib.Path(__file__).resolve().parents[1]
@@ -189,13 +189,6 @@ def _version(dist: str) -> str:
     except Exception:
         return ""
 
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO_DPATH), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def peak_gib() -> float | None:

@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from biojepac.bench.provenance import git_commit
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results"
 CE2 = ROOT / "benchmarks/peers/envs/celleval2/bin/cell-eval2"
@@ -294,7 +296,7 @@ def main() -> None:
         full = compare_scale(tmp)
     result = {"shape": {"n_cells": args.n_cells, "n_genes": args.n_genes, "n_perts": args.n_perts},
               "runs": rows, "per_perturbation": diffs, "scale": full, "load_1min": loads, "cpus": os.cpu_count(),
-              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
+              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
               "command": f" --n-cells {args.n_cells} --n-genes {args.n_genes} --n-perts {args.n_perts}"
                          + (" --full" if args.full else "") + (f" --name {args.name}" if args.name != "vcc2026" else "")}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
@@ -317,12 +319,6 @@ def compare_scale(tmp: pathlib.Path) -> dict:
     out["avg_score"] = {"ours": float(ours.loc["avg_score", "score"]), "cell-eval2": float(theirs["score"]["avg_score"])}
     return out
 
-
-def commit() -> str:
-    """The checkout's commit (short hash), marked `+changes` when src/ or this script differ from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", __file__], cwd=ROOT).returncode != 0
-    return (head or "?") + ("+changes" if dirty else "")
 
 
 def write_md(r: dict, name: str) -> None:

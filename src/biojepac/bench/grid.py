@@ -23,6 +23,7 @@ import sys
 import time
 
 from biojepac.bench import tasks as tasklib
+from biojepac.bench.provenance import git_commit
 from biojepac.errors import InputError
 from biojepac.features import DEFAULT_FEATURES
 from biojepac.io import write_text_atomic
@@ -260,14 +261,3 @@ def _is_num(v) -> bool:
     import numbers
 
     return isinstance(v, numbers.Number) and not isinstance(v, bool)
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DPATH, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DPATH,
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except OSError:
-        return "unknown"
-
