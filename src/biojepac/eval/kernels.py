@@ -62,15 +62,15 @@ class Kernel:
 
     def __call__(self, *args):
         key = type_key(args)
-        compiled = _ahead_of_time().get(self.name, {}).get(key)
-        if compiled is not None:
-            return compiled(*args)
-        jit = self.jit
-        if self._recorded is not None and key:  # building: compile for exactly these types
-            types = tuple(jit.typeof_pyval(a) for a in args)
-            jit.compile(types)
-            self._recorded[key] = jit.overloads[types].signature
-        return jit(*args)
+        if self._recorded is None:
+            compiled = _ahead_of_time().get(self.name, {}).get(key)
+            if compiled is not None:
+                return compiled(*args)
+        elif key:  # building: compile just in time for exactly these types, and note their signature
+            types = tuple(self.jit.typeof_pyval(a) for a in args)
+            self.jit.compile(types)
+            self._recorded[key] = self.jit.overloads[types].signature
+        return self.jit(*args)
 
     @property
     def jit(self):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -64,11 +65,8 @@ def build(force: bool = False) -> pathlib.Path | None:
 def record_signatures() -> dict[str, dict[str, object]]:
     """{kernel name: {type key: numba signature}} over `_workload`, every kernel compiled just in time."""
     _import_kernel_modules()
-    previous = os.environ.get(kernels.ENV_JIT_ONLY)
-    os.environ[kernels.ENV_JIT_ONLY] = "1"
-    kernels._load_ahead_of_time.cache_clear()
     for k in kernels._KERNELS.values():
-        k._recorded = {}
+        k._recorded = {}  # recording: every call compiled just in time, none looked up ahead of time
     try:
         with tempfile.TemporaryDirectory() as tmp:
             _workload(pathlib.Path(tmp))
@@ -76,11 +74,6 @@ def record_signatures() -> dict[str, dict[str, object]]:
     finally:
         for k in kernels._KERNELS.values():
             k._recorded = None
-        if previous is None:
-            os.environ.pop(kernels.ENV_JIT_ONLY)
-        else:
-            os.environ[kernels.ENV_JIT_ONLY] = previous
-        kernels._load_ahead_of_time.cache_clear()
 
 
 def compile_modules(signatures: dict[str, dict[str, object]], name: str, out_dpath: pathlib.Path) -> dict:
@@ -119,33 +112,27 @@ def compile_modules(signatures: dict[str, dict[str, object]], name: str, out_dpa
     return table
 
 
-class _pycc_flags:
+@contextlib.contextmanager
+def _pycc_flags(options: dict):
     """numba.pycc compiles every export with default flags; ours need the GIL released around the call (what
     `nogil=True` does just in time) and the kernel's own options (`error_model`). pycc offers no setting
     for either, so its `Flags` class is swapped for one with these defaults while it compiles."""
+    import numba.pycc.compiler as pycc_compiler
 
-    def __init__(self, options: dict):
-        self.options = options
+    base = pycc_compiler.Flags
 
-    def __enter__(self):
-        import numba.pycc.compiler as pycc_compiler
+    class Flags(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.release_gil = True
+            for key, value in options.items():
+                setattr(self, key, value)
 
-        base, options = pycc_compiler.Flags, self.options
-
-        class Flags(base):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.release_gil = True
-                for key, value in options.items():
-                    setattr(self, key, value)
-
-        self.saved, pycc_compiler.Flags = base, Flags
-        return self
-
-    def __exit__(self, *exc):
-        import numba.pycc.compiler as pycc_compiler
-
-        pycc_compiler.Flags = self.saved
+    pycc_compiler.Flags = Flags
+    try:
+        yield
+    finally:
+        pycc_compiler.Flags = base
 
 
 def _import_kernel_modules() -> None:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from biojepac.eval.inputs import ScoredScreen
+from biojepac.eval.kernels import kernel
 from biojepac.eval.mwu import bh_significant
 from biojepac.eval.stats import Summary, pdex_lfc
-from biojepac.eval.kernels import kernel
 
 if TYPE_CHECKING:  # shapes for the reader and type checkers; jaxtyping + beartype cost 0.1 s of every evaluate's start
     from jaxtyping import Bool, Float

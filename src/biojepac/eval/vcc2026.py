@@ -31,9 +31,9 @@ import scipy.special
 
 from biojepac.errors import InputError
 from biojepac.eval.inputs import row_totals
+from biojepac.eval.kernels import kernel, prange
 from biojepac.eval.stats import _csr_group_sums
 from biojepac.eval.vcc2026_de import Source, wilcoxon_stats
-from biojepac.eval.kernels import kernel, prange
 
 BULK_TARGET_SUM = 5e4
 CPM_TARGET_SUM = 1e6

@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 
 import numpy as np
+
 from biojepac.eval.kernels import kernel
 
 BLOCK_ENTRIES = 1 << 22
