@@ -80,3 +80,29 @@ def test_nan_and_inf_are_refused_naming_file_cell_and_gene(tmp_path, screen_fact
     msg = str(err.value)
     assert msg.startswith(str(tmp_path / f"{role}.h5ad")) and f"cell {row} (target_gene {label!r}), gene 'G010'" in msg, msg
     assert f"non-finite value {float(bad)}" in msg
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_value_range_equals_numpys(dtype):
+    """The bit-pattern scan gives numpy's max, sign, fraction and finiteness answers, -0.0 and values just
+    either side of the fraction tolerance included."""
+    from biojepac.data.values import FRACTION_EPS, is_fractional
+    from biojepac.eval.inputs import value_range
+
+    rng = np.random.default_rng(0)
+    base = np.round(rng.gamma(0.5, 4.0, 5000)).astype(dtype)
+    cases = [base, np.zeros(7, dtype)]
+    if dtype != np.int32:
+        near = np.array([3.0 + FRACTION_EPS * 0.5, 2.0 + FRACTION_EPS * 2, -0.0, 1e-30], dtype)
+        cases += [np.r_[base, near[:1]], np.r_[base, near[1:2]], np.r_[near[2:3], base], np.full(3, -0.0, dtype),
+                  np.log1p(rng.gamma(0.5, 4.0, 5000)).astype(dtype), np.r_[base, near[3]]]
+        cases += [np.r_[base, bad] for bad in (np.nan, np.inf, -np.inf)]
+    cases += [np.r_[base, dtype(-2)], np.r_[dtype(-1), base]]
+    for vals in cases:
+        vmax, negative, fractional, nonfinite = value_range(vals)
+        assert nonfinite == (vals.dtype.kind == "f" and not np.isfinite(vals).all())
+        if not nonfinite:  # NaN and inf are refused first: the other answers need only hold without them
+            assert negative == bool((vals < 0).any())
+            assert fractional == bool(is_fractional(vals).any())
+        if not nonfinite and not negative:
+            assert vmax == vals.max() and np.asarray(vmax).dtype == vals.dtype

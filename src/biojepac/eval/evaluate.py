@@ -18,7 +18,7 @@ import json
 import pathlib
 import time
 import warnings
-from typing import Literal, TYPE_CHECKING
+from typing import Literal, Optional, TYPE_CHECKING
 
 import numpy as np
 from biojepac.data import schema
@@ -43,15 +43,19 @@ HEADLINE = ("overlap_at_N", "discrimination_score_l1", "mae", "pearson_delta", "
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
+    """`biojepac evaluate`'s options. The optional ones are `Optional[X]`, not `X | None`: tyro checks a
+    default against its type without help only for `Optional`, and imports typeguard (0.06 s, before any
+    file is read) for `X | None`."""
+
     pred: pathlib.Path
     """Predicted cells (.h5ad): perturbations in `pert_col`, control cells labelled `control`."""
     real: pathlib.Path
     """Real cells (.h5ad) with the same genes in the same order and the same perturbations."""
     out_dpath: pathlib.Path
     """Folder for per_perturbation.csv, aggregates.json, report.md and the PNG plots."""
-    baseline: pathlib.Path | None = None
+    baseline: Optional[pathlib.Path] = None
     """A baseline prediction (.h5ad) to score against (e.g. cell-eval's cell-mean baseline file)."""
-    screen: pathlib.Path | None = None
+    screen: Optional[pathlib.Path] = None
     """Training screen (.h5ad): build cell-eval's cell-mean baseline from its cells (instead of --baseline)."""
     profile: Profile = "all"
     """Which metrics: vcc, report, calibrated, all (the three), or vcc2026 (raw counts; cell-eval2's profile)."""
@@ -66,9 +70,9 @@ class EvaluateConfig:
     plots: bool = False
     """Also write report.md with PNG plots (on request: matplotlib's import and the drawing take longer than the
     scoring itself; the CSV and JSON are always written)."""
-    context_col: str | None = None
+    context_col: Optional[str] = None
     """vcc2026: obs column naming each cell's context (cell line); each context is scored on its own scale."""
-    target_map: pathlib.Path | None = None
+    target_map: Optional[pathlib.Path] = None
     """vcc2026: CSV `label,gene` giving a label's target gene (empty gene: none), over our gene harmonisation."""
 
 
@@ -104,7 +108,7 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     plots: bool = False,
-    context_col: str | None = None,
+    context_col: Optional[str] = None,
     target_gene_map: dict | None = None,
 ) -> dict:
     """Score `pred` against `real`. Returns {"per_perturbation": DataFrame, "aggregates": dict, "paths": dict}.
@@ -270,7 +274,7 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
 
 
 def evaluate_vcc2026(pred, real, *, out_dpath: str | pathlib.Path | None = None, pert_col: str = schema.PERT_COL,
-                     control: str = schema.CONTROL, context_col: str | None = None,
+                     control: str = schema.CONTROL, context_col: Optional[str] = None,
                      target_gene_map: dict | None = None) -> dict:
     """The vcc2026 profile: per-perturbation metrics under cell-eval2's names, and per context the aggregates of
     the prediction, the baseline and the replicate with the scores. Writes per_perturbation.csv, scores.csv

@@ -90,33 +90,49 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str, *, labels=None, genes=N
     vals = (x.data if sp.issparse(x) else x).reshape(-1)
     if vals.size == 0:
         return False
-    eps = vals.dtype.type(FRACTION_EPS) if vals.dtype.kind == "f" else FRACTION_EPS  # compare in the data's precision
-    vmin, vmax, fractional, nonfinite = value_range(vals, eps)
+    vmax, negative, fractional, nonfinite = value_range(vals)
     if nonfinite:
         _refuse_nonfinite(x, vals, name, labels, genes, pert_col)
-    if vmin < 0:
+    if negative:
         pos = int(np.flatnonzero(vals < 0)[0])
         row, col = (int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])) if sp.issparse(x) else divmod(pos, x.shape[1])
         where = f"cell {row}" + (f" ({pert_col} {str(labels[row])!r})" if labels is not None else "")
         where += f", gene {str(genes[col])!r}" if genes is not None else f", gene {col}"
-        raise InputError(f"{name}: negative expression value {float(vmin):.3g} at {where}; expected counts or log1p")
+        raise InputError(f"{name}: negative expression value {float(vals.min()):.3g} at {where}; expected counts or log1p")
     hint = "pass raw integer counts or log1p(normalised) values, not a mix"
     return classify(float(vmax), not fractional, name, hint=hint) == "log1p"
 
 
+def value_range(vals: np.ndarray) -> tuple[float, bool, bool, bool]:
+    """(largest value, whether any is negative, whether any value's fractional part exceeds `FRACTION_EPS`
+    (`values.is_fractional`), whether any is NaN or +-inf) of a 1-d array, in one compiled pass.
+
+    Floats are scanned through their bit patterns (`_float_scan`): a maximum over floats cannot be
+    vectorised (NaN has no place in the order), one over the integers that non-negative floats sort like
+    can, which takes the pass from 70 to 32 ms on 49M float32 values. Integers are counts: no fractions.
+    """
+    if vals.dtype.kind != "f":
+        return vals.max(), bool(vals.min() < 0), False, False
+    bits = vals.view(np.int32 if vals.itemsize == 4 else np.int64)
+    exponent = bits.dtype.type(0x7F800000 if vals.itemsize == 4 else 0x7FF0000000000000)
+    top, negative, fractional, nonfinite = _float_scan(vals, bits, exponent, vals.dtype.type(FRACTION_EPS))
+    return bits.dtype.type(top).view(vals.dtype), negative, fractional, nonfinite  # the largest when none is negative
+
+
 @kernel
-def value_range(vals, eps):
-    """(min, max, whether any value's fractional part exceeds eps, whether any value is NaN or +-inf) in one
-    pass: `values.is_fractional`, compiled. The non-finite test reuses the fractional part (NaN exactly for
-    NaN and +-inf), so it costs one comparison per value (no measurable time)."""
-    vmin, vmax, fractional, nonfinite = vals[0], vals[0], False, False
-    for v in vals:
-        vmin = min(vmin, v)
-        vmax = max(vmax, v)
-        frac = v - np.floor(v)  # modf's fractional part, for the values >= 0 that count
-        fractional |= frac > eps
-        nonfinite |= frac != frac
-    return vmin, vmax, fractional, nonfinite
+def _float_scan(vals, bits, exponent, eps):
+    """(largest bit pattern, any negative, any fractional part > eps, any NaN or +-inf): `value_range`.
+    A non-negative float's bit pattern, read as a signed integer, orders like the float; a negative one's
+    is negative (-0.0's too, which is not negative: hence `v != 0`). All exponent bits set: NaN or inf."""
+    top = bits[0]
+    negative, fractional, nonfinite = False, False, False
+    for i in range(len(vals)):
+        v, b = vals[i], bits[i]
+        top = max(top, b)
+        negative |= (b < 0) & (v != 0)
+        nonfinite |= (b & exponent) == exponent
+        fractional |= v - np.floor(v) > eps  # modf's fractional part, for the values >= 0 that count
+    return top, negative, fractional, nonfinite
 
 
 def _refuse_nonfinite(x, vals: np.ndarray, name: str, labels, genes, pert_col: str) -> None:

@@ -35,19 +35,19 @@ class Summary:
     pval: np.ndarray | None
     """Mann-Whitney p-value of each perturbation vs control, (perts x genes); None if not computed."""
 
-    @property
-    def lfc(self) -> np.ndarray:
-        """pdex's log2 fold change of pseudobulks: log2(expm1(mean_pert) / expm1(mean_ctrl)), float32.
+    def lfc(self, pert: int, genes: np.ndarray) -> np.ndarray:
+        """pdex's log2 fold change of pseudobulks, log2(expm1(mean_pert) / expm1(mean_ctrl)) in float32, of
+        perturbation `pert` (0-based, as in `pval`) for `genes`.
 
         pdex takes the means in float32 and casts the result to float32; we round the float64 means to
         float32 first so ties and infinities (a gene absent from the controls) fall where pdex puts them.
         0/0 (absent from both) is defined as 0, as in pdex.
         """
-        m32 = self.mean.astype(np.float32).astype(np.float64)
+        m32 = self.mean[[pert + 1, 0]][:, genes].astype(np.float32).astype(np.float64)
         bulk = np.expm1(m32).astype(np.float32).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            lfc = np.log2(bulk[1:] / bulk[:1])
-        return np.nan_to_num(lfc, nan=0.0, posinf=np.inf, neginf=-np.inf).astype(np.float32)
+            lfc = np.log2(bulk[0] / bulk[1])
+        return np.where(np.isnan(lfc), 0.0, lfc).astype(np.float32)
 
 
 def summarize(screen: ScoredScreen, *, with_de: bool, workers: mwu.Workers | int = N_THREADS) -> Summary:
@@ -73,7 +73,7 @@ def warm_up() -> None:
     """Load the kernels now, with a tiny call: built ahead of time that takes milliseconds; compiled just in
     time, the first call spends about 0.5 s importing numba and its registries (holding the GIL), which
     overlaps well with file reads (system calls that release it) and stalls every thread otherwise."""
-    value_range(np.zeros(1, np.float32), np.float32(0.5))  # the first compiled call a read makes
+    value_range(np.zeros(1, np.float32))  # the first compiled call a read makes
 
 
 def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,25 +104,25 @@ def pdex_lfc(screen: ScoredScreen):
 
     Needed only to order genes whose |LFC| may tie at the top-N cut of DES. pdex averages in float32 in
     row order (sparse: scale each value by 1/n, then sum; dense: sum, then divide) and applies the C
-    library's `expm1f`; we do the same, for the control once over every gene (every perturbation needs
-    it), and for a perturbation over just the genes asked for.
+    library's `expm1f`; we do the same, averaging the control once over every gene (every perturbation
+    needs it) and a perturbation over just the genes asked for, and applying expm1 to those genes only.
     """
     order = np.argsort(screen.codes, kind="stable")  # each group's cells, in file order
     starts = np.searchsorted(screen.codes[order], np.arange(screen.codes.max() + 2))
-    control = _pdex_expm1_mean(screen.x, order[starts[0] : starts[1]], np.arange(screen.x.shape[1]))
+    control = _pdex_mean(screen.x, order[starts[0] : starts[1]], np.arange(screen.x.shape[1]))
 
     def lfc(pert_code: int, genes: np.ndarray) -> np.ndarray:
-        pert = _pdex_expm1_mean(screen.x, order[starts[pert_code] : starts[pert_code + 1]], genes)
+        pert = _pdex_expm1(_pdex_mean(screen.x, order[starts[pert_code] : starts[pert_code + 1]], genes))
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.log2(pert / control[genes])
+            ratio = np.log2(pert / _pdex_expm1(control[genes]))
         return np.where(np.isnan(ratio), 0.0, ratio).astype(np.float32)
 
     return lfc
 
 
-def _pdex_expm1_mean(x: sp.csr_matrix | np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarray:
-    """expm1 of the mean over `rows` of x for `genes`, in pdex's precision and summation order (each
-    gene's values added in row order)."""
+def _pdex_mean(x: sp.csr_matrix | np.ndarray, rows: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """The mean over `rows` of x for `genes`, in pdex's precision and summation order (each gene's values
+    added in row order)."""
     dtype = np.float32 if x.dtype == np.float32 else np.float64
     acc = np.zeros(len(genes), dtype)
     if sp.issparse(x):
@@ -133,7 +133,11 @@ def _pdex_expm1_mean(x: sp.csr_matrix | np.ndarray, rows: np.ndarray, genes: np.
         for row in rows:
             acc += x[row, genes].astype(dtype)
         acc = (acc.astype(np.float64) / len(rows)).astype(dtype)
-    return (_expm1f(acc) if dtype == np.float32 else np.expm1(acc)).astype(np.float64)
+    return acc
+
+
+def _pdex_expm1(acc: np.ndarray) -> np.ndarray:
+    return (_expm1f(acc) if acc.dtype == np.float32 else np.expm1(acc)).astype(np.float64)
 
 
 @kernel

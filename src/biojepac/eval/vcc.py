@@ -96,11 +96,11 @@ def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: ScoredScreen,
     n_pred = pred_sig.sum(axis=1)
     hits = (real_sig & pred_sig).sum(axis=1).astype(np.float64)
     need = np.flatnonzero((n_pred > n_real) & (n_real > 0))
-    approx = np.abs(pred_s.lfc[need]).astype(np.float64) if len(need) else None
     exact_lfc = pdex_lfc(pred) if len(need) else None
-    for j, i in enumerate(need):
+    for i in need:
         genes = np.flatnonzero(pred_sig[i])
-        top = _top_n(genes, approx[j, genes], int(n_real[i]), lambda g: exact_lfc(i + 1, g))
+        approx = np.abs(pred_s.lfc(i, genes)).astype(np.float64)
+        top = _top_n(genes, approx, int(n_real[i]), lambda g: exact_lfc(i + 1, g))
         hits[i] = real_sig[i, top].sum()
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(n_real > 0, hits / n_real, 0.0)
