@@ -1,5 +1,6 @@
 """The CLI contract: --help everywhere, and bad input as one line naming the file, not a traceback."""
 
+import os
 import subprocess
 import sys
 
@@ -45,6 +46,20 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path):
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert str(bad) in err[0] or bad.name in err[0]
     assert "context" in err[0]
+
+
+def test_evaluate_process_starts_with_quiet_blas_threads(tmp_path):
+    """`biojepac evaluate` from the shell sets QUICK_ENV before numpy loads; a user's own setting stays."""
+    code = ("import os, sys; from biojepac import cli; sys.argv = ['biojepac', 'evaluate', '--pred', 'nope.h5ad', "
+            "'--real', 'nope.h5ad', '--out-dpath', 'o']; rc = cli.main(); "
+            "print(rc, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    for preset, want in ((None, cli.QUICK_ENV["OPENBLAS_THREAD_TIMEOUT"]), ("9", "9")):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+        if preset:
+            env["OPENBLAS_THREAD_TIMEOUT"] = preset
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert proc.stdout.split() == ["2", want], proc.stdout + proc.stderr
+        assert "nope.h5ad: file not found" in proc.stderr
 
 
 def test_unknown_context_names_the_training_file(tmp_path, capsys):
