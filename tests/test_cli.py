@@ -48,18 +48,23 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path):
     assert "context" in err[0]
 
 
-def test_evaluate_process_starts_with_quiet_blas_threads(tmp_path):
-    """`biojepac evaluate` from the shell sets QUICK_ENV before numpy loads; a user's own setting stays."""
-    code = ("import os, sys; from biojepac import cli; sys.argv = ['biojepac', 'evaluate', '--pred', 'nope.h5ad', "
+def test_evaluate_process_starts_with_quiet_blas_threads_and_no_cycle_collector(tmp_path):
+    """`biojepac evaluate` from the shell sets QUICK_ENV before numpy loads (a user's own setting stays) and
+    turns the cycle collector off; a call from Python changes neither."""
+    code = ("import gc, os, sys; from biojepac import cli; sys.argv = ['biojepac', 'evaluate', '--pred', 'nope.h5ad', "
             "'--real', 'nope.h5ad', '--out-dpath', 'o']; rc = cli.main(); "
-            "print(rc, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+            "print(rc, os.environ.get('OPENBLAS_THREAD_TIMEOUT'), gc.isenabled())")
     for preset, want in ((None, cli.QUICK_ENV["OPENBLAS_THREAD_TIMEOUT"]), ("9", "9")):
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
         if preset:
             env["OPENBLAS_THREAD_TIMEOUT"] = preset
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
-        assert proc.stdout.split() == ["2", want], proc.stdout + proc.stderr
+        assert proc.stdout.split() == ["2", want, "False"], proc.stdout + proc.stderr
         assert "nope.h5ad: file not found" in proc.stderr
+    code = code.replace("rc = cli.main()", "rc = cli.main(sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.stdout.split() == ["2", "None", "True"], proc.stdout + proc.stderr
 
 
 def test_unknown_context_names_the_training_file(tmp_path, capsys):
