@@ -108,7 +108,7 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     plots: bool = False,
-    context_col: Optional[str] = None,
+    context_col: str | None = None,
     target_gene_map: dict | None = None,
 ) -> dict:
     """Score `pred` against `real`. Returns {"per_perturbation": DataFrame, "aggregates": dict, "paths": dict}.
@@ -274,7 +274,7 @@ def _aggregate(user: dict, base: dict | None, ceiling: dict | None, n_boot: int,
 
 
 def evaluate_vcc2026(pred, real, *, out_dpath: str | pathlib.Path | None = None, pert_col: str = schema.PERT_COL,
-                     control: str = schema.CONTROL, context_col: Optional[str] = None,
+                     control: str = schema.CONTROL, context_col: str | None = None,
                      target_gene_map: dict | None = None) -> dict:
     """The vcc2026 profile: per-perturbation metrics under cell-eval2's names, and per context the aggregates of
     the prediction, the baseline and the replicate with the scores. Writes per_perturbation.csv, scores.csv
