@@ -1,7 +1,9 @@
-"""DES's top-N cut: genes whose approximate |LFC| sits at the cut are ordered by pdex's exact LFC."""
+"""DES's top-N cut: genes whose approximate |LFC| sits at the cut are ordered by pdex's exact LFC; PDS's
+distances are exact sums in gene order."""
 
 import numpy as np
 
+from biojepac.eval import vcc
 from biojepac.eval.vcc import _top_n
 
 
@@ -29,3 +31,20 @@ def test_no_exact_lfc_when_every_gene_at_the_cut_is_in():
 
     assert sorted(_top_n(genes, approx, 3, fail)) == [1, 2, 3]
     assert sorted(_top_n(genes, np.array([3.0, 2.0, 0.5]), 2, fail)) == [1, 2]
+
+
+def test_pds_distances_are_sums_in_gene_order_for_any_number_of_perturbations():
+    """PDS's L1 distances, four real perturbations per pass over the genes, equal one sequential sum in
+    gene order per pair, bit for bit, the excluded gene left out; also when the count is not a multiple of 4."""
+    rng = np.random.default_rng(7)
+    for n_real in (1, 2, 3, 5, 8):
+        pred, real = rng.normal(size=(n_real, 37)), rng.normal(size=(n_real, 37)) * 1e3
+        exclude = np.zeros((n_real, 37), bool)
+        exclude[np.arange(n_real), rng.integers(0, 37, n_real)] = True
+        dist = vcc._l1_distances(pred, real, exclude)
+        for i in range(n_real):
+            for j in range(n_real):
+                total = 0.0
+                for g in np.flatnonzero(~exclude[i]):
+                    total += abs(real[j, g] - pred[i, g])
+                assert dist[i, j] == total, (n_real, i, j)

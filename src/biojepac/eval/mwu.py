@@ -86,18 +86,19 @@ class Workers:
 
 
 def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.ndarray,
-                workers: Workers | int = 1, pvalues=None) -> GroupStats:
+                workers: Workers | int = 1) -> GroupStats:
     """Sums, sums of squares and p-values of groups 1..P vs group 0 for a cells x genes matrix (CSR with
     sorted indices, or dense), which is only read.
 
     Genes are cut into ranges of about RANGE_KEYS non-zero entries, each a task for `workers` (threads of
     their own if a number; the compiled loops release the GIL). A task writes its range's keys into its
-    thread's buffer, sorts each block and walks them (`_scan`), so memory is a buffer per thread, never a
-    key per entry.
+    thread's buffer, sorts each block, walks them (`_scan`) and turns its genes' statistics into p-values
+    (`_pvalues`), so memory is a buffer per thread, never a key per entry, and no serial step follows the
+    last range.
     """
     if isinstance(workers, int):
         with Workers(workers) as own:
-            return group_stats(x, codes, n_per_group, own, pvalues)
+            return group_stats(x, codes, n_per_group, own)
     n_groups, n_genes = len(n_per_group), x.shape[1]
     csr = sp.issparse(x)
     if csr:
@@ -118,6 +119,7 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     starts = _row_starts(x.indptr, x.indices, bounds) if csr else None
     sums, sumsq, nnz, u, ties = (np.zeros((n_groups, n_genes)) for _ in range(5))
     ctrl_ties = np.zeros(n_genes)
+    pval, n_float = np.empty((n_groups - 1, n_genes)), n_per_group.astype(np.float64)
 
     def run(k: int) -> None:
         lo, hi = bounds[k], bounds[k + 1]
@@ -133,11 +135,12 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
             if stop - start > 1:
                 keys[start:stop].sort()
         _scan(keys, local, lo, gbits, vbits, vmin, table, sums, sumsq, nnz, u, ties, ctrl_ties)
+        _pvalues(u, nnz, ties, ctrl_ties, n_float, lo, hi, pval)
 
     for job in [workers.pool.submit(run, k) for k in range(len(bounds) - 1)]:
         job.result()
 
-    return GroupStats(sums, sumsq, (pvalues or _pvalues)(u, nnz, ties, ctrl_ties, n_per_group.astype(np.float64)))
+    return GroupStats(sums, sumsq, pval)
 
 
 def mwu_pvalues(cols, vals, groups, n_per_group, n_cols: int) -> np.ndarray:
@@ -287,30 +290,30 @@ def _scan(keys, ptr, lo, gbits, vbits, vmin, table, sums, sumsq, nnz, u, ties, c
             ties[grp, lo + g] = tie[grp]
 
 
-def _pvalues(u, nnz, ties, ctrl_ties, n_per_group) -> np.ndarray:
-    """pdex's asymptotic p-values, operation for operation, so the float64 results agree exactly: the z
-    scores in one compiled pass (no matrix-sized temporaries), then scipy's erfc in place."""
-    arg, flat = _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group)
+def _pvalues(u, nnz, ties, ctrl_ties, n_per_group, lo: int, hi: int, out: np.ndarray) -> None:
+    """pdex's asymptotic p-values of the genes lo..hi-1 into out[:, lo:hi], operation for operation, so
+    the float64 results agree exactly: the z scores in one compiled pass, then scipy's erfc in place."""
+    flat = _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group, lo, hi, out)
+    arg = out[:, lo:hi]
     scipy.special.erfc(arg, out=arg)
     arg *= 0.5
     arg *= 2.0
     np.clip(arg, 0.0, 1.0, out=arg)
     arg[flat] = 1.0  # every value tied (zero variance): p = 1
-    return arg
 
 
 @kernel(error_model="numpy")
-def _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group):
-    """z / sqrt(2) of each perturbation vs the control, and where the variance is zero. Zeros enter in
-    closed form (module docstring); every operation and its order are pdex's."""
-    n_perts, n_genes = u.shape[0] - 1, u.shape[1]
-    arg = np.empty((n_perts, n_genes))
-    flat = np.zeros((n_perts, n_genes), np.bool_)
+def _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group, lo, hi, out):
+    """z / sqrt(2) of each perturbation vs the control for the genes lo..hi-1, into out[:, lo:hi]; returns
+    where the variance is zero, (perts x hi-lo). Zeros enter in closed form (module docstring); every
+    operation and its order are pdex's."""
+    n_perts = u.shape[0] - 1
+    flat = np.zeros((n_perts, hi - lo), np.bool_)
     n2 = n_per_group[0]
     for i in range(n_perts):
         n1 = n_per_group[i + 1]
         n = n1 + n2
-        for g in range(n_genes):
+        for g in range(lo, hi):
             zeros_ctrl = n2 - nnz[0, g]
             zeros_pert = n1 - nnz[i + 1, g]
             zeros = zeros_pert + zeros_ctrl
@@ -319,9 +322,9 @@ def _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group):
             big_u = max(u1, n1 * n2 - u1)
             mu = n1 * n2 / 2.0
             s_sq = n1 * n2 / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)))
-            flat[i, g] = s_sq <= 0.0
-            arg[i, g] = (big_u - mu - 0.5) / np.sqrt(s_sq) / np.sqrt(2.0)
-    return arg, flat
+            flat[i, g - lo] = s_sq <= 0.0
+            out[i, g] = (big_u - mu - 0.5) / np.sqrt(s_sq) / np.sqrt(2.0)
+    return flat
 
 
 def bh_significant(p: Float[np.ndarray, "perts genes"], alpha: np.float32) -> np.ndarray:
