@@ -116,7 +116,7 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
     lbits = max(lbits, 0)
     bounds = np.unique(np.r_[np.searchsorted(ptr, np.arange(0, ptr[-1], RANGE_KEYS), side="right") - 1, n_genes])
     bounds[0] = 0
-    starts = _row_starts(x.indptr, x.indices, bounds) if csr else None
+    starts = row_starts(x.indptr, x.indices, np.arange(x.shape[0]), bounds) if csr else None
     sums, sumsq, nnz, u, ties = (np.zeros((n_groups, n_genes)) for _ in range(5))
     ctrl_ties = np.zeros(n_genes)
     pval, n_float = np.empty((n_groups - 1, n_genes)), n_per_group.astype(np.float64)
@@ -195,14 +195,14 @@ def _dense_gene_counts(x, vkey):
 
 
 @kernel
-def _row_starts(indptr, indices, bounds):
-    """starts[k, r]: the first entry of row r whose gene is >= bounds[k] (indices sorted within rows)."""
-    n_rows = len(indptr) - 1
-    starts = np.empty((len(bounds), n_rows), np.int64)
-    for r in range(n_rows):
-        row = indices[indptr[r] : indptr[r + 1]]
+def row_starts(indptr, indices, rows, bounds):
+    """starts[k, i]: the first entry of row rows[i] whose gene is >= bounds[k] (indices sorted within rows)."""
+    starts = np.empty((len(bounds), len(rows)), np.int64)
+    for i in range(len(rows)):
+        lo, hi = indptr[rows[i]], indptr[rows[i] + 1]
+        row = indices[lo:hi]
         for k in range(len(bounds)):
-            starts[k, r] = indptr[r] + np.searchsorted(row, bounds[k])
+            starts[k, i] = lo + np.searchsorted(row, bounds[k])
     return starts
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from biojepac.eval.kernels import kernel
+from biojepac.eval.mwu import row_starts
 
 BLOCK_ENTRIES = 1 << 22
 """Stored entries per block of genes (about 50 MiB of values, groups and sort order)."""
@@ -66,7 +67,7 @@ def wilcoxon_stats(sources: list[Source], n_groups: int, n_genes: int, workers: 
     cum = np.r_[0, np.cumsum(col_counts)]
     cuts = np.unique(np.r_[np.searchsorted(cum, np.arange(0, cum[-1], BLOCK_ENTRIES), side="right") - 1, n_genes])
     cuts[0] = 0
-    starts = [_row_starts(s.indptr, s.indices, s.rows, cuts) for s in sources]
+    starts = [row_starts(s.indptr, s.indices, s.rows, cuts) for s in sources]
     u2, nnz, ties = (np.zeros((n_genes, n_groups), np.int64) for _ in range(3))
     ctrl_ties = np.zeros(n_genes, np.int64)
     cpm_sums = np.zeros((n_groups, n_genes))
@@ -95,18 +96,6 @@ def _count_columns(indptr, indices, data, rows, out):
         for j in range(indptr[r], indptr[r + 1]):
             if data[j] != 0:
                 out[indices[j]] += 1
-
-
-@kernel
-def _row_starts(indptr, indices, rows, cuts):
-    """starts[k, i]: the first entry of row rows[i] whose gene is >= cuts[k] (indices sorted within rows)."""
-    out = np.empty((len(cuts), len(rows)), np.int64)
-    for i in range(len(rows)):
-        lo, hi = indptr[rows[i]], indptr[rows[i] + 1]
-        row = indices[lo:hi]
-        for k in range(len(cuts)):
-            out[k, i] = lo + np.searchsorted(row, cuts[k])
-    return out
 
 
 @kernel
