@@ -27,7 +27,7 @@ RESULTS_DPATH = pathlib.Path(__file__).resolve().parent / "results"
 OURS_CLI = "biojepac `--profile vcc` (default outputs: CSV and JSON)"
 OURS_JIT = "the same, kernels compiled just in time (`BIOJEPAC_JIT_ONLY=1`: no ahead-of-time build)"
 STARTUP = ("import biojepac.cli, biojepac.eval.evaluate, biojepac.eval.h5read, biojepac.eval.vcc\n"
-           "from biojepac.eval.stats import warm_up; warm_up()")
+           "from biojepac.eval.inputs import warm_up; warm_up()")
 """A process that only starts: the command line's and the scoring modules' imports and the kernels' loading."""
 
 

@@ -108,9 +108,11 @@ def test_value_range_equals_numpys(dtype):
             assert vmax == vals.max() and np.asarray(vmax).dtype == vals.dtype
 
 
-def test_unsorted_and_duplicate_entries_score_as_scipy_sums_them(screen_factory):
+@pytest.mark.parametrize("source", ["memory", "file"])
+def test_unsorted_and_duplicate_entries_score_as_scipy_sums_them(screen_factory, tmp_path, source):
     """A CSR matrix whose rows are unsorted or hold a gene twice is read as scipy reads it (duplicates add
-    up), on a copy: the caller's matrix keeps its layout."""
+    up), on a copy: the caller's matrix keeps its layout. From a file, the matrix is checked as the arrays
+    read (`h5read.CSRArrays`) before scipy gets it."""
     kw = dict(pert_col="target_gene", control="non-targeting")
     adata = screen_factory(3)
     want = read_scored_screen(adata, **kw).x.toarray()
@@ -130,14 +132,17 @@ def test_unsorted_and_duplicate_entries_score_as_scipy_sums_them(screen_factory)
         assert not layout.has_canonical_format
         other = adata.copy()
         other.X = sp.csr_matrix((data, indices, indptr), shape=x.shape)  # no flags cached
-        got = read_scored_screen(other, **kw).x
+        if source == "file":
+            other.write_h5ad(tmp_path / "layout.h5ad")
+        got = read_scored_screen(other if source == "memory" else tmp_path / "layout.h5ad", **kw).x
         assert sp.csr_matrix((got.data, got.indices, got.indptr), shape=x.shape).has_canonical_format
         np.testing.assert_array_equal(got.toarray(), want)  # log1p of the summed counts, not a sum of log1p
         assert np.array_equal(other.X.indices, indices) and np.array_equal(other.X.data, data)
 
 
+@pytest.mark.parametrize("source", ["memory", "file"])
 @pytest.mark.parametrize("fault", ["gene index too large", "negative gene index", "indptr falls"])
-def test_malformed_csr_is_refused_naming_the_file(screen_factory, fault):
+def test_malformed_csr_is_refused_naming_the_file(screen_factory, tmp_path, fault, source):
     adata = screen_factory(4)
     x = adata.X
     indices, indptr = x.indices.copy(), x.indptr.copy()
@@ -148,5 +153,34 @@ def test_malformed_csr_is_refused_naming_the_file(screen_factory, fault):
     else:
         indptr[10] = indptr[12] + 1
     adata.X = sp.csr_matrix((x.data, indices, indptr), shape=x.shape)
+    if source == "file":
+        adata.write_h5ad(tmp_path / "screen.h5ad")
     with pytest.raises(InputError, match="screen.h5ad: X is not a valid CSR matrix"):
-        read_scored_screen(adata, pert_col="target_gene", control="non-targeting", name="screen.h5ad")
+        read_scored_screen(adata if source == "memory" else tmp_path / "screen.h5ad",
+                           pert_col="target_gene", control="non-targeting", name="screen.h5ad")
+
+
+def test_a_csr_file_is_read_and_checked_before_scipy_is_loaded(screen_factory, tmp_path):
+    """An evaluation reads its files before it imports scipy (importing it while the reads pre-fault their
+    buffers doubles both): the scoring modules, the read and the checks of a CSR file load no scipy; the
+    checked screen is a scipy CSR matrix equal to the one read from memory."""
+    import subprocess
+    import sys
+
+    adata = screen_factory(5)
+    adata.write_h5ad(tmp_path / "screen.h5ad")
+    code = (
+        "import sys, numpy as np\n"
+        "import biojepac.eval.evaluate\n"
+        "from biojepac.eval import h5read, inputs\n"
+        f"parts = h5read.read_parts({str(tmp_path / 'screen.h5ad')!r}, 'target_gene')\n"
+        "assert isinstance(parts.x, h5read.CSRArrays), type(parts.x)\n"
+        "inputs.warm_up()\n"
+        "assert 'scipy' not in sys.modules, sorted(m for m in sys.modules if m.startswith('scipy'))\n"
+        "sc = inputs.scored_screen(parts, pert_col='target_gene', control='non-targeting')\n"
+        "assert sc.x.format == 'csr' and sc.x.has_canonical_format\n"
+        f"np.save({str(tmp_path / 'x.npy')!r}, sc.x.toarray())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    want = read_scored_screen(adata, pert_col="target_gene", control="non-targeting").x.toarray()
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), want)

@@ -15,7 +15,6 @@ import dataclasses
 import typing
 
 import numpy as np
-import scipy.sparse as sp
 
 from biojepac.errors import InputError
 
@@ -59,6 +58,7 @@ class ValueScan:
 
 def scan_values(x, chunk_rows: int = 4096) -> ValueScan:
     """Scan `x` (cells x genes) block by block and return the first bad entries plus min/max."""
+    import scipy.sparse as sp  # here: the rest of this module is used by evaluations that load scipy later
     n_rows, n_cols = x.shape
     vmax, vmin = -np.inf, np.inf
     nonfinite = negative = fraction = None

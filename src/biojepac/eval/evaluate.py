@@ -24,10 +24,10 @@ import numpy as np
 from biojepac.data import schema
 from biojepac.errors import InputError
 from biojepac.io import write_dir_atomic
-from biojepac.eval.h5read import Parts, read_parts, small_pages
+from biojepac.eval.h5read import read_parts, small_pages
 
-# The scoring modules (scipy and the compiled kernels, `eval.kernels`) are imported in `_score`, once the
-# files are being read, so that the reads overlap the imports.
+# The scoring modules are imported in `_score`: the compiled kernels (`eval.kernels`) while the files are
+# read, scipy once they are read, while they are checked.
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -141,18 +141,28 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     kw = dict(pert_col=pert_col, control=control)
     use_vcc, use_rep, use_cal = (profile in (p, "all") for p in ("vcc", "report", "calibrated"))
     need_de = use_vcc or use_cal
-    # The real and the predicted file are read and summarised at the same time: reading and transposing
-    # one file is mostly single-threaded work that the other file's statistics can overlap.
-    # Their Mann-Whitney ranges go to one set of workers, one thread per core.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reads = [pool.submit(read_parts, src, pert_col) for src in (real, pred)]  # system calls: no GIL held
-        from biojepac.eval.inputs import check_pair
-        from biojepac.eval.mwu import Workers
-        from biojepac.eval.stats import N_THREADS, summarize, warm_up
+    # The real and the predicted file are read, checked and summarised at the same time, each in its own
+    # thread; their Mann-Whitney ranges go to one set of workers, one thread per core. scipy (0.2 s to
+    # import) is imported once both reads are done, while the files are checked and normalised: importing it
+    # while the reads pre-fault their buffers takes as long as the reads (`h5read.CSRArrays`).
+    from biojepac.eval.inputs import warm_up
 
-        warm_up()  # loading the kernels also overlaps the reads instead of stalling both files after
+    reads_done = [concurrent.futures.Future() for _ in range(2)]
+    workers_ready: concurrent.futures.Future[Workers] = concurrent.futures.Future()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(_screen_and_summarize, src, pert_col, kw, need_de, done, workers_ready)
+                for src, done in zip((real, pred), reads_done)]
+        try:
+            warm_up()  # loads the kernels during the reads
+            concurrent.futures.wait(reads_done)
+            from biojepac.eval.inputs import check_pair
+            from biojepac.eval.mwu import Workers
+            from biojepac.eval.stats import N_THREADS, summarize
+        except BaseException as err:
+            workers_ready.set_exception(err)
+            raise
         with Workers(N_THREADS) as workers:
-            jobs = [pool.submit(_screen_and_summarize, read, kw, need_de, workers) for read in reads]
+            workers_ready.set_result(workers)
             (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
     check_pair(real_sc, pred_sc)
     base_sc = _baseline_screen(baseline, train, real_sc, kw)
@@ -200,13 +210,20 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     return {"perts": real_sc.perts, "columns": columns, "aggregates": agg, "paths": paths, "seconds": agg["seconds"]}
 
 
-def _screen_and_summarize(read: concurrent.futures.Future[Parts], kw: dict, with_de: bool,
-                          workers: Workers) -> tuple[ScoredScreen, Summary]:
+def _screen_and_summarize(src, pert_col: str, kw: dict, with_de: bool, read_done: concurrent.futures.Future,
+                          workers: concurrent.futures.Future[Workers]) -> tuple[ScoredScreen, Summary]:
+    """Read, check and summarise one input; `read_done` is set once its read has ended (well or not), and
+    the summary waits for the shared `workers`."""
+    try:
+        parts = read_parts(src, pert_col)
+    finally:
+        read_done.set_result(None)
     from biojepac.eval.inputs import scored_screen
+
+    screen = scored_screen(parts, **kw)
     from biojepac.eval.stats import summarize
 
-    screen = scored_screen(read.result(), **kw)
-    return screen, summarize(screen, with_de=with_de, workers=workers)
+    return screen, summarize(screen, with_de=with_de, workers=workers.result())
 
 
 def _baseline_screen(baseline, train, real_sc: ScoredScreen, kw: dict) -> ScoredScreen | None:

@@ -36,6 +36,36 @@ class _Unsupported(Exception):
     """An element this reader does not decode; the caller falls back to anndata."""
 
 
+@dataclasses.dataclass
+class CSRArrays:
+    """A CSR matrix as read, before scipy.sparse is loaded: the attributes of `scipy.sparse.csr_matrix`
+    that the checks and the normalisation use (`inputs.scored_screen`), and `csr()` to make the matrix
+    (no copy). Importing scipy.sparse while the reads pre-fault their buffers takes three times as long
+    (the two wait on each other in the kernel), so an evaluation reads first and imports after."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    shape: tuple[int, int]
+    has_canonical_format: bool = False
+    """Set by `inputs._canonical` once checked; handed to scipy, which then need not check again."""
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def csr(self) -> sp.csr_matrix:
+        import scipy.sparse as sp
+
+        x = sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
+        x.has_canonical_format = self.has_canonical_format
+        return x
+
+
 @dataclasses.dataclass(frozen=True)
 class Parts:
     """The three elements of one input, as read (nothing checked yet but the obs column's presence)."""
@@ -46,8 +76,8 @@ class Parts:
     """obs[pert_col] as str, one per cell."""
     genes: np.ndarray
     """var names as str."""
-    x: sp.spmatrix | np.ndarray | None
-    """X as stored (CSR/CSC or dense)."""
+    x: sp.spmatrix | CSRArrays | np.ndarray | None
+    """X as stored (CSR/CSC or dense); a CSR file's X as `CSRArrays`."""
     owned: bool
     """True when `x` was read here from a file (ours to modify); False for the caller's AnnData (only read)."""
 
@@ -55,18 +85,20 @@ class Parts:
 def read_parts(src, pert_col: str, name: str = "") -> Parts:
     """`read_h5ad_parts` of a path, or `anndata_parts` of an AnnData in memory."""
     if isinstance(src, (str, pathlib.Path)):
-        return Parts(name or str(src), *read_h5ad_parts(pathlib.Path(src), pert_col), owned=True)
+        return Parts(name or str(src), *read_h5ad_parts(pathlib.Path(src), pert_col, csr_arrays=True), owned=True)
     name = name or "<AnnData>"
     return Parts(name, *anndata_parts(src, name, pert_col), owned=False)
 
 
-def read_h5ad_parts(fpath: pathlib.Path, pert_col: str) -> tuple[np.ndarray, np.ndarray, sp.spmatrix | np.ndarray]:
-    """(obs[pert_col] as str, gene names as str, X) of one file; X is CSR/CSC or dense, as stored."""
+def read_h5ad_parts(fpath: pathlib.Path, pert_col: str, csr_arrays: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, sp.spmatrix | CSRArrays | np.ndarray]:
+    """(obs[pert_col] as str, gene names as str, X) of one file; X is CSR/CSC or dense, as stored, a CSR
+    matrix as `CSRArrays` with `csr_arrays` (scipy.sparse not needed)."""
     if not fpath.is_file():
         raise InputError(f"{fpath}: file not found")
     try:
         with h5py.File(fpath, "r") as f, open(fpath, "rb", buffering=0) as raw:
-            return _obs_column(f, fpath, pert_col), _var_names(f), _matrix(f, raw)
+            return _obs_column(f, fpath, pert_col), _var_names(f), _matrix(f, raw, csr_arrays)
     except _Unsupported:
         return _read_with_anndata(fpath, pert_col)
     except OSError as e:  # not HDF5 at all, or truncated
@@ -131,7 +163,7 @@ def _var_names(f: h5py.File) -> np.ndarray:
     return _strings(var[var.attrs["_index"]])
 
 
-def _matrix(f: h5py.File, raw) -> sp.spmatrix | np.ndarray:
+def _matrix(f: h5py.File, raw, csr_arrays: bool) -> sp.spmatrix | CSRArrays | np.ndarray:
     x = f.get("X")
     if isinstance(x, h5py.Dataset):
         return _array(x, raw)
@@ -140,6 +172,8 @@ def _matrix(f: h5py.File, raw) -> sp.spmatrix | np.ndarray:
         raise _Unsupported
     shape = tuple(int(n) for n in x.attrs["shape"])
     arrays = _array(x["data"], raw), _array(x["indices"], raw), _array(x["indptr"], raw)
+    if csr_arrays and kind == "csr_matrix":
+        return CSRArrays(*arrays, shape)
     import scipy.sparse as sp
 
     return getattr(sp, kind)(arrays, shape=shape)

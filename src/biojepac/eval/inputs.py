@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from biojepac.data.schema import check_gene_names
 from biojepac.data.values import FRACTION_EPS, classify, size_factors, target_sum
 from biojepac.errors import InputError
-from biojepac.eval.h5read import Parts, read_parts
+from biojepac.eval.h5read import CSRArrays, Parts, read_parts
 from biojepac.eval.kernels import kernel
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # scipy.sparse is loaded once the matrix is checked (`h5read.CSRArrays`)
     import anndata as ad
+    import scipy.sparse as sp
 
 @dataclasses.dataclass(frozen=True)
 class ScoredScreen:
@@ -72,22 +73,32 @@ def scored_screen(parts: Parts, *, pert_col: str, control: str) -> ScoredScreen:
     # Control gets code 0; perturbations keep their sorted order as 1..P.
     codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
     x = _as_matrix(x, name)
-    if sp.issparse(x) and not _canonical(x, name, owned):  # duplicate entries add up, as in scipy
-        x = x if owned else x.copy()
+    if _is_sparse(x) and not _canonical(x, name, owned):  # duplicate entries add up, as in scipy
+        x = x.csr() if isinstance(x, CSRArrays) else x if owned else x.copy()
         x.sum_duplicates()
         owned = True
     was_counts = not is_lognorm(x, name, labels=labels, genes=genes, pert_col=pert_col)
-    if was_counts and sp.issparse(x):  # normalised in place on our own copy: the caller's is never touched
+    if was_counts and _is_sparse(x):  # normalised in place on our own copy: the caller's is never touched
         x = _normalize_counts_sparse(x if owned else x.copy(), name)
     elif was_counts:
         x = _normalize_counts_dense(x, name, copy=not owned)
+    x = x.csr() if isinstance(x, CSRArrays) else x
     return ScoredScreen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
 
 
-def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str, *, labels=None, genes=None, pert_col: str = "") -> bool:
+def _is_sparse(x) -> bool:
+    """A CSR file's arrays, or a scipy sparse matrix (which only exists once scipy.sparse is loaded: the
+    question does not load it)."""
+    if isinstance(x, CSRArrays):
+        return True
+    sp = sys.modules.get("scipy.sparse")
+    return sp is not None and sp.issparse(x)
+
+
+def is_lognorm(x: sp.csr_matrix | CSRArrays | np.ndarray, name: str, *, labels=None, genes=None, pert_col: str = "") -> bool:
     """`values.classify` on one compiled pass over the stored values: True for log1p, False for counts.
     NaN, inf and negative values are refused in the same pass (an `InputError` naming the cell and gene)."""
-    vals = (x.data if sp.issparse(x) else x).reshape(-1)
+    vals = (x.data if _is_sparse(x) else x).reshape(-1)
     if vals.size == 0:
         return False
     vmax, negative, fractional, nonfinite = value_range(vals)
@@ -95,12 +106,19 @@ def is_lognorm(x: sp.csr_matrix | np.ndarray, name: str, *, labels=None, genes=N
         _refuse_nonfinite(x, vals, name, labels, genes, pert_col)
     if negative:
         pos = int(np.flatnonzero(vals < 0)[0])
-        row, col = (int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])) if sp.issparse(x) else divmod(pos, x.shape[1])
+        row, col = (int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])) if _is_sparse(x) else divmod(pos, x.shape[1])
         where = f"cell {row}" + (f" ({pert_col} {str(labels[row])!r})" if labels is not None else "")
         where += f", gene {str(genes[col])!r}" if genes is not None else f", gene {col}"
         raise InputError(f"{name}: negative expression value {float(vals.min()):.3g} at {where}; expected counts or log1p")
     hint = "pass raw integer counts or log1p(normalised) values, not a mix"
     return classify(float(vmax), not fractional, name, hint=hint) == "log1p"
+
+
+def warm_up() -> None:
+    """Load the kernels now, with a tiny call: built ahead of time that takes milliseconds; compiled just in
+    time, the first call spends about 0.5 s importing numba and its registries (holding the GIL), which
+    overlaps well with file reads (system calls that release it) and stalls every thread otherwise."""
+    value_range(np.zeros(1, np.float32))  # the first compiled call a read makes
 
 
 def value_range(vals: np.ndarray) -> tuple[float, bool, bool, bool]:
@@ -138,7 +156,7 @@ def _float_scan(vals, bits, exponent, eps):
 def _refuse_nonfinite(x, vals: np.ndarray, name: str, labels, genes, pert_col: str) -> None:
     """Only on the error path: find the first NaN / inf and name its cell (row and label) and gene."""
     pos = int(np.flatnonzero(~np.isfinite(vals))[0])
-    if sp.issparse(x):
+    if _is_sparse(x):
         row, col = int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])
     else:
         row, col = divmod(pos, x.shape[1])
@@ -173,10 +191,16 @@ def check_pair(real: ScoredScreen, other: ScoredScreen) -> None:
         )
 
 
-def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
+def _as_matrix(x, name: str) -> sp.spmatrix | CSRArrays | np.ndarray:
     if x is None:
         raise InputError(f"{name}: X is empty")
-    if sp.issparse(x):
+    if isinstance(x, CSRArrays):  # read here: ours to convert in place
+        if x.dtype == np.float16:
+            x.data = x.data.astype(np.float32)
+        return x
+    if _is_sparse(x):
+        import scipy.sparse as sp
+
         x = x if isinstance(x, sp.csr_matrix) else sp.csr_matrix(x)  # one layout: cells are rows
     else:
         x = np.asarray(x)
@@ -186,7 +210,7 @@ def _as_matrix(x, name: str) -> sp.spmatrix | np.ndarray:
     return x
 
 
-def _canonical(x: sp.csr_matrix, name: str, owned: bool) -> bool:
+def _canonical(x: sp.csr_matrix | CSRArrays, name: str, owned: bool) -> bool:
     """scipy's `has_canonical_format` (every row's gene indices strictly increasing), in one compiled pass
     that also checks that the index arrays describe a matrix of this shape: a malformed file gets an
     error instead of reads and writes out of bounds. Our own matrix (`owned`) keeps the answer, as scipy
@@ -222,7 +246,7 @@ def _csr_order(indptr, indices):
     return int(ordered), lowest, highest
 
 
-def _normalize_counts_sparse(x: sp.csr_matrix, name: str) -> sp.csr_matrix:
+def _normalize_counts_sparse(x: sp.csr_matrix | CSRArrays, name: str) -> sp.csr_matrix | CSRArrays:
     """scanpy's `normalize_total` (median target) + `log1p`, in place on our own CSR copy.
 
     Same float operations as scanpy 1.11's CSR path, so bit-identical to what cell-eval does in place
@@ -283,7 +307,7 @@ def make_baseline_screen(train_means: np.ndarray, real: ScoredScreen) -> ScoredS
     baseline = train_means.mean(axis=0).astype(dtype)
     ctrl_rows = np.flatnonzero(real.codes == 0)
     ctrl_x = real.x[ctrl_rows]
-    ctrl_x = ctrl_x.toarray() if sp.issparse(ctrl_x) else np.asarray(ctrl_x)
+    ctrl_x = ctrl_x.toarray() if _is_sparse(ctrl_x) else np.asarray(ctrl_x)
     n_pert_cells = int((real.codes > 0).sum())
     x = np.concatenate([ctrl_x.astype(dtype), np.broadcast_to(baseline, (n_pert_cells, len(baseline)))])
     codes = np.concatenate([np.zeros(len(ctrl_rows), np.int64), np.sort(real.codes[real.codes > 0])])

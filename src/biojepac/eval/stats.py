@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from biojepac.eval import mwu
-from biojepac.eval.inputs import ScoredScreen, value_range
+from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.kernels import kernel
 
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
@@ -67,13 +67,6 @@ def summarize(screen: ScoredScreen, *, with_de: bool, workers: mwu.Workers | int
     with np.errstate(divide="ignore", invalid="ignore"):
         var = np.clip(sumsq - n[:, None] * mean**2, 0.0, None) / (n[:, None] - 1)
     return Summary(n, mean, var, pval)
-
-
-def warm_up() -> None:
-    """Load the kernels now, with a tiny call: built ahead of time that takes milliseconds; compiled just in
-    time, the first call spends about 0.5 s importing numba and its registries (holding the GIL), which
-    overlaps well with file reads (system calls that release it) and stalls every thread otherwise."""
-    value_range(np.zeros(1, np.float32))  # the first compiled call a read makes
 
 
 def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
