@@ -20,20 +20,36 @@ from biojepac.eval.kernels import kernel
 
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
 """Threads for the Mann-Whitney pass (its compiled loop releases the GIL)."""
+FDR = np.float32(0.05)
+"""Significance cut of the DEG sets (`Summary.significant`). cell-eval casts FDRs to float32 before
+comparing, so we compare in float32 too."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """Per-group summaries of one file. Row 0 is the control, rows 1..P the perturbations."""
+    """Per-group summaries of one file. Row 0 is the control, rows 1..P the perturbations. The variances and
+    the DEG sets are worked out when first asked for, once (most metrics need neither)."""
 
     n: np.ndarray
     """Cells per group, (groups,)."""
     mean: np.ndarray
     """Mean log1p expression per group, (groups x genes), float64."""
-    var: np.ndarray
-    """Unbiased (ddof=1) variance per group, (groups x genes); NaN for a group of one cell."""
+    sumsq: np.ndarray
+    """Sum of squared log1p values per group, (groups x genes), float64."""
     pval: np.ndarray | None
     """Mann-Whitney p-value of each perturbation vs control, (perts x genes); None if not computed."""
+
+    @functools.cached_property
+    def var(self) -> np.ndarray:
+        """Unbiased (ddof=1) variance per group, (groups x genes); NaN for a group of one cell."""
+        n = self.n[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.clip(self.sumsq - n * self.mean**2, 0.0, None) / (n - 1)
+
+    @functools.cached_property
+    def significant(self) -> np.ndarray:
+        """(perts x genes) DEGs: Benjamini-Hochberg FDR below `FDR` within each perturbation, as cell-eval."""
+        return mwu.bh_significant(self.pval, FDR)
 
     def lfc(self, pert: int, genes: np.ndarray) -> np.ndarray:
         """pdex's log2 fold change of pseudobulks, log2(expm1(mean_pert) / expm1(mean_ctrl)) in float32, of
@@ -63,10 +79,7 @@ def summarize(screen: ScoredScreen, *, with_de: bool, workers: mwu.Workers | int
     else:
         sums, sumsq = _group_sums(screen.x, screen.codes, len(n))
         pval = None
-    mean = sums / n[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = np.clip(sumsq - n[:, None] * mean**2, 0.0, None) / (n[:, None] - 1)
-    return Summary(n, mean, var, pval)
+    return Summary(n, sums / n[:, None], sumsq, pval)
 
 
 def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,14 +23,10 @@ import numpy as np
 
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.kernels import kernel
-from biojepac.eval.mwu import bh_significant
 from biojepac.eval.stats import Summary, pdex_lfc
 
 if TYPE_CHECKING:  # shapes for the reader and type checkers; jaxtyping + beartype cost 0.1 s of every evaluate's start
     from jaxtyping import Bool, Float
-
-FDR = np.float32(0.05)
-"""Significance cut. cell-eval casts FDRs to float32 before comparing, so we compare in float32 too."""
 
 
 def mae(real: Summary, pred: Summary) -> np.ndarray:
@@ -95,8 +91,8 @@ def rank_score(dist: Float[np.ndarray, "perts perts"]) -> Float[np.ndarray, " pe
 
 
 def significant(s: Summary) -> np.ndarray:
-    """(perts x genes) FDR < 0.05, compared in float32."""
-    return bh_significant(s.pval, FDR)
+    """(perts x genes) FDR < 0.05, compared in float32 (`Summary.significant`, worked out once)."""
+    return s.significant
 
 
 def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: ScoredScreen, pred_s: Summary) -> np.ndarray:
