@@ -24,7 +24,7 @@ import numpy as np
 from biojepac.data.schema import split_combo
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.stats import Summary
-from biojepac.eval.vcc import effects, significant
+from biojepac.eval.vcc import effects
 from biojepac.eval.vcc2026 import cosine_distances, sig_jaccard, true_midrank
 
 NAMES = ("pds_cosine", "de_jaccard", "de_direction", "lfc_nmae")
@@ -37,7 +37,7 @@ def calibrated_metrics(real: ScoredScreen, real_s: Summary, pred_s: Summary) -> 
     targets = {g for p in real.perts for g in split_combo(p)}
     keep = ~np.isin(real.genes, list(targets))
     dist = cosine_distances(effects(pred_s)[:, keep], effects(real_s)[:, keep])  # shared with VCC 2026's PDS
-    rs, ps = significant(real_s), significant(pred_s)
+    rs, ps = real_s.significant, pred_s.significant
     dr = (real_s.mean[1:] - real_s.mean[:1]) / np.log(2)
     dp = (pred_s.mean[1:] - pred_s.mean[:1]) / np.log(2)
     n_sig = rs.sum(1)

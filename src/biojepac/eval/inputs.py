@@ -74,7 +74,10 @@ def scored_screen(parts: Parts, *, pert_col: str, control: str) -> ScoredScreen:
     codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
     x = _as_matrix(x, name)
     if _is_sparse(x) and not _canonical(x, name, owned):  # duplicate entries add up, as in scipy
-        x = x.csr() if isinstance(x, CSRArrays) else x if owned else x.copy()
+        if isinstance(x, CSRArrays):
+            x = x.csr()
+        elif not owned:
+            x = x.copy()
         x.sum_duplicates()
         owned = True
     was_counts = not is_lognorm(x, name, labels=labels, genes=genes, pert_col=pert_col)

@@ -90,11 +90,6 @@ def rank_score(dist: Float[np.ndarray, "perts perts"]) -> Float[np.ndarray, " pe
     return 1.0 - rank / len(dist)
 
 
-def significant(s: Summary) -> np.ndarray:
-    """(perts x genes) FDR < 0.05, compared in float32 (`Summary.significant`, worked out once)."""
-    return s.significant
-
-
 def overlap_at_n(real_sig: np.ndarray, pred_sig: np.ndarray, pred: ScoredScreen, pred_s: Summary) -> np.ndarray:
     """DES per perturbation. Only perturbations with more predicted than real DEGs need an order."""
     n_real = real_sig.sum(axis=1)
@@ -148,7 +143,7 @@ def vcc_metrics(real: ScoredScreen, real_s: Summary, pred: ScoredScreen, pred_s:
     exclude = target_gene_mask(real.perts, real.genes)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pds = pool.submit(discrimination_l1, effects(real_s), effects(pred_s), exclude)
-        real_sig, pred_sig = significant(real_s), significant(pred_s)
+        real_sig, pred_sig = real_s.significant, pred_s.significant
         des = overlap_at_n(real_sig, pred_sig, pred, pred_s)
         return {
             "mae": mae(real_s, pred_s),
