@@ -82,6 +82,26 @@ def test_nan_and_inf_are_refused_naming_file_cell_and_gene(tmp_path, screen_fact
     assert f"non-finite value {float(bad)}" in msg
 
 
+@pytest.mark.parametrize("n_rows", [1, 3, 8, 13])
+def test_row_totals_add_each_row_in_entry_order(n_rows):
+    """Rows summed four at a time give each row's sequential float64 sum, whatever the rows' lengths
+    (empty rows, the last one to three rows on their own)."""
+    from biojepac.eval.inputs import row_totals
+
+    rng = np.random.default_rng(n_rows)
+    lengths = rng.integers(0, 40, n_rows)
+    lengths[n_rows // 2] = 0
+    indptr = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    data = (rng.gamma(0.5, 4.0, indptr[-1]) * 1e3).astype(np.float32)  # sums that depend on the order
+    expected = []
+    for r in range(n_rows):
+        total = 0.0
+        for v in data[indptr[r] : indptr[r + 1]]:
+            total += float(v)
+        expected.append(total)
+    assert row_totals(indptr, data).tolist() == expected
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
 def test_value_range_equals_numpys(dtype):
     """The bit-pattern scan gives numpy's max, sign, fraction and finiteness answers, -0.0 and values just

@@ -24,7 +24,6 @@ import numpy as np
 from biojepac.data.schema import split_combo
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.stats import Summary
-from biojepac.eval.vcc import effects
 from biojepac.eval.vcc2026 import cosine_distances, sig_jaccard, true_midrank
 
 NAMES = ("pds_cosine", "de_jaccard", "de_direction", "lfc_nmae")
@@ -36,10 +35,9 @@ def calibrated_metrics(real: ScoredScreen, real_s: Summary, pred_s: Summary) -> 
     """Per-perturbation calibrated metrics (see module docstring)."""
     targets = {g for p in real.perts for g in split_combo(p)}
     keep = ~np.isin(real.genes, list(targets))
-    dist = cosine_distances(effects(pred_s)[:, keep], effects(real_s)[:, keep])  # shared with VCC 2026's PDS
+    dist = cosine_distances(pred_s.effects[:, keep], real_s.effects[:, keep])  # shared with VCC 2026's PDS
     rs, ps = real_s.significant, pred_s.significant
-    dr = (real_s.mean[1:] - real_s.mean[:1]) / np.log(2)
-    dp = (pred_s.mean[1:] - pred_s.mean[:1]) / np.log(2)
+    dr, dp = real_s.effects / np.log(2), pred_s.effects / np.log(2)
     n_sig = rs.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {

@@ -164,6 +164,8 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
             raise
         with Workers(N_THREADS) as workers:
             workers_ready.set_result(workers)
+            if use_vcc:  # imported while the files are summarised
+                import biojepac.eval.vcc  # noqa: F401
             (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
         del jobs  # the screens are referenced here only
     check_pair(real_sc, pred_sc)
@@ -233,8 +235,8 @@ def _screen_and_summarize(src, pert_col: str, kw: dict, with_de: bool, read_done
     from biojepac.eval.stats import summarize
 
     summary = summarize(screen, with_de=with_de, workers=workers.result())
-    if with_de:
-        _ = summary.significant  # the DEG sets: here, rather than after the last file's pass
+    if with_de:  # the DEG sets and effects (VCC, calibrated): here, rather than after the last file's pass
+        _ = summary.significant, summary.effects
     return screen, summary
 
 

@@ -27,8 +27,8 @@ comparing, so we compare in float32 too."""
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """Per-group summaries of one file. Row 0 is the control, rows 1..P the perturbations. The variances and
-    the DEG sets are worked out when first asked for, once (most metrics need neither)."""
+    """Per-group summaries of one file. Row 0 is the control, rows 1..P the perturbations. The variances, the
+    effects and the DEG sets are worked out when first asked for, once (many metrics need none of them)."""
 
     n: np.ndarray
     """Cells per group, (groups,)."""
@@ -45,6 +45,11 @@ class Summary:
         n = self.n[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.clip(self.sumsq - n * self.mean**2, 0.0, None) / (n - 1)
+
+    @functools.cached_property
+    def effects(self) -> np.ndarray:
+        """(perts x genes) pseudobulk minus this file's control pseudobulk."""
+        return self.mean[1:] - self.mean[:1]
 
     @functools.cached_property
     def significant(self) -> np.ndarray:
