@@ -159,13 +159,14 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
             from biojepac.eval.inputs import check_pair
             from biojepac.eval.mwu import Workers
             from biojepac.eval.stats import N_THREADS, summarize
+
+            if use_vcc:  # now: an import holds the GIL, which the Mann-Whitney workers take for each sort
+                import biojepac.eval.vcc  # noqa: F401
         except BaseException as err:
             workers_ready.set_exception(err)
             raise
         with Workers(N_THREADS) as workers:
             workers_ready.set_result(workers)
-            if use_vcc:  # imported while the files are summarised
-                import biojepac.eval.vcc  # noqa: F401
             (real_sc, real_s), (pred_sc, pred_s) = (job.result() for job in jobs)
         del jobs  # the screens are referenced here only
     check_pair(real_sc, pred_sc)
