@@ -160,7 +160,7 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
             from biojepac.eval.mwu import Workers
             from biojepac.eval.stats import N_THREADS, summarize
 
-            if use_vcc:  # now: an import holds the GIL, which the Mann-Whitney workers take for each sort
+            if use_vcc:  # before the workers start: an import holds the GIL, which they take for every sort
                 import biojepac.eval.vcc  # noqa: F401
         except BaseException as err:
             workers_ready.set_exception(err)

@@ -209,10 +209,10 @@ def _array(ds: h5py.Dataset, raw) -> np.ndarray:
 
 def prefaulted(shape: tuple, dtype: np.dtype) -> np.ndarray:
     """An uninitialised array whose memory the kernel maps in one call (Linux's MAP_POPULATE) instead of one
-    page fault per 4 KiB page as it is first written (reads, scratch buffers): 0.14 s instead of 0.175 s for 194 MB here.
-    The kernel populates one mapping at a time across threads (two 195 MB buffers: 0.151 s on two threads,
-    0.079 s for one), but faulting the pages from both threads instead cost more CPU and was not faster
-    end to end (command line, median 2.08 against 2.01 s)."""
+    page fault per 4 KiB page as it is first written (by a read, or as scratch memory): 0.14 s instead of
+    0.175 s for 194 MB here. The kernel populates one mapping at a time across threads (two 195 MB
+    buffers: 0.151 s on two threads, 0.079 s for one), but faulting the pages from both threads instead
+    cost more CPU and was not faster end to end (command line, median 2.08 against 2.01 s)."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if nbytes < 1 << 22 or not hasattr(mmap, "MAP_POPULATE"):
         return np.empty(shape, dtype)
