@@ -35,15 +35,8 @@ def mae(real: Summary, pred: Summary) -> np.ndarray:
 
 
 def target_gene_mask(perts: np.ndarray, genes: np.ndarray) -> np.ndarray:
-    """(perts x genes) True where the gene is named exactly like the perturbation (cell-eval's exclusion).
-    Looked up by name: comparing every name with every label took 8 ms of the evaluation's last step."""
-    where: dict[str, list[int]] = {}
-    for j, gene in enumerate(genes.tolist()):
-        where.setdefault(gene, []).append(j)
-    mask = np.zeros((len(perts), len(genes)), bool)
-    for i, pert in enumerate(perts.tolist()):
-        mask[i, where.get(pert, [])] = True
-    return mask
+    """(perts x genes) True where the gene is named exactly like the perturbation (cell-eval's exclusion)."""
+    return perts[:, None] == genes[None, :]
 
 
 def discrimination_l1(
