@@ -282,18 +282,13 @@ def row_totals(indptr, data):
             t1 += data[a1 + k]
             t2 += data[a2 + k]
             t3 += data[a3 + k]
-        for j in range(a0 + common, a1):
-            t0 += data[j]
-        for j in range(a1 + common, a2):
-            t1 += data[j]
-        for j in range(a2 + common, a3):
-            t2 += data[j]
-        for j in range(a3 + common, indptr[r + 4]):
-            t3 += data[j]
         out[r], out[r + 1], out[r + 2], out[r + 3] = t0, t1, t2, t3
-    for r in range(n - n % 4, n):
-        for j in range(indptr[r], indptr[r + 1]):
-            out[r] += data[j]
+        for i in range(r, r + 4):  # each row's entries past the shortest, still in order
+            for j in range(indptr[i] + common, indptr[i + 1]):
+                out[i] += data[j]
+    for i in range(n - n % 4, n):
+        for j in range(indptr[i], indptr[i + 1]):
+            out[i] += data[j]
     return out
 
 
