@@ -72,6 +72,20 @@ def test_evaluation_is_the_same_ahead_of_time_and_just_in_time_and_skips_numba(t
     assert runs["0"]["per"] == runs["1"]["per"]
 
 
+@pytest.mark.skipif(not _built(), reason="kernels not built ahead of time here (scripts/env.sh builds them)")
+def test_a_vcc_evaluation_imports_neither_numba_nor_scipy(tmp_path):
+    """Importing them costs 0.6 and 0.26 s of CPU: a VCC score needs only the kernels built ahead of time,
+    the file's CSR arrays (`h5read.CSRArrays`) and our erfc (`eval.cephes`)."""
+    real, pred = kernels_build.write_workload_pair(tmp_path, np.float32, "csr32", np.random.default_rng(1))
+    code = ("import sys\nfrom biojepac.eval.evaluate import evaluate\n"
+            "evaluate(sys.argv[1], sys.argv[2], profile='vcc', pert_col='target_gene')\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'scipy'}))")
+    env = {**os.environ, kernels.ENV_JIT_ONLY: "0"}
+    proc = subprocess.run([sys.executable, "-c", code, str(pred), str(real)], env=env, capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-500:]
+
+
 def test_a_half_written_build_is_not_loaded(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, "build_dpaths", lambda: [tmp_path])
     (tmp_path / f"_kernels_{kernels.build_hash()}.json").write_text('{"files": ["missing.so"], "kernels": {}}')

@@ -28,7 +28,7 @@ from biojepac.io import write_dir_atomic
 from biojepac.eval.h5read import read_parts, small_pages
 
 # The scoring modules are imported in `_score`: the compiled kernels (`eval.kernels`) while the files are
-# read, scipy once they are read, while they are checked.
+# read, the rest once they are read. The VCC profile never imports scipy (`h5read.CSRArrays`, `eval.cephes`).
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -143,9 +143,9 @@ def _score(pred, real, *, baseline, train, profile: Profile, out_dpath, pert_col
     use_vcc, use_rep, use_cal = (profile in (p, "all") for p in ("vcc", "report", "calibrated"))
     need_de = use_vcc or use_cal
     # The real and the predicted file are read, checked and summarised at the same time, each in its own
-    # thread; their Mann-Whitney ranges go to one set of workers, one thread per core. scipy (0.2 s to
-    # import) is imported once both reads are done, while the files are checked and normalised: importing it
-    # while the reads pre-fault their buffers takes as long as the reads (`h5read.CSRArrays`).
+    # thread; their Mann-Whitney ranges go to one set of workers, one thread per core. The scoring modules
+    # are imported once both reads are done, while the files are checked and normalised: an import while the
+    # reads pre-fault their buffers waits on them in the kernel (`h5read.CSRArrays`).
     from biojepac.eval.inputs import warm_up
 
     reads_done = [concurrent.futures.Future() for _ in range(2)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,12 +19,13 @@ import numpy as np
 from biojepac.data.schema import check_gene_names
 from biojepac.data.values import FRACTION_EPS, classify, size_factors, target_sum
 from biojepac.errors import InputError
-from biojepac.eval.h5read import CSRArrays, Parts, read_parts
+from biojepac.eval.h5read import CSRArrays, Parts, is_sparse, read_parts
 from biojepac.eval.kernels import kernel
 
-if TYPE_CHECKING:  # scipy.sparse is loaded once the matrix is checked (`h5read.CSRArrays`)
+if TYPE_CHECKING:  # scipy.sparse is loaded only for what a file's CSR arrays cannot do (`h5read.CSRArrays`)
     import anndata as ad
     import scipy.sparse as sp
+
 
 @dataclasses.dataclass(frozen=True)
 class ScoredScreen:
@@ -33,9 +33,9 @@ class ScoredScreen:
 
     name: str
     """Where it came from (file path or a label), used in error messages and the report."""
-    x: sp.csr_matrix | np.ndarray | None
-    """Cells x genes, log1p-normalised, float32 or float64, CSR or dense, canonical (no duplicate entries).
-    Never modified: it is either the caller's matrix, only read, or our own normalised copy. None once it
+    x: sp.csr_matrix | CSRArrays | np.ndarray | None
+    """Cells x genes, log1p-normalised, float32 or float64, CSR or dense, canonical (no duplicate entries);
+    a file's CSR matrix stays `CSRArrays` (no scipy needed; `h5read.is_sparse` asks). Never modified: it is either the caller's matrix, only read, or our own normalised copy. None once it
     is no longer needed."""
     codes: np.ndarray
     """Group per cell: 0 = control, 1..P = `perts[code - 1]`."""
@@ -73,7 +73,7 @@ def scored_screen(parts: Parts, *, pert_col: str, control: str) -> ScoredScreen:
     # Control gets code 0; perturbations keep their sorted order as 1..P.
     codes = np.where(inverse == ctrl_idx, 0, inverse + (inverse < ctrl_idx)).astype(np.int64)
     x = _as_matrix(x, name)
-    if _is_sparse(x) and not _canonical(x, name, owned):  # duplicate entries add up, as in scipy
+    if is_sparse(x) and not _canonical(x, name, owned):  # duplicate entries add up, as in scipy
         if isinstance(x, CSRArrays):
             x = x.csr()
         elif not owned:
@@ -81,27 +81,17 @@ def scored_screen(parts: Parts, *, pert_col: str, control: str) -> ScoredScreen:
         x.sum_duplicates()
         owned = True
     was_counts = not is_lognorm(x, name, labels=labels, genes=genes, pert_col=pert_col)
-    if was_counts and _is_sparse(x):  # normalised in place on our own copy: the caller's is never touched
+    if was_counts and is_sparse(x):  # normalised in place on our own copy: the caller's is never touched
         x = _normalize_counts_sparse(x if owned else x.copy(), name)
     elif was_counts:
         x = _normalize_counts_dense(x, name, copy=not owned)
-    x = x.csr() if isinstance(x, CSRArrays) else x
     return ScoredScreen(name, x, codes, np.delete(perts, ctrl_idx), genes, was_counts)
-
-
-def _is_sparse(x) -> bool:
-    """A CSR file's arrays, or a scipy sparse matrix (which only exists once scipy.sparse is loaded: the
-    question does not load it)."""
-    if isinstance(x, CSRArrays):
-        return True
-    sp = sys.modules.get("scipy.sparse")
-    return sp is not None and sp.issparse(x)
 
 
 def is_lognorm(x: sp.csr_matrix | CSRArrays | np.ndarray, name: str, *, labels=None, genes=None, pert_col: str = "") -> bool:
     """`values.classify` on one compiled pass over the stored values: True for log1p, False for counts.
     NaN, inf and negative values are refused in the same pass (an `InputError` naming the cell and gene)."""
-    vals = (x.data if _is_sparse(x) else x).reshape(-1)
+    vals = (x.data if is_sparse(x) else x).reshape(-1)
     if vals.size == 0:
         return False
     vmax, negative, fractional, nonfinite = value_range(vals)
@@ -109,7 +99,7 @@ def is_lognorm(x: sp.csr_matrix | CSRArrays | np.ndarray, name: str, *, labels=N
         _refuse_nonfinite(x, vals, name, labels, genes, pert_col)
     if negative:
         pos = int(np.flatnonzero(vals < 0)[0])
-        row, col = (int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])) if _is_sparse(x) else divmod(pos, x.shape[1])
+        row, col = (int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])) if is_sparse(x) else divmod(pos, x.shape[1])
         where = f"cell {row}" + (f" ({pert_col} {str(labels[row])!r})" if labels is not None else "")
         where += f", gene {str(genes[col])!r}" if genes is not None else f", gene {col}"
         raise InputError(f"{name}: negative expression value {float(vals.min()):.3g} at {where}; expected counts or log1p")
@@ -159,7 +149,7 @@ def _float_scan(vals, bits, exponent, eps):
 def _refuse_nonfinite(x, vals: np.ndarray, name: str, labels, genes, pert_col: str) -> None:
     """Only on the error path: find the first NaN / inf and name its cell (row and label) and gene."""
     pos = int(np.flatnonzero(~np.isfinite(vals))[0])
-    if _is_sparse(x):
+    if is_sparse(x):
         row, col = int(np.searchsorted(x.indptr, pos, side="right") - 1), int(x.indices[pos])
     else:
         row, col = divmod(pos, x.shape[1])
@@ -201,7 +191,7 @@ def _as_matrix(x, name: str) -> sp.spmatrix | CSRArrays | np.ndarray:
         if x.dtype == np.float16:
             x.data = x.data.astype(np.float32)
         return x
-    if _is_sparse(x):
+    if is_sparse(x):
         import scipy.sparse as sp
 
         x = x if isinstance(x, sp.csr_matrix) else sp.csr_matrix(x)  # one layout: cells are rows
@@ -324,7 +314,7 @@ def make_baseline_screen(train_means: np.ndarray, real: ScoredScreen) -> ScoredS
     baseline = train_means.mean(axis=0).astype(dtype)
     ctrl_rows = np.flatnonzero(real.codes == 0)
     ctrl_x = real.x[ctrl_rows]
-    ctrl_x = ctrl_x.toarray() if _is_sparse(ctrl_x) else np.asarray(ctrl_x)
+    ctrl_x = ctrl_x.toarray() if is_sparse(ctrl_x) else np.asarray(ctrl_x)
     n_pert_cells = int((real.codes > 0).sum())
     x = np.concatenate([ctrl_x.astype(dtype), np.broadcast_to(baseline, (n_pert_cells, len(baseline)))])
     codes = np.concatenate([np.zeros(len(ctrl_rows), np.int64), np.sort(real.codes[real.codes > 0])])

@@ -29,7 +29,7 @@ import threading
 import numpy as np
 
 PACKAGE_DPATH = pathlib.Path(__file__).resolve().parent
-MODULES = ("inputs", "mwu", "stats", "vcc", "vcc2026", "vcc2026_de")
+MODULES = ("cephes", "inputs", "mwu", "stats", "vcc", "vcc2026", "vcc2026_de")
 """The modules (in this package) whose kernels are built ahead of time; their sources make the hash."""
 ENV_JIT_ONLY = "BIOJEPAC_JIT_ONLY"
 """Set to 1 to ignore the ahead-of-time build (every kernel compiled just in time)."""

@@ -35,13 +35,13 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.special
 
-from biojepac.eval.h5read import prefaulted
+from biojepac.eval import cephes
+from biojepac.eval.h5read import CSRArrays, is_sparse, prefaulted
 from biojepac.eval.kernels import kernel
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
     from jaxtyping import Float
 
 KEY32_BITS = 31
@@ -106,7 +106,7 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
         with Workers(workers) as own:
             return group_stats(x, codes, n_per_group, own)
     n_groups, n_genes = len(n_per_group), x.shape[1]
-    csr = sp.issparse(x)
+    csr = is_sparse(x)
     if csr:
         x = x if x.format == "csr" else x.tocsr()
         x = x if x.has_sorted_indices else x.sorted_indices()  # a copy: the caller's matrix is only read
@@ -153,7 +153,8 @@ def group_stats(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_per_group: np.
 def mwu_pvalues(cols, vals, groups, n_per_group, n_cols: int) -> np.ndarray:
     """p-values (perts x genes) from non-zero entries given as arrays: `cols` each entry's gene, `vals` its
     value, `groups` its cell's group (0 = control). Each entry becomes a one-entry row of a CSR matrix."""
-    x = sp.csr_matrix((vals, cols, np.arange(len(vals) + 1)), shape=(len(vals), n_cols))
+    index = np.int32 if len(vals) < 2**31 else np.int64  # as scipy would pick
+    x = CSRArrays(np.asarray(vals), np.asarray(cols, index), np.arange(len(vals) + 1, dtype=index), (len(vals), n_cols), True)
     return group_stats(x, np.asarray(groups, np.int64), np.asarray(n_per_group)).pval
 
 
@@ -301,10 +302,11 @@ def _scan(keys, ptr, lo, gbits, vbits, vmin, table, sums, sumsq, nnz, u, ties, c
 def _pvalues(u, nnz, ties, ctrl_ties, n_per_group, lo: int, out: np.ndarray) -> None:
     """pdex's asymptotic p-values of the genes lo.., whose statistics are the columns of `u` etc. (`_scan`),
     into out[:, lo:], operation for operation, so the float64 results agree exactly: the z scores in one
-    compiled pass, then scipy's erfc in place."""
+    compiled pass, then scipy's erfc in place (`cephes`: the same function, without scipy)."""
     flat = _z_over_sqrt2(u, nnz, ties, ctrl_ties, n_per_group, lo, out)
-    arg = out[:, lo : lo + u.shape[1]]
-    scipy.special.erfc(arg, out=arg)
+    hi = lo + u.shape[1]
+    cephes.erfc_columns(out, lo, hi, *cephes.COEFFICIENTS)
+    arg = out[:, lo:hi]
     arg *= 0.5
     arg *= 2.0
     np.clip(arg, 0.0, 1.0, out=arg)

@@ -5,18 +5,24 @@ p-values of every perturbation against this file's own controls (`mwu`). Memory 
 worker thread (`mwu.RANGE_KEYS` keys) plus (groups x genes) summaries; the dense matrix is never built.
 """
 
+from __future__ import annotations
+
 import ctypes
 import ctypes.util
 import dataclasses
 import functools
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from biojepac.eval import mwu
+from biojepac.eval.h5read import is_sparse
 from biojepac.eval.inputs import ScoredScreen
 from biojepac.eval.kernels import kernel
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 N_THREADS = min(4, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
 """Threads for the Mann-Whitney pass (its compiled loop releases the GIL)."""
@@ -89,7 +95,7 @@ def summarize(screen: ScoredScreen, *, with_de: bool, workers: mwu.Workers | int
 
 def _group_sums(x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Per (group, gene) sums and sums of squares, in float64."""
-    if sp.issparse(x):
+    if is_sparse(x):
         x = x if x.format == "csr" else x.tocsr()
         return _csr_group_sums(x.indptr, x.indices, x.data, codes, n_groups, x.shape[1])
     sums = np.stack([x[codes == k].sum(axis=0, dtype=np.float64) for k in range(n_groups)])
@@ -136,7 +142,7 @@ def _pdex_mean(x: sp.csr_matrix | np.ndarray, rows: np.ndarray, genes: np.ndarra
     added in row order)."""
     dtype = np.float32 if x.dtype == np.float32 else np.float64
     acc = np.zeros(len(genes), dtype)
-    if sp.issparse(x):
+    if is_sparse(x):
         slot = np.full(x.shape[1], -1, np.int64)
         slot[genes] = np.arange(len(genes))
         _csr_scaled_sums(x.indptr, x.indices, x.data, rows, slot, dtype(1.0 / len(rows)), acc)
