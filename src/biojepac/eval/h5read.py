@@ -22,7 +22,7 @@ import numpy as np
 
 from biojepac.errors import InputError
 
-if TYPE_CHECKING:  # scipy.sparse (0.2 s to import) is loaded once the arrays are read: the reads start sooner
+if TYPE_CHECKING:  # scipy.sparse (0.2 s to import) only for what `CSRArrays` cannot do
     import scipy.sparse as sp
 
 MAX_GAP = 1 << 16

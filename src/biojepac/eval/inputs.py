@@ -34,9 +34,10 @@ class ScoredScreen:
     name: str
     """Where it came from (file path or a label), used in error messages and the report."""
     x: sp.csr_matrix | CSRArrays | np.ndarray | None
-    """Cells x genes, log1p-normalised, float32 or float64, CSR or dense, canonical (no duplicate entries);
-    a file's CSR matrix stays `CSRArrays` (no scipy needed; `h5read.is_sparse` asks). Never modified: it is either the caller's matrix, only read, or our own normalised copy. None once it
-    is no longer needed."""
+    """Cells x genes, log1p-normalised, float32 or float64, CSR or dense, canonical (no duplicate entries).
+    A CSR file read here stays `CSRArrays` (`h5read.is_sparse` tells CSR from dense without scipy). Never
+    modified: it is either the caller's matrix, only read, or our own normalised copy. None once it is no
+    longer needed."""
     codes: np.ndarray
     """Group per cell: 0 = control, 1..P = `perts[code - 1]`."""
     perts: np.ndarray
