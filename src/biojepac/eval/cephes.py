@@ -52,32 +52,28 @@ def erfc_columns(a, lo, hi, erfc_p, erfc_q, erfc_r, erfc_s, erf_t, erf_u):
     for i in range(a.shape[0]):
         for j in range(lo, hi):
             v = a[i, j]
-            x = abs(v)
             if math.isnan(v):
                 continue
-            if x < 1.0:  # 1 - erf(v); erf is odd, and Cephes computes it at |v|
-                z = x * x
-                num = erf_t[0]
-                for c in erf_t[1:]:
-                    num = num * z + c
-                den = z + erf_u[0]
-                for c in erf_u[1:]:
-                    den = den * z + c
+            x = abs(v)
+            # Below 1: 1 - erf(v), erf odd and a ratio of polynomials in x^2 at |v|. Above: exp(-v^2) times a
+            # ratio of polynomials in x, one pair below 8 and one beyond.
+            if x < 1.0:
+                t, top, bottom = x * x, erf_t, erf_u
+            else:
+                t, top, bottom = (x, erfc_p, erfc_q) if x < 8.0 else (x, erfc_r, erfc_s)
+            num = top[0]
+            for c in top[1:]:
+                num = num * t + c
+            den = t + bottom[0]
+            for c in bottom[1:]:
+                den = den * t + c
+            if x < 1.0:
                 e = x * num / den
                 a[i, j] = 1.0 - (e if v >= 0.0 else -e)
                 continue
-            z = -v * v
             y = 0.0
-            if z >= -MAXLOG:
-                z = math.exp(z)
-                coef_p, coef_q = (erfc_p, erfc_q) if x < 8.0 else (erfc_r, erfc_s)
-                p = coef_p[0]
-                for c in coef_p[1:]:
-                    p = p * x + c
-                q = x + coef_q[0]
-                for c in coef_q[1:]:
-                    q = q * x + c
-                y = (z * p) / q
+            if -v * v >= -MAXLOG:
+                y = (math.exp(-v * v) * num) / den
                 if v < 0.0:
                     y = 2.0 - y
             if y == 0.0:  # underflow
