@@ -154,7 +154,8 @@ def mwu_pvalues(cols, vals, groups, n_per_group, n_cols: int) -> np.ndarray:
     """p-values (perts x genes) from non-zero entries given as arrays: `cols` each entry's gene, `vals` its
     value, `groups` its cell's group (0 = control). Each entry becomes a one-entry row of a CSR matrix."""
     index = np.int32 if len(vals) < 2**31 else np.int64  # as scipy would pick
-    x = CSRArrays(np.asarray(vals), np.asarray(cols, index), np.arange(len(vals) + 1, dtype=index), (len(vals), n_cols), True)
+    indptr = np.arange(len(vals) + 1, dtype=index)
+    x = CSRArrays(np.asarray(vals), np.asarray(cols, index), indptr, (len(vals), n_cols), has_canonical_format=True)
     return group_stats(x, np.asarray(groups, np.int64), np.asarray(n_per_group)).pval
 
 
